@@ -1,0 +1,227 @@
+"""Configuration: a TOML file (conf/b3lb.conf documents every key) plus environment overrides.
+
+Every setting is `section.key`; the environment variable `B3LB_SECTION_KEY` overrides it, and
+`DATABASE_URL` / `REDIS_URL` override `database.url` / `redis.url`. Unknown keys and wrong types
+are start-up errors that name the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+DEFAULT_CONFIG_PATH = Path("conf/b3lb.conf")
+SHA_ALGORITHMS = ("sha1", "sha256", "sha384", "sha512")
+
+
+class ConfigError(Exception):
+    """A configuration problem an operator must fix; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen_address: str = "127.0.0.1"
+    port: int = 8000
+    # Tenant API hosts are {slug}[-NNN].{api_base_domain}; injected asset and callback URLs use it too.
+    api_base_domain: str = "localhost"
+    # Scheme of the URLs we hand to nodes and browsers (logo, slide, CSS, end callback).
+    public_scheme: str = "https"
+    # Peers whose X-Forwarded-Host header is believed (exact IP addresses).
+    trusted_proxies: list[str] = field(default_factory=list)
+    max_body_size: int = 4 * 1024 * 1024
+    max_header_size: int = 64 * 1024
+    log_level: str = "INFO"
+    # Embedded database and other local state live here.
+    data_dir: str = "./var"
+    # Seconds in-flight requests may take to finish after SIGTERM.
+    shutdown_grace: float = 10.0
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    # Empty: start an embedded PostgreSQL in {data_dir}/pgdata.
+    url: str = ""
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    # Seconds; a query that takes longer fails instead of hanging a request.
+    command_timeout: float = 10.0
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    # Empty: single-instance mode, nothing is shared through Redis.
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class NodeDefaults:
+    protocol: str = "https"
+    port: int = 443
+    bbb_endpoint: str = "bigbluebutton/api/"
+    load_endpoint: str = "b3lb/load"
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    allowed_sha_algorithms: list[str] = field(default_factory=lambda: list(SHA_ALGORITHMS))
+    # Seconds for one request to a node (connect + answer).
+    node_connect_timeout: float = 3.0
+    node_request_timeout: float = 10.0
+    max_node_connections: int = 256
+    # Answer authentication failures with B3LB's 401 instead of BBB's checksumError XML.
+    legacy_401_on_auth_failure: bool = False
+    # Answer a join for an unknown meeting with B3LB's empty 400.
+    legacy_400_on_unknown_join: bool = False
+    # Add messageKeys noNodeAvailable / limitReached to B3LB's key-less failures.
+    add_message_keys: bool = False
+    # Seconds between flushes of in-memory join counters to the database.
+    counter_flush_interval: float = 5.0
+    # Seconds between refreshes of the in-memory tenant/secret/node maps from the database.
+    cache_refresh_interval: float = 5.0
+
+
+@dataclass(frozen=True)
+class PollerConfig:
+    interval: float = 10.0
+    jitter: float = 1.0
+    timeout: float = 5.0
+    concurrency: int = 100
+    # A node goes to error after this many failed polls in a row, and back after recover_after good ones.
+    error_after: int = 2
+    recover_after: int = 2
+    # Seconds a new meeting is protected from removal by a poll that raced with its create.
+    meeting_grace: float = 15.0
+    metrics_retention_days: int = 30
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # Token for the global /b3lb/metrics view from other hosts than the base domain; empty: none.
+    admin_token: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    node_defaults: NodeDefaults = field(default_factory=NodeDefaults)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    poller: PollerConfig = field(default_factory=PollerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @property
+    def public_base_url(self) -> str:
+        return f"{self.server.public_scheme}://{self.server.api_base_domain}"
+
+
+def _coerce(key: str, value: Any, expected: type | str) -> Any:
+    """Check (file values) or convert (environment strings) one value to the declared type."""
+    kind = expected if isinstance(expected, str) else expected.__name__
+    from_env = isinstance(value, str) and kind != "str"
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if from_env and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if from_env and value.lower() in ("0", "false", "no", "off"):
+                return False
+        elif kind == "int":
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if from_env:
+                return int(value)
+        elif kind == "float":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if from_env:
+                return float(value)
+        elif kind == "str":
+            if isinstance(value, str):
+                return value
+        elif kind == "list[str]":
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return value
+            if from_env:
+                return [v.strip() for v in value.split(",") if v.strip()]
+    except ValueError:
+        pass
+    raise ConfigError(f"{key}: expected {kind}, got {value!r}")
+
+
+def _section_types(cls: type) -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+
+def _build(raw: Mapping[str, Any], env: Mapping[str, str]) -> Config:
+    sections: dict[str, Any] = {}
+    top_types = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+    for name in raw:
+        if name not in top_types:
+            raise ConfigError(f"unknown section [{name}]")
+        if not isinstance(raw[name], dict):
+            raise ConfigError(f"{name}: expected a [{name}] table")
+    for section, factory in top_types.items():
+        cls = type(factory())
+        types = _section_types(cls)
+        values: dict[str, Any] = {}
+        for key, value in raw.get(section, {}).items():
+            if key not in types:
+                raise ConfigError(f"unknown setting {section}.{key}")
+            values[key] = _coerce(f"{section}.{key}", value, types[key])
+        for key, kind in types.items():
+            env_name = f"B3LB_{section}_{key}".upper()
+            if env_name in env:
+                values[key] = _coerce(env_name, env[env_name], kind)
+        sections[section] = cls(**values)
+    config = Config(**sections)
+    if env.get("DATABASE_URL"):
+        config = dataclasses.replace(
+            config, database=dataclasses.replace(config.database, url=env["DATABASE_URL"])
+        )
+    if env.get("REDIS_URL"):
+        config = dataclasses.replace(config, redis=dataclasses.replace(config.redis, url=env["REDIS_URL"]))
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    for algorithm in config.api.allowed_sha_algorithms:
+        if algorithm not in SHA_ALGORITHMS:
+            raise ConfigError(f"api.allowed_sha_algorithms: unknown algorithm {algorithm!r}")
+    if config.server.public_scheme not in ("http", "https"):
+        raise ConfigError("server.public_scheme: must be http or https")
+    if config.node_defaults.protocol not in ("http", "https"):
+        raise ConfigError("node_defaults.protocol: must be http or https")
+    if not 0 <= config.server.port <= 65535:
+        raise ConfigError("server.port: must be between 0 and 65535")
+    if config.server.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError(f"server.log_level: unknown level {config.server.log_level!r}")
+    if config.database.pool_min_size < 0 or config.database.pool_max_size < 1:
+        raise ConfigError("database.pool_max_size: must be at least 1")
+    if config.poller.error_after < 1 or config.poller.recover_after < 1:
+        raise ConfigError("poller.error_after / poller.recover_after: must be at least 1")
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load the file (explicit path, else $B3LB_CONFIG, else conf/b3lb.conf if present) plus env."""
+    env = os.environ if env is None else env
+    explicit = path is not None or bool(env.get("B3LB_CONFIG"))
+    chosen = Path(path or env.get("B3LB_CONFIG") or DEFAULT_CONFIG_PATH)
+    raw: dict[str, Any] = {}
+    if chosen.exists():
+        try:
+            raw = tomllib.loads(chosen.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"{chosen}: cannot read: {exc.strerror}") from None
+    elif explicit:
+        raise ConfigError(f"{chosen}: no such configuration file")
+    return _build(raw, env)
