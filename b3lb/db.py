@@ -111,7 +111,7 @@ class Database:
                 command_timeout=cfg.command_timeout,
                 timeout=cfg.connect_timeout,
             )
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             await self.close()
             raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {exc or type(exc).__name__}") from None
         return self.pool
@@ -120,7 +120,7 @@ class Database:
         if self.pool is not None:
             try:
                 await asyncio.wait_for(self.pool.close(), timeout=5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.pool.terminate()
             self.pool = None
         if self.embedded is not None:

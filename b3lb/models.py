@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Mapping, Self
+from typing import Any, Self
 
 
 class _FromRow:

@@ -1,0 +1,122 @@
+"""Calls passed through to the node that owns the meeting, and the canned recording answers."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import asyncpg
+import orjson
+
+from b3lb.api.forward import forward, succeeded
+from b3lb.api.xml import (
+    MEETING_NOT_FOUND,
+    MISSING_MEETING_ID,
+    NOT_RUNNING,
+    ApiResult,
+    failed,
+)
+from b3lb.balancer import NodeEntry
+from b3lb.db import Q
+from b3lb.meetings import MeetingRef
+from b3lb.runtime import Runtime
+
+if TYPE_CHECKING:
+    from b3lb.api.handler import ApiRequest
+
+log = logging.getLogger("b3lb.api")
+
+JSON_TYPE = "application/json"
+NO_RECORDINGS = ApiResult(
+    b"<response><returncode>SUCCESS</returncode><recordings></recordings><messageKey>noRecordings</messageKey>"
+    b"<message>There are no recordings for the meeting(s).</message></response>"
+)
+
+
+async def owner(runtime: Runtime, req: ApiRequest) -> tuple[MeetingRef, NodeEntry] | None:
+    """The meeting and its node, or None when unknown or its node is in error (spec 2.1)."""
+    meeting_id = req.get("meetingID")
+    if not meeting_id:
+        return None
+    ref = await runtime.lookup_meeting(req.ctx.secret.id, meeting_id)
+    if ref is None:
+        return None
+    entry = runtime.loads.nodes.get(ref.node_id)
+    if entry is None or entry.node.has_errors:
+        return None
+    return ref, entry
+
+
+async def pass_through(runtime: Runtime, req: ApiRequest, entry: NodeEntry) -> ApiResult:
+    if req.method == "POST" and not req.params_from_body:
+        return await forward(
+            runtime, entry, req.call, req.params, method="POST", body=req.body, content_type=req.content_type
+        )
+    return await forward(runtime, entry, req.call, req.params)
+
+
+async def _simple(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    if not req.get("meetingID"):
+        return MISSING_MEETING_ID
+    found = await owner(runtime, req)
+    if found is None:
+        return MEETING_NOT_FOUND
+    return await pass_through(runtime, req, found[1])
+
+
+get_meeting_info = _simple
+insert_document = _simple
+send_chat_message = _simple
+set_config_xml = _simple
+
+
+async def is_meeting_running(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    found = await owner(runtime, req)
+    if found is None:
+        return NOT_RUNNING
+    return await pass_through(runtime, req, found[1])
+
+
+async def end(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    if not req.get("meetingID"):
+        return MISSING_MEETING_ID
+    found = await owner(runtime, req)
+    if found is None:
+        return MEETING_NOT_FOUND
+    ref, entry = found
+    result = await pass_through(runtime, req, entry)
+    if succeeded(result):
+        # Leave routing at once: a create right after end must place the meeting afresh.
+        runtime.meetings.remove(ref)
+        try:
+            await runtime.pool.execute(Q.meeting_end, ref.id)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("meeting %s ended on its node but not in the database: %s", ref.id, exc)
+    return result
+
+
+async def get_recordings(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    # Recordings are not stored by this version, so there is never one to list.
+    return NO_RECORDINGS
+
+
+async def recordings_not_found(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    if not req.get("recordID"):
+        return failed("missingParamRecordID", "You must specify a recordID.")
+    if req.call == "publishRecordings" and (req.get("publish") or "").lower() not in ("true", "false"):
+        return failed("missingParamPublish", "You must specify a publish value true or false.")
+    return failed("notFound", "We could not find recordings")
+
+
+def _json(payload: dict[str, object]) -> ApiResult:
+    return ApiResult(orjson.dumps({"response": payload}), content_type=JSON_TYPE)
+
+
+async def get_recording_text_tracks(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    return _json({"returncode": "FAILED", "messageKey": "noRecordings", "message": "No recording found"})
+
+
+async def put_recording_text_track(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    return _json(
+        {"returncode": "FAILED", "messageKey": "unsupportedRequest", "message": "This request is not supported."}
+    )

@@ -1,0 +1,173 @@
+"""`create`: place a new meeting (or find the existing one), rewrite, forward, answer as the node.
+
+Node choice reads the in-memory load table; the only SQL is the insert of the routing record
+(and, for tenants with a default slide, reading that slide).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+from xml.sax.saxutils import quoteattr
+
+import asyncpg
+
+from b3lb.api import params as p
+from b3lb.api.forward import forward, succeeded
+from b3lb.api.xml import MEETING_ID_SIZE, MISSING_MEETING_ID, NAME_SIZE, ApiResult, limit_reached, no_node
+from b3lb.balancer import NodeEntry
+from b3lb.db import Q
+from b3lb.meetings import MeetingRef
+from b3lb.runtime import Runtime
+from b3lb.tenancy import SecretContext
+
+if TYPE_CHECKING:
+    from b3lb.api.handler import ApiRequest
+
+log = logging.getLogger("b3lb.api")
+
+RECORDSET_TAG = "meta_b3lb-recordset"
+READY_URL = "meta_bbb-recording-ready-url"
+END_CALLBACK = "meta_endCallbackUrl"
+RECORD_FLAGS = ("record", "autoStartRecording", "allowStartStopRecording")
+EMBED_LIMIT = 768_000  # bytes of slide embedded as base64 (1,024,000 characters)
+
+
+async def create(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    meeting_id = req.get("meetingID")
+    if not meeting_id:
+        return MISSING_MEETING_ID
+    if not 2 <= len(meeting_id) <= 100:
+        return MEETING_ID_SIZE
+    name = req.get("name") or ""
+    if not 2 <= len(name) <= 256:
+        return NAME_SIZE
+    ctx = req.ctx
+    ref = await runtime.lookup_meeting(ctx.secret.id, meeting_id)
+    entry = runtime.loads.nodes.get(ref.node_id) if ref is not None else None
+    is_new = False
+    if ref is None or entry is None or entry.node.has_errors:
+        placed = await _place(runtime, req, ref, meeting_id, name)
+        if isinstance(placed, ApiResult):
+            return placed
+        ref, entry, is_new = placed
+    params = _rewrite(runtime, ctx, req.params, ref)
+    method, body, content_type = "GET", None, None
+    if req.method == "POST" and not req.params_from_body and req.body:
+        method, body, content_type = "POST", req.body, req.content_type
+    elif ctx.assets.slide:
+        body = await _slide_body(runtime, ctx)
+        if body is not None:
+            method, content_type = "POST", "application/xml"
+    result = await forward(runtime, entry, "create", params, method=method, body=body, content_type=content_type)
+    if is_new and not succeeded(result):
+        await _forget(runtime, ref)
+    return result
+
+
+async def _place(
+    runtime: Runtime, req: ApiRequest, stale: MeetingRef | None, meeting_id: str, name: str
+) -> tuple[MeetingRef, NodeEntry, bool] | ApiResult:
+    """Choose a node, check limits, store the routing record. Returns (ref, node, is_new)."""
+    ctx = req.ctx
+    with_keys = runtime.config.api.add_message_keys
+    # Never put a second tenant's meeting with the same ID on a node already hosting it.
+    entry = runtime.loads.choose(ctx.tenant.cluster_group_id, runtime.meetings.nodes_hosting(meeting_id, ctx.secret.id))
+    if entry is None:
+        return no_node(with_keys)
+    if _limit_hit(runtime, ctx):
+        return limit_reached(with_keys)
+    callback = p.first_casefold(req.params, END_CALLBACK)
+    ready_url = (p.first(req.params, READY_URL) or "") if ctx.recording_enabled else ""
+    args = (name, callback[1] if callback else "", ready_url)
+    if stale is None:
+        row = await runtime.pool.fetchrow(
+            Q.meeting_insert, ctx.secret.id, meeting_id, name, entry.node.id, args[1], args[2]
+        )
+        if row is None:  # a concurrent create won; use its node
+            row = await runtime.pool.fetchrow(Q.meeting_by_key, ctx.secret.id, meeting_id)
+            won = runtime.loads.nodes.get(row["node_id"]) if row is not None else None
+            if row is None or won is None:
+                return no_node(with_keys)
+            ref = MeetingRef.from_row(row)
+            runtime.meetings.add(ref)
+            return ref, won, False
+    else:  # its node is in error: restart the room elsewhere with a fresh nonce
+        runtime.meetings.remove(stale)
+        row = await runtime.pool.fetchrow(Q.meeting_move, stale.id, entry.node.id, *args)
+        if row is None:
+            return no_node(with_keys)
+    ref = MeetingRef.from_row(row)
+    runtime.meetings.add(ref)
+    runtime.loads.placed(entry.node.id)
+    runtime.counters.add(ctx.secret.id, "meetings_created")
+    return ref, entry, True
+
+
+def _limit_hit(runtime: Runtime, ctx: SecretContext) -> bool:
+    """Spec section 6, in its order; a trip is counted on the tenant's or the secret's counter."""
+    tenant = ctx.tenant
+    siblings = runtime.directory.secrets_by_tenant.get(tenant.id, [])
+    tenant_refs = [r for s in siblings for r in runtime.meetings.for_secret(s.secret.id)]
+    own_refs = runtime.meetings.for_secret(ctx.secret.id)
+    main = next((s.secret.id for s in siblings if s.secret.sub_id == 0), ctx.secret.id)
+    # Attendee limits are skipped while there are no meetings (a limit of 0 is "unlimited").
+    tenant_attendee_limit = tenant.attendee_limit if tenant_refs else 0
+    own_attendee_limit = ctx.secret_attendee_limit if own_refs else 0
+    checks = (
+        (tenant.meeting_limit, len(tenant_refs), main, "meeting_limit_hits"),
+        (ctx.secret_meeting_limit, len(own_refs), ctx.secret.id, "meeting_limit_hits"),
+        (tenant_attendee_limit, sum(r.attendees for r in tenant_refs), main, "attendee_limit_hits"),
+        (own_attendee_limit, sum(r.attendees for r in own_refs), ctx.secret.id, "attendee_limit_hits"),
+    )
+    for limit, used, secret_id, counter in checks:
+        if limit > 0 and used >= limit:
+            runtime.counters.add(secret_id, counter)
+            return True
+    return False
+
+
+def _rewrite(runtime: Runtime, ctx: SecretContext, params: p.Params, ref: MeetingRef) -> p.Params:
+    """Spec 5.3: rules, voice removal, logo, recording flags, end callback. Injections win."""
+    base = runtime.config.public_base_url
+    slug = ctx.tenant.slug.lower()
+    params = p.apply_rules(params, ctx.create_rules)
+    params = p.remove(params, "dialNumber", "voiceBridge")
+    if ctx.assets.logo:
+        params = p.set_default(params, "logo", f"{base}/b3lb/t/{slug}/logo")
+    if ctx.recording_enabled:
+        params = p.remove(params, READY_URL)
+        params = p.set_value(params, RECORDSET_TAG, str(ref.nonce))
+    else:
+        for flag in RECORD_FLAGS:
+            params = p.set_value(params, flag, "false")
+    return p.set_value(params, END_CALLBACK, f"{base}/b3lb/b/meeting/end?nonce={ref.nonce}", casefold=True)
+
+
+async def _slide_body(runtime: Runtime, ctx: SecretContext) -> bytes | None:
+    """Spec 5.5: the tenant's default slide as a presentation module (embedded when small)."""
+    row = await runtime.pool.fetchrow(Q.slide_asset, ctx.tenant.id)
+    if row is None:
+        return None
+    data: bytes = row["slide_data"]
+    slug = ctx.tenant.slug.lower()
+    filename = row["slide"] or f"{slug}{PurePosixPath(row['slide']).suffix}"
+    if len(data) <= EMBED_LIMIT:
+        document = f"<document name={quoteattr(filename)}>{base64.b64encode(data).decode()}</document>"
+    else:
+        url = f"{runtime.config.public_base_url}/b3lb/t/{slug}/slide"
+        document = f"<document url={quoteattr(url)} filename={quoteattr(filename)}></document>"
+    return f'<modules><module name="presentation">{document}</module></modules>'.encode()
+
+
+async def _forget(runtime: Runtime, ref: MeetingRef) -> None:
+    """The node did not create the meeting: drop our record so a retry is placed afresh."""
+    runtime.meetings.remove(ref)
+    runtime.loads.unplaced(ref.node_id)
+    try:
+        await runtime.pool.execute(Q.meeting_delete, ref.id)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        log.warning("cannot delete failed meeting %s: %s", ref.id, exc)
+

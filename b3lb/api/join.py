@@ -1,0 +1,57 @@
+"""`join`: a 302 to the owning node's join URL, re-signed for that node.
+
+The common case touches no database and awaits nothing: the meeting comes from the in-memory
+routing table and the join counter is a dict increment flushed later.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from b3lb.api.forward import node_url
+from b3lb.api.params import apply_rules, first, set_default
+from b3lb.api.xml import INVALID_MEETING, MISSING_MEETING_ID, ApiResult
+from b3lb.runtime import Runtime
+
+if TYPE_CHECKING:
+    from b3lb.api.handler import ApiRequest
+
+CSS_PARAM = "userdata-bbb_custom_style_url"
+_UNKNOWN_ERRORS = json.dumps(
+    [{"key": "invalidMeetingIdentifier", "message": "A meeting with that ID does not exist"}],
+    separators=(",", ":"),
+)
+
+
+async def join(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    meeting_id = req.get("meetingID")
+    if not meeting_id:
+        return MISSING_MEETING_ID
+    ctx = req.ctx
+    ref = runtime.meetings.get(ctx.secret.id, meeting_id)
+    if ref is None:  # maybe created by another instance: one indexed query
+        ref = await runtime.lookup_meeting(ctx.secret.id, meeting_id)
+    entry = runtime.loads.nodes.get(ref.node_id) if ref is not None else None
+    if entry is None or entry.node.has_errors:
+        return unknown_meeting(runtime, req)
+    params = apply_rules(req.params, ctx.join_rules)
+    if ctx.assets.css:
+        css_url = f"{runtime.config.public_base_url}/b3lb/t/{ctx.tenant.slug.lower()}/css"
+        params = set_default(params, CSS_PARAM, css_url)
+    runtime.counters.add(ctx.secret.id, "attendees_joined")
+    return ApiResult(b"", status=302, headers={"Location": node_url(entry, "join", params)})
+
+
+def unknown_meeting(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    """Spec 2.4 (REC): XML for redirect=false, else a redirect carrying BBB's `errors=` list."""
+    if runtime.config.api.legacy_400_on_unknown_join:
+        return ApiResult(b"", status=400, content_type="text/html; charset=utf-8")
+    if (first(req.params, "redirect") or "").lower() != "false":
+        target = first(req.params, "errorRedirectUrl") or first(req.params, "logoutURL") or ""
+        if target.startswith(("http://", "https://")):
+            separator = "&" if "?" in target else "?"
+            location = f"{target}{separator}errors={quote(_UNKNOWN_ERRORS, safe='')}"
+            return ApiResult(b"", status=302, headers={"Location": location})
+    return INVALID_MEETING

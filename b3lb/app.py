@@ -1,0 +1,33 @@
+"""The route table: every URL b3lb answers, and the handler that answers it."""
+
+from __future__ import annotations
+
+from tornado.web import Application, RequestHandler
+
+from b3lb.api.handler import BBBApiHandler
+from b3lb.endpoints import AssetHandler, PingHandler
+from b3lb.runtime import Runtime
+
+# Call names as B3LB routes them; anything else under the API (e.g. hooks/create) is a 404.
+CALL = r"(?P<call>[0-9.a-zA-Z]*)"
+TENANT = r"(?P<slug>[a-z]{2,10})(?:-(?P<sub>\d{3}))?"
+
+
+class NotFoundHandler(RequestHandler):
+    def prepare(self) -> None:
+        self.set_status(404)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.finish("Not Found")
+
+
+def make_app(runtime: Runtime) -> Application:
+    deps = {"runtime": runtime}
+    routes = [
+        (r"/bigbluebutton/api/?", BBBApiHandler, deps),
+        (rf"/bigbluebutton/api/{CALL}", BBBApiHandler, deps),
+        (rf"/b3lb/t/{TENANT}/bbb/api/?", BBBApiHandler, deps),
+        (rf"/b3lb/t/{TENANT}/bbb/api/{CALL}", BBBApiHandler, deps),
+        (r"/b3lb/ping", PingHandler, deps),
+        (r"/b3lb/t/([a-z]{2,10})/(logo|slide|css)", AssetHandler, deps),
+    ]
+    return Application(routes, default_handler_class=NotFoundHandler, compress_response=False)

@@ -1,0 +1,158 @@
+"""The in-memory load table and node choice for new meetings.
+
+Each node's load is computed from its last poll (attendees, meetings, CPU) plus the weight of the
+meetings placed on it since then, so a burst of creates spreads over the fleet before the next
+poll sees them. Choosing a node is a scan of a small list: no SQL on the create path.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from b3lb.loadscore import load_score
+from b3lb.models import Cluster, Node
+
+log = logging.getLogger("b3lb.balancer")
+
+
+@dataclass(slots=True)
+class NodeEntry:
+    node: Node
+    cluster: Cluster
+    # Meetings placed here since the last poll: each counts as +1 meeting and +1 attendee.
+    pending_meetings: int = 0
+    failures: int = 0  # consecutive failed requests/polls
+    successes: int = 0  # consecutive good ones while in error
+    last_error: str = ""
+    last_ok: float = 0.0  # time.time() of the last good poll
+    load: float = 0.0
+
+    def recompute(self) -> None:
+        n, c = self.node, self.cluster
+        self.load = load_score(
+            attendees=n.attendees + self.pending_meetings,
+            meetings=n.meetings + self.pending_meetings,
+            cpu_load=n.cpu_load,
+            maintenance=n.maintenance,
+            has_errors=n.has_errors,
+            a_factor=c.load_a_factor,
+            m_factor=c.load_m_factor,
+            iterations=c.load_cpu_series_iteratations,
+            cpu_maximum=c.load_cpu_maximum,
+        )
+
+    @property
+    def available(self) -> bool:
+        return not self.node.maintenance and not self.node.has_errors
+
+
+@dataclass
+class LoadTable:
+    nodes: dict[int, NodeEntry] = field(default_factory=dict)
+    # cluster group id -> node ids of all clusters in the group
+    group_nodes: dict[int, list[int]] = field(default_factory=dict)
+    error_after: int = 2
+    recover_after: int = 2
+
+    def rebuild(
+        self,
+        clusters: Iterable[Cluster],
+        nodes: Iterable[Node],
+        group_clusters: Iterable[tuple[int, int]],
+        *,
+        keep_live: bool = True,
+    ) -> None:
+        """Load configuration from the database, keeping the live fields of known nodes.
+
+        With keep_live (this process polls or places meetings), pending weight and health
+        counters survive; the database's error flag is still authoritative for has_errors.
+        """
+        cluster_by_id = {c.id: c for c in clusters}
+        entries: dict[int, NodeEntry] = {}
+        for node in nodes:
+            cluster = cluster_by_id.get(node.cluster_id)
+            if cluster is None:
+                continue
+            old = self.nodes.get(node.id)
+            entry = NodeEntry(node=node, cluster=cluster)
+            if old is not None and keep_live:
+                entry.pending_meetings = old.pending_meetings
+                entry.failures, entry.successes = old.failures, old.successes
+                entry.last_error, entry.last_ok = old.last_error, old.last_ok
+            entry.recompute()
+            entries[node.id] = entry
+        groups: dict[int, list[int]] = {}
+        cluster_nodes: dict[int, list[int]] = {}
+        for entry in entries.values():
+            cluster_nodes.setdefault(entry.cluster.id, []).append(entry.node.id)
+        for group_id, cluster_id in group_clusters:
+            groups.setdefault(group_id, []).extend(cluster_nodes.get(cluster_id, []))
+        self.nodes = entries
+        self.group_nodes = groups
+
+    def choose(self, cluster_group_id: int, exclude: Mapping[int, object] | None = None) -> NodeEntry | None:
+        """The least loaded available node of the group, random among equals; None if none."""
+        best: list[NodeEntry] = []
+        best_load = 0.0
+        for node_id in self.group_nodes.get(cluster_group_id, ()):
+            entry = self.nodes[node_id]
+            if entry.load < 0 or (exclude and node_id in exclude):
+                continue
+            if not best or entry.load < best_load:
+                best, best_load = [entry], entry.load
+            elif entry.load == best_load:
+                best.append(entry)
+        if not best:
+            return None
+        return best[0] if len(best) == 1 else random.choice(best)
+
+    def placed(self, node_id: int) -> None:
+        entry = self.nodes.get(node_id)
+        if entry is not None:
+            entry.pending_meetings += 1
+            entry.recompute()
+
+    def unplaced(self, node_id: int) -> None:
+        entry = self.nodes.get(node_id)
+        if entry is not None and entry.pending_meetings > 0:
+            entry.pending_meetings -= 1
+            entry.recompute()
+
+    def record_failure(self, node_id: int, reason: str) -> bool:
+        """Count a failed request or poll; True when the node just went into error."""
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            return False
+        entry.failures += 1
+        entry.successes = 0
+        entry.last_error = reason
+        if not entry.node.has_errors and entry.failures >= self.error_after:
+            entry.node.has_errors = True
+            entry.recompute()
+            log.warning(
+                "node %s goes to error after %d failures: %s", entry.node.slug, entry.failures, reason
+            )
+            return True
+        return False
+
+    def record_success(self, node_id: int) -> bool:
+        """Count a good poll; True when the node just came back from error."""
+        entry = self.nodes.get(node_id)
+        if entry is None:
+            return False
+        entry.failures = 0
+        entry.last_ok = time.time()
+        if not entry.node.has_errors:
+            return False
+        entry.successes += 1
+        if entry.successes >= self.recover_after:
+            entry.node.has_errors = False
+            entry.successes = 0
+            entry.recompute()
+            log.info("node %s recovered after %d good polls", entry.node.slug, self.recover_after)
+            return True
+        return False

@@ -1,0 +1,111 @@
+"""The in-memory routing table: which node hosts meeting (secret, meetingID).
+
+Kept in sync with the `meeting` table: this process updates it on create and end, and reloads
+it from the database periodically so that meetings placed by other instances are seen too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class MeetingRef:
+    id: int
+    secret_id: int
+    meeting_id: str
+    node_id: int
+    nonce: uuid.UUID
+    attendees: int = 0
+    # monotonic time this process learnt of the meeting: protects fresh meetings from racing polls
+    seen_at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> MeetingRef:
+        return cls(
+            id=row["id"],
+            secret_id=row["secret_id"],
+            meeting_id=row["meeting_id"],
+            node_id=row["node_id"],
+            nonce=row["nonce"],
+            attendees=row["attendees"],
+        )
+
+
+class MeetingTable:
+    """Meetings by (secret, meetingID), with indexes by secret and by bare meetingID."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[tuple[int, str], MeetingRef] = {}
+        self.by_secret: dict[int, dict[str, MeetingRef]] = {}
+        # bare meetingID -> its meetings under all secrets (same ID, different tenants)
+        self.by_meeting_id: dict[str, list[MeetingRef]] = {}
+        # meeting row id -> monotonic time this process removed it; a reload that started
+        # before the removal must not bring it back
+        self.removed: dict[int, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+    def get(self, secret_id: int, meeting_id: str) -> MeetingRef | None:
+        return self.by_key.get((secret_id, meeting_id))
+
+    def add(self, ref: MeetingRef) -> None:
+        old = self.by_key.get((ref.secret_id, ref.meeting_id))
+        if old is not None:
+            self.remove(old, forget=False)
+        self.by_key[(ref.secret_id, ref.meeting_id)] = ref
+        self.by_secret.setdefault(ref.secret_id, {})[ref.meeting_id] = ref
+        self.by_meeting_id.setdefault(ref.meeting_id, []).append(ref)
+
+    def remove(self, ref: MeetingRef, *, forget: bool = True) -> None:
+        key = (ref.secret_id, ref.meeting_id)
+        if self.by_key.get(key) is not ref:
+            return
+        if forget:
+            self.removed[ref.id] = time.monotonic()
+        del self.by_key[key]
+        own = self.by_secret.get(ref.secret_id)
+        if own is not None:
+            own.pop(ref.meeting_id, None)
+            if not own:
+                del self.by_secret[ref.secret_id]
+        same_id = self.by_meeting_id.get(ref.meeting_id, [])
+        if ref in same_id:
+            same_id.remove(ref)
+        if not same_id:
+            self.by_meeting_id.pop(ref.meeting_id, None)
+
+    def nodes_hosting(self, meeting_id: str, other_than_secret: int) -> set[int]:
+        """Nodes hosting this meetingID for another secret (never place a second copy there)."""
+        return {r.node_id for r in self.by_meeting_id.get(meeting_id, ()) if r.secret_id != other_than_secret}
+
+    def for_secret(self, secret_id: int) -> list[MeetingRef]:
+        return list(self.by_secret.get(secret_id, {}).values())
+
+    def count_for_secret(self, secret_id: int) -> int:
+        return len(self.by_secret.get(secret_id, ()))
+
+    def rebuild(self, rows: Iterable[Mapping[str, Any]], *, keep_newer_than: float = 0.0) -> None:
+        """Replace the table with the database's view, keeping local meetings younger than
+        `keep_newer_than` seconds (a create racing with the loading query may not be in it)."""
+        now = time.monotonic()
+        recent = {key: r for key, r in self.by_key.items() if now - r.seen_at < keep_newer_than}
+        known = {r.id: r for r in self.by_key.values()}
+        self.removed = {i: t for i, t in self.removed.items() if now - t < keep_newer_than}
+        self.by_key, self.by_secret, self.by_meeting_id = {}, {}, {}
+        for row in rows:
+            ref = MeetingRef.from_row(row)
+            if ref.id in self.removed:
+                continue
+            previous = known.get(ref.id)
+            if previous is not None:
+                ref.seen_at = previous.seen_at
+            recent.pop((ref.secret_id, ref.meeting_id), None)
+            self.add(ref)
+        for ref in recent.values():
+            self.add(ref)

@@ -1,0 +1,68 @@
+"""Outbound HTTP to BBB nodes: one shared client, hard timeouts, errors as values.
+
+Tornado's client sends the URL string unchanged, which the node's checksum check requires.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from b3lb.config import ApiConfig
+
+
+@dataclass(slots=True)
+class NodeResponse:
+    code: int
+    body: bytes
+    content_type: str
+
+
+class NodeRequestError(Exception):
+    """The node did not give a usable HTTP answer (timeout, refused, reset)."""
+
+
+class NodeClient:
+    def __init__(self, config: ApiConfig) -> None:
+        self.connect_timeout = config.node_connect_timeout
+        self.request_timeout = config.node_request_timeout
+        self.http = AsyncHTTPClient(force_instance=True, max_clients=config.max_node_connections)
+
+    async def fetch(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        content_type: str | None = None,
+        timeout: float | None = None,
+    ) -> NodeResponse:
+        headers = {"Content-Type": content_type} if content_type and body is not None else None
+        request = HTTPRequest(
+            url,
+            method=method,
+            body=body if method == "POST" else None,
+            headers=headers,
+            connect_timeout=min(self.connect_timeout, timeout or self.connect_timeout),
+            request_timeout=timeout or self.request_timeout,
+            follow_redirects=False,
+            decompress_response=True,
+            allow_nonstandard_methods=True,
+        )
+        try:
+            response = await self.http.fetch(request, raise_error=False)
+        except HTTPClientError as exc:  # pragma: no cover - raise_error=False keeps most out
+            raise NodeRequestError(f"HTTP {exc.code}") from None
+        except (TimeoutError, OSError) as exc:
+            raise NodeRequestError(str(exc) or type(exc).__name__) from None
+        if response.code == 599:
+            raise NodeRequestError(str(response.error) if response.error else "no answer")
+        return NodeResponse(
+            code=response.code,
+            body=response.body or b"",
+            content_type=response.headers.get("Content-Type", "text/xml"),
+        )
+
+    def close(self) -> None:
+        self.http.close()

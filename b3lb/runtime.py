@@ -1,0 +1,127 @@
+"""Everything the serving process holds in memory, and the coroutines that keep it fresh.
+
+Handlers read these tables without awaiting anything; background tasks reload them from the
+database every `api.cache_refresh_interval` seconds and flush counters back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+
+from b3lb.balancer import LoadTable
+from b3lb.config import Config
+from b3lb.counters import Counters
+from b3lb.db import Q
+from b3lb.meetings import MeetingRef, MeetingTable
+from b3lb.models import Cluster, Node, Parameter, Secret, Tenant
+from b3lb.nodeclient import NodeClient
+from b3lb.tenancy import AssetFlags, HostResolver, TenantDirectory
+
+log = logging.getLogger("b3lb.runtime")
+
+
+class Runtime:
+    def __init__(self, config: Config, pool: asyncpg.Pool) -> None:
+        self.config = config
+        self.pool = pool
+        self.directory = TenantDirectory()
+        self.loads = LoadTable(error_after=config.poller.error_after, recover_after=config.poller.recover_after)
+        self.meetings = MeetingTable()
+        self.counters = Counters()
+        self.nodes = NodeClient(config.api)
+        self.hosts = HostResolver(config.server.api_base_domain)
+        self.allowed_algorithms = frozenset(config.api.allowed_sha_algorithms)
+        self.trusted_proxies = frozenset(config.server.trusted_proxies)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- loading ------------------------------------------------------------------------------
+
+    async def refresh_directory(self) -> None:
+        """Reload tenants, secrets, rules, assets, clusters and nodes in one snapshot."""
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            tenants = [Tenant.from_row(r) for r in await conn.fetch(Q.load_tenants)]
+            secrets = [Secret.from_row(r) for r in await conn.fetch(Q.load_secrets)]
+            parameters = [Parameter.from_row(r) for r in await conn.fetch(Q.load_parameters)]
+            asset_rows = await conn.fetch(Q.load_asset_flags)
+            clusters = [Cluster.from_row(r) for r in await conn.fetch(Q.load_clusters)]
+            nodes = [Node.from_row(r) for r in await conn.fetch(Q.load_nodes)]
+            relations = [(r["cluster_group_id"], r["cluster_id"]) for r in await conn.fetch(Q.load_group_clusters)]
+        assets = {
+            r["tenant_id"]: AssetFlags(
+                logo=bool(r["logo"]),
+                slide=bool(r["slide"]),
+                css=bool(r["css"]),
+                slide_filename=r["slide"],
+                slide_size=r["slide_size"],
+            )
+            for r in asset_rows
+        }
+        self.directory.rebuild(tenants, secrets, parameters, assets)
+        self.loads.rebuild(clusters, nodes, relations)
+
+    async def refresh_meetings(self) -> None:
+        rows = await self.pool.fetch(Q.load_meetings)
+        self.meetings.rebuild(rows, keep_newer_than=max(30.0, 3 * self.config.api.cache_refresh_interval))
+
+    async def lookup_meeting(self, secret_id: int, meeting_id: str) -> MeetingRef | None:
+        """Memory first; on a miss one indexed query, for meetings another instance created."""
+        ref = self.meetings.get(secret_id, meeting_id)
+        if ref is not None:
+            return ref
+        row = await self.pool.fetchrow(Q.meeting_by_key, secret_id, meeting_id)
+        if row is None:
+            return None
+        ref = MeetingRef.from_row(row)
+        if ref.id in self.meetings.removed:
+            return None
+        self.meetings.add(ref)
+        return ref
+
+    async def node_failed(self, node_id: int, reason: str) -> None:
+        """Count a failed request to a node; persist the error state when it flips."""
+        if self.loads.record_failure(node_id, reason):
+            try:
+                await self.pool.execute(Q.node_set_error, node_id, True)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("cannot store error state of node %s: %s", node_id, exc)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.refresh_directory()
+        await self.refresh_meetings()
+        api = self.config.api
+        self._spawn("directory refresh", self.refresh_directory, api.cache_refresh_interval)
+        self._spawn("meeting refresh", self.refresh_meetings, api.cache_refresh_interval)
+        self._spawn("counter flush", self.flush_counters, api.counter_flush_interval)
+
+    async def flush_counters(self) -> None:
+        await self.counters.flush(self.pool)
+
+    def _spawn(self, name: str, job: Callable[[], Awaitable[object]], interval: float) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await job()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a background job must survive a bad cycle
+                    log.exception("%s failed", name)
+
+        self._tasks.append(asyncio.get_running_loop().create_task(loop(), name=name))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        try:
+            await self.counters.flush(self.pool)
+        except Exception:  # shutting down: log and go on closing
+            log.exception("final counter flush failed")
+        self.nodes.close()

@@ -1,0 +1,76 @@
+"""`b3lb serve`: one uvloop event loop running the HTTP server and the background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+from tornado.httpserver import HTTPServer
+
+from b3lb import migrate
+from b3lb.app import make_app
+from b3lb.config import Config
+from b3lb.db import Database, DatabaseUnavailable
+from b3lb.logs import setup_logging
+from b3lb.runtime import Runtime
+
+log = logging.getLogger("b3lb.server")
+
+
+async def run_server(config: Config, *, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests, clean up."""
+    db = Database(config)
+    await db.open()
+    try:
+        assert db.pool is not None
+        async with db.pool.acquire() as conn:
+            applied = await migrate.migrate(conn)
+        for item in applied:
+            log.info("applied migration %s", item.name)
+        runtime = Runtime(config, db.pool)
+        await runtime.start()
+        server = HTTPServer(
+            make_app(runtime),
+            xheaders=False,
+            max_body_size=config.server.max_body_size,
+            max_buffer_size=config.server.max_body_size,
+            max_header_size=config.server.max_header_size,
+            idle_connection_timeout=60,
+        )
+        server.listen(config.server.port, address=config.server.listen_address)
+        log.info("listening", extra={"address": config.server.listen_address, "port": config.server.port})
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting down")
+        server.stop()
+        try:
+            await asyncio.wait_for(server.close_all_connections(), timeout=config.server.shutdown_grace)
+        except TimeoutError:
+            log.warning("in-flight requests did not finish within %.0fs", config.server.shutdown_grace)
+        await runtime.stop()
+    finally:
+        await db.close()
+        log.info("stopped")
+
+
+def serve(config: Config) -> int:
+    setup_logging(config.server.log_level)
+    try:
+        uvloop.run(run_server(config))
+    except DatabaseUnavailable as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    except migrate.MigrationError as exc:
+        log.error("cannot start: migration failed: %s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0

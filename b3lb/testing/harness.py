@@ -1,0 +1,174 @@
+"""An in-process load balancer on a seeded database in front of a fake fleet.
+
+Used by the end-to-end tests and the benchmarks: everything is real (PostgreSQL, HTTP on
+loopback, checksums), only the BBB nodes are fakes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import socket
+from dataclasses import dataclass, field
+from typing import Self
+
+import asyncpg
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from b3lb.app import make_app
+from b3lb.checksum import digest
+from b3lb.config import Config, load_config
+from b3lb.runtime import Runtime
+from b3lb.testing.fakebbb import FakeFleet
+
+BASE_DOMAIN = "lb.test"
+
+
+@dataclass
+class SeededTenant:
+    slug: str
+    tenant_id: int
+    # sub_id -> (secret row id, secret value)
+    secrets: dict[int, tuple[int, str]] = field(default_factory=dict)
+
+
+async def seed(
+    pool: asyncpg.Pool, fleet: FakeFleet, tenants: tuple[str, ...] = ("ABC",), *, sha: str = "SHA256"
+) -> dict[str, SeededTenant]:
+    """One cluster with every fake node, one cluster group, and the tenants with secret 0."""
+    cluster_id = await pool.fetchval("INSERT INTO cluster (name, sha_algorithm) VALUES ('main', $1) RETURNING id", sha)
+    group_id = await pool.fetchval("INSERT INTO cluster_group (name) VALUES ('all') RETURNING id")
+    await pool.execute("INSERT INTO cluster_group_relation (cluster_group_id, cluster_id) VALUES ($1, $2)",
+                       group_id, cluster_id)
+    await pool.executemany(
+        "INSERT INTO node (cluster_id, slug, domain, secret, protocol, port) VALUES ($1, $2, $3, $4, 'http', $5)",
+        [(cluster_id, n.name, n.domain, n.secret, n.port) for n in fleet.nodes],
+    )
+    seeded: dict[str, SeededTenant] = {}
+    for slug in tenants:
+        tenant_id = await pool.fetchval(
+            "INSERT INTO tenant (slug, cluster_group_id) VALUES ($1, $2) RETURNING id", slug, group_id
+        )
+        seeded[slug] = SeededTenant(slug, tenant_id)
+        await add_secret(pool, seeded[slug], 0)
+    return seeded
+
+
+async def add_secret(pool: asyncpg.Pool, tenant: SeededTenant, sub_id: int, **columns: object) -> str:
+    value = secrets.token_hex(32)
+    names = ["tenant_id", "sub_id", "secret", *columns]
+    placeholders = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+    secret_id = await pool.fetchval(
+        f"INSERT INTO secret ({', '.join(names)}) VALUES ({placeholders}) RETURNING id",
+        tenant.tenant_id, sub_id, value, *columns.values(),
+    )
+    tenant.secrets[sub_id] = (secret_id, value)
+    return value
+
+
+class Harness:
+    """`async with Harness(db_url, nodes=3) as h:` then `await h.call("create", "meetingID=x&name=xx")`."""
+
+    def __init__(self, db_url: str, *, nodes: int = 2, tenants: tuple[str, ...] = ("ABC",), **api: object) -> None:
+        self.db_url = db_url
+        self.fleet = FakeFleet(nodes)
+        self.tenant_slugs = tenants
+        base = load_config(env={})
+        self.config: Config = dataclasses.replace(
+            base,
+            server=dataclasses.replace(base.server, api_base_domain=BASE_DOMAIN, public_scheme="https"),
+            api=dataclasses.replace(base.api, node_request_timeout=2.0, node_connect_timeout=1.0, **api),
+        )
+        self.tenants: dict[str, SeededTenant] = {}
+        self.pool: asyncpg.Pool | None = None
+        self.runtime: Runtime | None = None
+        self.server: HTTPServer | None = None
+        self.port = 0
+        self.client = AsyncHTTPClient(force_instance=True)
+
+    async def __aenter__(self) -> Self:
+        await self.fleet.start()
+        self.pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=5)
+        self.tenants = await seed(self.pool, self.fleet, self.tenant_slugs)
+        self.runtime = Runtime(self.config, self.pool)
+        await self.runtime.start()
+        sock = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)[0]
+        self.port = sock.getsockname()[1]
+        self.server = HTTPServer(make_app(self.runtime), max_body_size=self.config.server.max_body_size)
+        self.server.add_sockets([sock])
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.client.close()
+        if self.server is not None:
+            self.server.stop()
+            await self.server.close_all_connections()
+        if self.runtime is not None:
+            await self.runtime.stop()
+        if self.pool is not None:
+            await self.pool.close()
+        await self.fleet.stop()
+
+    async def reload(self) -> None:
+        """Pick up rows a test changed in the database."""
+        assert self.runtime is not None
+        await self.runtime.refresh_directory()
+        await self.runtime.refresh_meetings()
+
+    def secret(self, slug: str = "ABC", sub_id: int = 0) -> str:
+        return self.tenants[slug].secrets[sub_id][1]
+
+    def signed(self, call: str, query: str, secret: str, algorithm: str = "sha256") -> str:
+        checksum = digest(algorithm, call, query, secret)
+        return f"{query}&checksum={checksum}" if query else f"checksum={checksum}"
+
+    async def call(
+        self,
+        call: str,
+        query: str = "",
+        *,
+        slug: str = "ABC",
+        sub_id: int = 0,
+        algorithm: str = "sha256",
+        method: str = "GET",
+        body: bytes | None = None,
+        content_type: str | None = None,
+        path_style: bool = False,
+        raw_query: str | None = None,
+        secret: str | None = None,
+    ) -> HTTPResponse:
+        """Sign `query` with the tenant's secret and send it (host style unless path_style)."""
+        full = raw_query if raw_query is not None else self.signed(call, query, secret or self.secret(slug, sub_id),
+                                                                   algorithm)
+        label = slug.lower() if sub_id == 0 else f"{slug.lower()}-{sub_id:03d}"
+        if path_style:
+            return await self.request(f"/b3lb/t/{label}/bbb/api/{call}?{full}", method=method, body=body,
+                                      content_type=content_type)
+        return await self.request(f"/bigbluebutton/api/{call}?{full}", host=f"{label}.{BASE_DOMAIN}",
+                                  method=method, body=body, content_type=content_type)
+
+    async def request(
+        self,
+        path: str,
+        *,
+        host: str = BASE_DOMAIN,
+        method: str = "GET",
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> HTTPResponse:
+        all_headers = {"Host": host, **(headers or {})}
+        if content_type:
+            all_headers["Content-Type"] = content_type
+        request = HTTPRequest(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            body=body if body is not None else (b"" if method in ("POST", "PUT", "PATCH") else None),
+            headers=all_headers,
+            follow_redirects=False,
+            allow_nonstandard_methods=True,
+            request_timeout=10,
+        )
+        return await self.client.fetch(request, raise_error=False)

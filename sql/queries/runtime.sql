@@ -1,0 +1,97 @@
+-- Queries of the serving process (API, caches, counters). Admin CLI queries live in admin.sql.
+
+-- name: ping
+SELECT 1
+
+-- name: load_clusters
+SELECT id, name, load_a_factor, load_m_factor, load_cpu_series_iteratations, load_cpu_maximum, sha_algorithm
+FROM cluster
+
+-- name: load_nodes
+SELECT id, cluster_id, slug, domain, secret, protocol, port, bbb_endpoint, load_endpoint,
+       cpu_load, attendees, meetings, has_errors, maintenance
+FROM node
+
+-- name: load_group_clusters
+SELECT cluster_group_id, cluster_id FROM cluster_group_relation
+
+-- name: load_tenants
+SELECT id, slug, cluster_group_id, attendee_limit, meeting_limit, record_by_default, stats_token
+FROM tenant
+
+-- name: load_secrets
+SELECT id, tenant_id, sub_id, secret, secret2, attendee_limit, meeting_limit, slide_id, record_by_default
+FROM secret
+
+-- name: load_parameters
+SELECT id, tenant_id, secret_id, create_join, mode, name, value FROM parameter ORDER BY id
+
+-- name: load_asset_flags
+SELECT tenant_id, logo, logo_mime, slide, slide_mime, css, css_mime,
+       coalesce(octet_length(slide_data), 0) AS slide_size
+FROM asset
+
+-- name: load_meetings
+SELECT id, secret_id, meeting_id, node_id, nonce, create_time, attendees
+FROM meeting
+
+-- name: meeting_by_key
+SELECT id, secret_id, meeting_id, node_id, nonce, create_time, attendees
+FROM meeting WHERE secret_id = $1 AND meeting_id = $2
+
+-- name: meeting_insert
+-- New meeting, or nothing when another create won the race (the caller then reads the winner).
+INSERT INTO meeting (secret_id, meeting_id, meeting_name, node_id, end_callback_url, recording_ready_url)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (secret_id, meeting_id) DO NOTHING
+RETURNING id, secret_id, meeting_id, node_id, nonce, create_time, attendees
+
+-- name: meeting_move
+-- Restart a room whose node is in error on a new node, with a fresh nonce.
+UPDATE meeting
+SET node_id = $2, nonce = gen_random_uuid(), create_time = now(), meeting_name = $3,
+    end_callback_url = $4, recording_ready_url = $5, attendees = 0, listeners = 0, voice = 0,
+    videos = 0, moderators = 0
+WHERE id = $1
+RETURNING id, secret_id, meeting_id, node_id, nonce, create_time, attendees
+
+-- name: meeting_delete
+DELETE FROM meeting WHERE id = $1
+
+-- name: meeting_end
+-- Remove a meeting from routing but keep what its end callback needs.
+WITH gone AS (DELETE FROM meeting WHERE id = $1 RETURNING nonce, secret_id, meeting_id, end_callback_url, create_time)
+INSERT INTO meeting_ended (nonce, secret_id, meeting_id, end_callback_url, create_time)
+SELECT nonce, secret_id, meeting_id, end_callback_url, create_time FROM gone
+ON CONFLICT (nonce) DO NOTHING
+
+-- name: slide_asset
+SELECT slide, slide_mime, slide_data FROM asset WHERE tenant_id = $1 AND slide_data IS NOT NULL
+
+-- name: asset_file
+-- $2 is one of logo, slide, css.
+SELECT t.id,
+       CASE $2 WHEN 'logo' THEN a.logo WHEN 'slide' THEN a.slide ELSE a.css END AS filename,
+       CASE $2 WHEN 'logo' THEN a.logo_mime WHEN 'slide' THEN a.slide_mime ELSE a.css_mime END AS mime,
+       CASE $2 WHEN 'logo' THEN a.logo_data WHEN 'slide' THEN a.slide_data ELSE a.css_data END AS data
+FROM tenant t JOIN asset a ON a.tenant_id = t.id
+WHERE t.slug = $1
+
+-- name: counters_add
+-- One statement per flush: arrays of secret ids and deltas, added to the running totals.
+INSERT INTO secret_counter AS c (secret_id, attendees_joined, meetings_created, meeting_duration_count,
+                                 meeting_duration_seconds, attendee_limit_hits, meeting_limit_hits)
+SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
+       AS d(secret_id, a, m, dc, ds, ah, mh)
+WHERE EXISTS (SELECT 1 FROM secret s WHERE s.id = d.secret_id)
+ON CONFLICT (secret_id) DO UPDATE SET
+    attendees_joined = c.attendees_joined + excluded.attendees_joined,
+    meetings_created = c.meetings_created + excluded.meetings_created,
+    meeting_duration_count = c.meeting_duration_count + excluded.meeting_duration_count,
+    meeting_duration_seconds = c.meeting_duration_seconds + excluded.meeting_duration_seconds,
+    attendee_limit_hits = c.attendee_limit_hits + excluded.attendee_limit_hits,
+    meeting_limit_hits = c.meeting_limit_hits + excluded.meeting_limit_hits,
+    updated_at = now()
+
+-- name: node_set_error
+UPDATE node SET has_errors = $2 WHERE id = $1

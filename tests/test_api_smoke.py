@@ -1,0 +1,29 @@
+import pytest
+from lxml import etree
+
+from b3lb.testing.harness import Harness
+
+
+def xml(response):
+    return etree.fromstring(response.body)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_create_join_end_roundtrip(db_url):
+    async with Harness(db_url, nodes=2) as h:
+        r = await h.call("create", "name=Weekly+Sync&meetingID=room-42")
+        assert r.code == 200, r.body
+        doc = xml(r)
+        assert doc.findtext("returncode") == "SUCCESS", r.body
+        r = await h.call("join", "meetingID=room-42&fullName=Ann&role=VIEWER")
+        assert r.code == 302
+        r = await h.call("isMeetingRunning", "meetingID=room-42")
+        assert xml(r).findtext("returncode") == "SUCCESS"
+        r = await h.call("getMeetings", "")
+        assert xml(r).findtext("meetings/meeting/meetingID") == "room-42", r.body
+        r = await h.call("end", "meetingID=room-42")
+        assert xml(r).findtext("messageKey") == "sentEndMeetingRequest", r.body
+        r = await h.call("getMeetingInfo", "meetingID=room-42")
+        assert xml(r).findtext("messageKey") == "notFound"
+        r = await h.request("/b3lb/ping")
+        assert r.body == b"OK!"
