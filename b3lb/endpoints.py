@@ -20,6 +20,9 @@ class PingHandler(RequestHandler):
     def initialize(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
+    def compute_etag(self) -> None:
+        return None
+
     async def get(self) -> None:
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")

@@ -35,3 +35,5 @@ def setup_logging(level: str) -> None:
     root.setLevel(level.upper())
     # Tornado logs every request at INFO; at our volume that is noise unless asked for.
     logging.getLogger("tornado.access").setLevel(max(logging.WARNING, root.level))
+    # pgserver narrates every initdb/pg_ctl step at INFO.
+    logging.getLogger("pgserver").setLevel(max(logging.WARNING, root.level))

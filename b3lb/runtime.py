@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import asyncpg
 
@@ -37,6 +38,8 @@ class Runtime:
         self.allowed_algorithms = frozenset(config.api.allowed_sha_algorithms)
         self.trusted_proxies = frozenset(config.server.trusted_proxies)
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by the poller module once it exists in this process (see b3lb/poller.py).
+        self.poller: Any = None
 
     # -- loading ------------------------------------------------------------------------------
 

@@ -117,6 +117,12 @@ class Harness:
         await self.runtime.refresh_directory()
         await self.runtime.refresh_meetings()
 
+    async def poll(self) -> None:
+        """Run one poll cycle of every node now, as the background poller would."""
+        assert self.runtime is not None
+        if self.runtime.poller is not None:
+            await self.runtime.poller.poll_once()
+
     def secret(self, slug: str = "ABC", sub_id: int = 0) -> str:
         return self.tenants[slug].secrets[sub_id][1]
 
