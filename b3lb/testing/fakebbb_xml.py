@@ -1,5 +1,7 @@
-"""XML documents served by the fake BBB fleet (see b3lb.testing.fakebbb).
+"""Wire format of the fake BBB fleet (see b3lb.testing.fakebbb).
 
+Holds what the fake nodes exchange on the wire: the meeting model as built from
+API parameters, the BBB checksum rules (spec 1.1-1.5) and the XML documents.
 Element names and order follow the BigBlueButton templates as described in
 /work/shared/spec/bbb-api.md (sections 0.4 and 2.3-2.10). Documents are built
 as strings with explicit escaping: it is much faster than building lxml trees,
@@ -8,16 +10,20 @@ which matters when a benchmark polls 1,000 nodes with 20 meetings each.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import re
+import secrets
+import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from xml.sax.saxutils import escape
-
-if TYPE_CHECKING:
-    from b3lb.testing.fakebbb import FakeAttendee, FakeMeeting
 
 # Characters XML 1.0 cannot carry at all, not even escaped.
 _INVALID_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_NEEDS_ESCAPING = re.compile("[&<>\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 # Metadata and customdata keys become element names; anything else would break the document.
 _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]*$")
 
@@ -39,10 +45,222 @@ MESSAGE_CREATE_TIME_MISMATCH = "The createTime parameter submitted mismatches wi
 MESSAGE_INVALID_PASSWORD = "You must supply the moderator password for this call."
 MESSAGE_FAILED_MODE = "The fake node is configured to fail every request."
 
+# Algorithm by checksum hex length (BBB >= 2.5 accepts all four by default).
+HASH_BY_HEX_LENGTH = {40: "sha1", 64: "sha256", 96: "sha384", 128: "sha512"}
+# BBB strips control characters from parameter values.
+_CONTROL_CHARS = {code: None for code in range(0x20)}
+
+
+def wire_bytes(raw_query: str) -> bytes:
+    """Bytes of a query as it was on the wire; Tornado decodes the request line as latin-1."""
+    try:
+        return raw_query.encode("latin-1")
+    except UnicodeEncodeError:  # a str built in Python, not taken from a request line
+        return raw_query.encode("utf-8")
+
+
+def parse_query(raw_query: str) -> dict[str, str]:
+    """Parameters of a raw query string; the first value of a repeated key wins (as in BBB)."""
+    params: dict[str, str] = {}
+    text = wire_bytes(raw_query).decode("utf-8", errors="replace")
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        params.setdefault(key, value.translate(_CONTROL_CHARS))
+    return params
+
+
+def checksum_is_valid(call: str, raw_query: str, secret: str) -> bool:
+    """BBB checksum check over the raw query string (spec 1.1-1.5)."""
+    supplied = parse_query(raw_query).get("checksum", "")
+    algorithm = HASH_BY_HEX_LENGTH.get(len(supplied))
+    if algorithm is None or not supplied.isascii():
+        return False
+    # Plain string removal in BBB's order; the rest is hashed exactly as sent.
+    stripped = (
+        raw_query.replace("&checksum=" + supplied, "")
+        .replace("checksum=" + supplied + "&", "")
+        .replace("checksum=" + supplied, "")
+    )
+    payload = call.encode("utf-8") + wire_bytes(stripped) + secret.encode("utf-8")
+    expected = hashlib.new(algorithm, payload).hexdigest()
+    return hmac.compare_digest(expected, supplied.lower())
+
+
+def sign_query(call: str, query: str, secret: str, algorithm: str = "sha256") -> str:
+    """Append a checksum to ``query`` (convenience for tests and manual use)."""
+    checksum = hashlib.new(algorithm, (call + query + secret).encode("utf-8")).hexdigest()
+    return f"{query}&checksum={checksum}" if query else f"checksum={checksum}"
+
+
+def is_loopback_url(url: str) -> bool:
+    """Only loopback callbacks are sent: a fake fleet must never call the outside world."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if parts.scheme not in ("http", "https"):
+            return False
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def append_query(url: str, params: list[tuple[str, str]]) -> str:
+    """Append encoded parameters after any existing ones, like BBB's URI builder."""
+    parts = urlsplit(url)
+    extra = urlencode(params)
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+@dataclass
+class RecordedRequest:
+    """One request received by a fake node, kept for assertions."""
+
+    method: str
+    call: str  # API call name ("" for the API root) or the path for other endpoints
+    query: str  # raw query string as received
+    body: bytes
+    content_type: str
+    headers: dict[str, str]
+    path: str
+    received_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class FakeAttendee:
+    user_id: str
+    full_name: str
+    role: str = "VIEWER"
+    is_presenter: bool = False
+    is_listening_only: bool = False
+    has_joined_voice: bool = False
+    has_video: bool = False
+    custom_data: dict[str, str] = field(default_factory=dict)
+    internal_user_id: str = field(default_factory=lambda: "w_" + secrets.token_hex(6))
+    auth_token: str = field(default_factory=lambda: secrets.token_hex(6))
+    session_token: str = field(default_factory=lambda: secrets.token_hex(8))
+
+
+@dataclass
+class FakeMeeting:
+    meeting_id: str
+    name: str
+    attendee_pw: str = field(default_factory=lambda: secrets.token_hex(4))
+    moderator_pw: str = field(default_factory=lambda: secrets.token_hex(4))
+    create_time: int = field(default_factory=lambda: int(time.time() * 1000))
+    voice_bridge: str = field(default_factory=lambda: str(70000 + secrets.randbelow(10000)))
+    dial_number: str = "613-555-1234"
+    duration: int = 0
+    max_users: int = 0
+    record: bool = False
+    recording: bool = False
+    is_breakout: bool = False
+    has_user_joined: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)  # keys lower-cased, without "meta_"
+    attendees: list[FakeAttendee] = field(default_factory=list)
+    meeting_ended_url: str = ""
+    create_params: dict[str, str] = field(default_factory=dict)
+    chat_messages: list[tuple[str, str]] = field(default_factory=list)  # (userName, message)
+    inserted_documents: list[bytes] = field(default_factory=list)
+    _fields_cache: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def internal_meeting_id(self) -> str:
+        return hashlib.sha1(self.meeting_id.encode("utf-8")).hexdigest() + "-" + str(self.create_time)
+
+    @property
+    def create_date(self) -> str:
+        return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(self.create_time / 1000))
+
+    @property
+    def running(self) -> bool:
+        return bool(self.attendees)
+
+    def xml_fields(self) -> str:
+        """Cached getMeetingInfo/getMeetings children; call mark_changed() after mutating."""
+        if self._fields_cache is None:
+            self._fields_cache = meeting_fields(self)
+        return self._fields_cache
+
+    def mark_changed(self) -> None:
+        self._fields_cache = None
+
+
+def create_validation_error(meeting_id: str, name: str | None) -> bytes | None:
+    if not meeting_id:
+        return failed("missingParamMeetingID", MESSAGE_MISSING_MEETING_ID)
+    if not 2 <= len(meeting_id) <= 256:
+        return failed("sizeError", MESSAGE_ID_SIZE)
+    if "," in meeting_id:
+        return failed("validationError", MESSAGE_COMMA_IN_ID)
+    if name is not None and not 2 <= len(name) <= 256:
+        return failed("sizeError", MESSAGE_NAME_SIZE)
+    return None
+
+
+def passwords_match(meeting: FakeMeeting, params: dict[str, str]) -> bool:
+    """BBB treats a repeated create as duplicate unless a sent password differs."""
+    attendee_pw = params.get("attendeePW", "")
+    moderator_pw = params.get("moderatorPW", "")
+    return (not attendee_pw or attendee_pw == meeting.attendee_pw) and (
+        not moderator_pw or moderator_pw == meeting.moderator_pw
+    )
+
+
+def int_param(params: dict[str, str], key: str) -> int:
+    try:
+        return max(0, int(params.get(key, "0")))
+    except ValueError:
+        return 0
+
+
+def meeting_from_params(params: dict[str, str]) -> FakeMeeting:
+    meeting_id = params["meetingID"]
+    metadata: dict[str, str] = {}
+    for key, value in params.items():
+        if key.lower().startswith("meta_"):
+            metadata.setdefault(key[5:].lower(), value)  # BBB lower-cases metadata keys
+    optional = {
+        field_name: params[key]
+        for key, field_name in (
+            ("attendeePW", "attendee_pw"),
+            ("moderatorPW", "moderator_pw"),
+            ("voiceBridge", "voice_bridge"),
+            ("dialNumber", "dial_number"),
+        )
+        if params.get(key)
+    }
+    return FakeMeeting(
+        meeting_id=meeting_id,
+        name=params.get("name") or meeting_id,
+        duration=int_param(params, "duration"),
+        max_users=int_param(params, "maxParticipants"),
+        record=params.get("record", "").lower() == "true",
+        metadata=metadata,
+        meeting_ended_url=params.get("meetingEndedURL", ""),
+        create_params=dict(params),
+        **optional,
+    )
+
+
+def attendee_from_params(meeting: FakeMeeting, params: dict[str, str]) -> FakeAttendee:
+    role = params.get("role", "").upper()
+    if role not in ("MODERATOR", "VIEWER"):  # deprecated password-based role
+        password = params.get("password", "")
+        role = "MODERATOR" if password and password == meeting.moderator_pw else "VIEWER"
+    # userdata-* parameters show up as <customdata> children, without the prefix.
+    custom_data = {key[9:]: value for key, value in params.items() if key.startswith("userdata-")}
+    attendee = FakeAttendee(params.get("userID", ""), params["fullName"], role, custom_data=custom_data)
+    if not attendee.user_id:
+        attendee.user_id = attendee.internal_user_id
+    return attendee
+
 
 def xml_text(value: object) -> str:
     """Escape a value for element content; drop characters XML cannot represent."""
-    return escape(_INVALID_XML_CHARS.sub("", str(value)))
+    text = value if isinstance(value, str) else str(value)
+    if _NEEDS_ESCAPING.search(text) is None:  # fast path: most values are plain
+        return text
+    return escape(_INVALID_XML_CHARS.sub("", text))
 
 
 def is_xml_name(name: str) -> bool:
@@ -143,21 +361,17 @@ def _key_value_children(values: dict[str, str]) -> str:
 
 
 def attendee_element(attendee: FakeAttendee) -> str:
+    # One f-string with escaping only for the free-text fields: the hot path of a first poll.
     custom = ""
     if attendee.custom_data:
         custom = "<customdata>" + _key_value_children(attendee.custom_data) + "</customdata>"
     return (
-        "<attendee>"
-        + element("userID", attendee.user_id)
-        + element("fullName", attendee.full_name)
-        + element("role", attendee.role)
-        + element("isPresenter", xml_bool(attendee.is_presenter))
-        + element("isListeningOnly", xml_bool(attendee.is_listening_only))
-        + element("hasJoinedVoice", xml_bool(attendee.has_joined_voice))
-        + element("hasVideo", xml_bool(attendee.has_video))
-        + element("clientType", "HTML5")
-        + custom
-        + "</attendee>"
+        f"<attendee><userID>{xml_text(attendee.user_id)}</userID>"
+        f"<fullName>{xml_text(attendee.full_name)}</fullName><role>{xml_text(attendee.role)}</role>"
+        f"<isPresenter>{xml_bool(attendee.is_presenter)}</isPresenter>"
+        f"<isListeningOnly>{xml_bool(attendee.is_listening_only)}</isListeningOnly>"
+        f"<hasJoinedVoice>{xml_bool(attendee.has_joined_voice)}</hasJoinedVoice>"
+        f"<hasVideo>{xml_bool(attendee.has_video)}</hasVideo><clientType>HTML5</clientType>{custom}</attendee>"
     )
 
 
