@@ -5,7 +5,8 @@ from __future__ import annotations
 from tornado.web import Application, RequestHandler
 
 from b3lb.api.handler import BBBApiHandler
-from b3lb.endpoints import AssetHandler, PingHandler
+from b3lb.callbacks import EndCallbackHandler
+from b3lb.endpoints import AssetHandler, MetricsHandler, PingHandler, StatsHandler
 from b3lb.runtime import Runtime
 
 # Call names as B3LB routes them; anything else under the API (e.g. hooks/create) is a 404.
@@ -28,6 +29,11 @@ def make_app(runtime: Runtime) -> Application:
         (rf"/b3lb/t/{TENANT}/bbb/api/?", BBBApiHandler, deps),
         (rf"/b3lb/t/{TENANT}/bbb/api/{CALL}", BBBApiHandler, deps),
         (r"/b3lb/ping", PingHandler, deps),
+        (r"/b3lb/stats", StatsHandler, deps),
+        (rf"/b3lb/t/{TENANT}/stats", StatsHandler, deps),
+        (r"/b3lb/metrics", MetricsHandler, deps),
+        (rf"/b3lb/t/{TENANT}/metrics", MetricsHandler, deps),
+        (r"/b3lb/b/meeting/end", EndCallbackHandler, deps),
         (r"/b3lb/t/([a-z]{2,10})/(logo|slide|css)", AssetHandler, deps),
     ]
     return Application(routes, default_handler_class=NotFoundHandler, compress_response=False)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("conf/b3lb.conf")
 SHA_ALGORITHMS = ("sha1", "sha256", "sha384", "sha512")

@@ -23,6 +23,8 @@ class MeetingRef:
     attendees: int = 0
     # monotonic time this process learnt of the meeting: protects fresh meetings from racing polls
     seen_at: float = field(default_factory=time.monotonic)
+    # From the last poll of its node: the node's <meeting> element, verbatim, for getMeetings.
+    xml: bytes | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> MeetingRef:
@@ -44,6 +46,7 @@ class MeetingTable:
         self.by_secret: dict[int, dict[str, MeetingRef]] = {}
         # bare meetingID -> its meetings under all secrets (same ID, different tenants)
         self.by_meeting_id: dict[str, list[MeetingRef]] = {}
+        self.by_node: dict[int, dict[tuple[int, str], MeetingRef]] = {}
         # meeting row id -> monotonic time this process removed it; a reload that started
         # before the removal must not bring it back
         self.removed: dict[int, float] = {}
@@ -61,6 +64,7 @@ class MeetingTable:
         self.by_key[(ref.secret_id, ref.meeting_id)] = ref
         self.by_secret.setdefault(ref.secret_id, {})[ref.meeting_id] = ref
         self.by_meeting_id.setdefault(ref.meeting_id, []).append(ref)
+        self.by_node.setdefault(ref.node_id, {})[(ref.secret_id, ref.meeting_id)] = ref
 
     def remove(self, ref: MeetingRef, *, forget: bool = True) -> None:
         key = (ref.secret_id, ref.meeting_id)
@@ -79,10 +83,18 @@ class MeetingTable:
             same_id.remove(ref)
         if not same_id:
             self.by_meeting_id.pop(ref.meeting_id, None)
+        on_node = self.by_node.get(ref.node_id)
+        if on_node is not None:
+            on_node.pop(key, None)
+            if not on_node:
+                del self.by_node[ref.node_id]
 
     def nodes_hosting(self, meeting_id: str, other_than_secret: int) -> set[int]:
         """Nodes hosting this meetingID for another secret (never place a second copy there)."""
         return {r.node_id for r in self.by_meeting_id.get(meeting_id, ()) if r.secret_id != other_than_secret}
+
+    def refs_on_node(self, node_id: int) -> list[MeetingRef]:
+        return list(self.by_node.get(node_id, {}).values())
 
     def for_secret(self, secret_id: int) -> list[MeetingRef]:
         return list(self.by_secret.get(secret_id, {}).values())
@@ -97,14 +109,14 @@ class MeetingTable:
         recent = {key: r for key, r in self.by_key.items() if now - r.seen_at < keep_newer_than}
         known = {r.id: r for r in self.by_key.values()}
         self.removed = {i: t for i, t in self.removed.items() if now - t < keep_newer_than}
-        self.by_key, self.by_secret, self.by_meeting_id = {}, {}, {}
+        self.by_key, self.by_secret, self.by_meeting_id, self.by_node = {}, {}, {}, {}
         for row in rows:
             ref = MeetingRef.from_row(row)
             if ref.id in self.removed:
                 continue
             previous = known.get(ref.id)
             if previous is not None:
-                ref.seen_at = previous.seen_at
+                ref.seen_at, ref.xml = previous.seen_at, previous.xml
             recent.pop((ref.secret_id, ref.meeting_id), None)
             self.add(ref)
         for ref in recent.values():

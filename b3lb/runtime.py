@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import asyncpg
+from tornado.httputil import HTTPServerRequest
 
 from b3lb.balancer import LoadTable
 from b3lb.config import Config
@@ -20,7 +21,7 @@ from b3lb.db import Q
 from b3lb.meetings import MeetingRef, MeetingTable
 from b3lb.models import Cluster, Node, Parameter, Secret, Tenant
 from b3lb.nodeclient import NodeClient
-from b3lb.tenancy import AssetFlags, HostResolver, TenantDirectory
+from b3lb.tenancy import AssetFlags, HostResolver, SecretContext, TenantDirectory
 
 log = logging.getLogger("b3lb.runtime")
 
@@ -37,9 +38,24 @@ class Runtime:
         self.hosts = HostResolver(config.server.api_base_domain)
         self.allowed_algorithms = frozenset(config.api.allowed_sha_algorithms)
         self.trusted_proxies = frozenset(config.server.trusted_proxies)
-        self._tasks: list[asyncio.Task[None]] = []
-        # Set by the poller module once it exists in this process (see b3lb/poller.py).
+        self._tasks: set[asyncio.Task[None]] = set()
+        # The Poller of this process (b3lb/poller.py), and whether it currently leads (polls).
         self.poller: Any = None
+        self.polling = False
+
+    def secret_for(self, request: HTTPServerRequest, slug: str | None, sub: str | None) -> SecretContext | None:
+        """The secret a request addresses: from the path (/b3lb/t/{slug}[-NNN]/...) when given,
+        else from the Host (X-Forwarded-Host only from trusted proxies)."""
+        if slug is not None:
+            return self.directory.lookup(slug, int(sub or 0))
+        key = self.hosts.resolve(self.request_host(request))
+        return self.directory.lookup(*key) if key else None
+
+    def request_host(self, request: HTTPServerRequest) -> str:
+        forwarded = request.headers.get("X-Forwarded-Host")
+        if forwarded and request.remote_ip in self.trusted_proxies:
+            return forwarded.split(",", 1)[0].strip()
+        return request.host or ""
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -105,6 +121,12 @@ class Runtime:
     async def flush_counters(self) -> None:
         await self.counters.flush(self.pool)
 
+    def add_task(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a background coroutine until it ends or stop() cancels it."""
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _spawn(self, name: str, job: Callable[[], Awaitable[object]], interval: float) -> None:
         async def loop() -> None:
             while True:
@@ -116,13 +138,13 @@ class Runtime:
                 except Exception:  # a background job must survive a bad cycle
                     log.exception("%s failed", name)
 
-        self._tasks.append(asyncio.get_running_loop().create_task(loop(), name=name))
+        self.add_task(name, loop())
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await self.counters.flush(self.pool)
         except Exception:  # shutting down: log and go on closing

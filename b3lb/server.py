@@ -13,7 +13,9 @@ from b3lb import migrate
 from b3lb.app import make_app
 from b3lb.config import Config
 from b3lb.db import Database, DatabaseUnavailable
+from b3lb.leader import Leadership
 from b3lb.logs import setup_logging
+from b3lb.poller import Poller
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.server")
@@ -31,6 +33,8 @@ async def run_server(config: Config, *, ready: asyncio.Event | None = None) -> N
             log.info("applied migration %s", item.name)
         runtime = Runtime(config, db.pool)
         await runtime.start()
+        runtime.poller = Poller(runtime)
+        runtime.add_task("poller", Leadership(runtime, runtime.poller).run())
         server = HTTPServer(
             make_app(runtime),
             xheaders=False,

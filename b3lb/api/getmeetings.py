@@ -1,67 +1,46 @@
-"""`getMeetings`: the caller's meetings as their nodes report them.
+"""`getMeetings`: the caller's meetings as their nodes reported them at the last poll.
 
-Secret sub_id 0 sees every meeting of its tenant, other secrets only their own. Meetings are
-selected by (node, meetingID) pairs we own, so another tenant's meeting with the same ID on
-the same node can never leak. A node that does not answer contributes nothing; the call
-itself still succeeds.
+Secret sub_id 0 sees every meeting of its tenant, other secrets only their own. Each meeting's
+`<meeting>` element is the node's own, copied verbatim by the poller and attached to our
+routing record, so another tenant's meeting with the same ID can never leak, and an ended
+meeting disappears at once. Meetings of a node in error are left out (as B3LB does); a single
+failed poll keeps the last known state until the node's error state flips.
+
+The polling process answers from memory. Other instances read the list the poller stored in
+`secret_meeting_list` (one indexed query), which is at most one poll interval old.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from lxml import etree
-
-from b3lb.api.forward import node_url
 from b3lb.api.xml import NO_MEETINGS, ApiResult
-from b3lb.balancer import NodeEntry
-from b3lb.nodeclient import NodeRequestError
+from b3lb.db import Q
 from b3lb.runtime import Runtime
 
 if TYPE_CHECKING:
     from b3lb.api.handler import ApiRequest
 
-log = logging.getLogger("b3lb.api")
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
+_HEAD = b"<response><returncode>SUCCESS</returncode><meetings>"
+_TAIL = b"</meetings></response>"
 
 
 async def get_meetings(runtime: Runtime, req: ApiRequest) -> ApiResult:
     ctx = req.ctx
+    if not runtime.polling:
+        stored = await runtime.pool.fetchval(Q.secret_list, ctx.secret.id)
+        return ApiResult(_HEAD + stored.encode() + _TAIL) if stored else NO_MEETINGS
     if ctx.secret.sub_id == 0:
         secret_ids = [s.secret.id for s in runtime.directory.secrets_by_tenant.get(ctx.tenant.id, [])]
     else:
         secret_ids = [ctx.secret.id]
-    wanted: dict[int, set[str]] = defaultdict(set)
-    for secret_id in secret_ids:
-        for ref in runtime.meetings.for_secret(secret_id):
-            wanted[ref.node_id].add(ref.meeting_id)
-    entries = [runtime.loads.nodes[n] for n in wanted if n in runtime.loads.nodes]
-    entries = [e for e in entries if not e.node.has_errors]
-    if not entries:
+    nodes = runtime.loads.nodes
+    parts = [
+        ref.xml
+        for secret_id in secret_ids
+        for ref in runtime.meetings.for_secret(secret_id)
+        if ref.xml is not None and ref.node_id in nodes and not nodes[ref.node_id].node.has_errors
+    ]
+    if not parts:
         return NO_MEETINGS
-    parts = await asyncio.gather(*(_node_meetings(runtime, e, wanted[e.node.id]) for e in entries))
-    meetings = b"".join(b"".join(part) for part in parts)
-    if not meetings:
-        return NO_MEETINGS
-    return ApiResult(b"<response><returncode>SUCCESS</returncode><meetings>" + meetings + b"</meetings></response>")
-
-
-async def _node_meetings(runtime: Runtime, entry: NodeEntry, ids: set[str]) -> list[bytes]:
-    """The node's <meeting> elements for our meeting IDs, verbatim."""
-    try:
-        response = await runtime.nodes.fetch(
-            node_url(entry, "getMeetings", []), timeout=runtime.config.poller.timeout
-        )
-        root = etree.fromstring(response.body, _PARSER)
-    except (NodeRequestError, etree.XMLSyntaxError, ValueError) as exc:
-        log.warning("getMeetings from node %s failed: %s", entry.node.slug, exc)
-        return []
-    selected = []
-    for meeting in root.iterfind("meetings/meeting"):
-        if meeting.findtext("meetingID") in ids and meeting.findtext("isBreakout") != "true":
-            meeting.tail = None
-            selected.append(etree.tostring(meeting, encoding="utf-8", xml_declaration=False))
-    return selected
+    return ApiResult(_HEAD + b"".join(parts) + _TAIL)

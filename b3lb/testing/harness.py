@@ -20,6 +20,7 @@ from tornado.netutil import bind_sockets
 from b3lb.app import make_app
 from b3lb.checksum import digest
 from b3lb.config import Config, load_config
+from b3lb.poller import NodePoll, Poller
 from b3lb.runtime import Runtime
 from b3lb.testing.fakebbb import FakeFleet
 
@@ -71,15 +72,28 @@ async def add_secret(pool: asyncpg.Pool, tenant: SeededTenant, sub_id: int, **co
 class Harness:
     """`async with Harness(db_url, nodes=3) as h:` then `await h.call("create", "meetingID=x&name=xx")`."""
 
-    def __init__(self, db_url: str, *, nodes: int = 2, tenants: tuple[str, ...] = ("ABC",), **api: object) -> None:
+    def __init__(
+        self,
+        db_url: str,
+        *,
+        nodes: int = 2,
+        tenants: tuple[str, ...] = ("ABC",),
+        server: dict[str, object] | None = None,
+        poller: dict[str, object] | None = None,
+        **api: object,
+    ) -> None:
+        """`api` overrides [api] settings, `server` and `poller` their sections."""
         self.db_url = db_url
         self.fleet = FakeFleet(nodes)
         self.tenant_slugs = tenants
         base = load_config(env={})
         self.config: Config = dataclasses.replace(
             base,
-            server=dataclasses.replace(base.server, api_base_domain=BASE_DOMAIN, public_scheme="https"),
+            server=dataclasses.replace(
+                base.server, **{"api_base_domain": BASE_DOMAIN, "public_scheme": "https", **(server or {})}
+            ),
             api=dataclasses.replace(base.api, node_request_timeout=2.0, node_connect_timeout=1.0, **api),
+            poller=dataclasses.replace(base.poller, **{"timeout": 1.0, **(poller or {})}),
         )
         self.tenants: dict[str, SeededTenant] = {}
         self.pool: asyncpg.Pool | None = None
@@ -94,9 +108,19 @@ class Harness:
         self.tenants = await seed(self.pool, self.fleet, self.tenant_slugs)
         self.runtime = Runtime(self.config, self.pool)
         await self.runtime.start()
+        # Polls only when a test asks (h.poll()), so tests decide what the poller has seen.
+        self.runtime.poller = Poller(self.runtime)
+        self.runtime.polling = True
         sock = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)[0]
         self.port = sock.getsockname()[1]
-        self.server = HTTPServer(make_app(self.runtime), max_body_size=self.config.server.max_body_size)
+        # The same limits as `b3lb serve` (b3lb/server.py).
+        self.server = HTTPServer(
+            make_app(self.runtime),
+            xheaders=False,
+            max_body_size=self.config.server.max_body_size,
+            max_buffer_size=self.config.server.max_body_size,
+            max_header_size=self.config.server.max_header_size,
+        )
         self.server.add_sockets([sock])
         return self
 
@@ -117,11 +141,11 @@ class Harness:
         await self.runtime.refresh_directory()
         await self.runtime.refresh_meetings()
 
-    async def poll(self) -> None:
+    async def poll(self) -> list[NodePoll]:
         """Run one poll cycle of every node now, as the background poller would."""
         assert self.runtime is not None
-        if self.runtime.poller is not None:
-            await self.runtime.poller.poll_once()
+        results: list[NodePoll] = await self.runtime.poller.poll_once()
+        return results
 
     def secret(self, slug: str = "ABC", sub_id: int = 0) -> str:
         return self.tenants[slug].secrets[sub_id][1]

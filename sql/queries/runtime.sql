@@ -95,3 +95,29 @@ ON CONFLICT (secret_id) DO UPDATE SET
 
 -- name: node_set_error
 UPDATE node SET has_errors = $2 WHERE id = $1
+
+-- name: end_callback_take
+-- The node says a meeting ended: take it out (live or already ended through the API or a poll)
+-- and return what the relay needs. Only the matching (nonce, meetingID) pair is accepted.
+WITH live AS (
+    DELETE FROM meeting WHERE nonce = $1 AND meeting_id = $2
+    RETURNING id, secret_id, end_callback_url, create_time
+), ended AS (
+    DELETE FROM meeting_ended WHERE nonce = $1 AND meeting_id = $2
+    RETURNING secret_id, end_callback_url, create_time
+)
+SELECT id, secret_id, end_callback_url, extract(epoch FROM now() - create_time)::float8 AS seconds FROM live
+UNION ALL
+SELECT NULL::bigint, secret_id, end_callback_url, NULL::float8 FROM ended
+
+-- name: secret_counters
+SELECT secret_id, attendees_joined, meetings_created, meeting_duration_count, meeting_duration_seconds,
+       attendee_limit_hits, meeting_limit_hits
+FROM secret_counter
+
+-- name: secret_gauges
+SELECT m.secret_id, sum(m.attendees)::bigint AS attendees, sum(m.listeners)::bigint AS listeners,
+       sum(m.voice)::bigint AS voices, sum(m.videos)::bigint AS videos, count(*) AS meetings
+FROM meeting m JOIN node n ON n.id = m.node_id
+WHERE NOT n.has_errors
+GROUP BY m.secret_id

@@ -1,0 +1,253 @@
+"""The fleet watcher: polls every node's load endpoint and getMeetings, then updates the load
+table, node health, meeting counts and the getMeetings cache, with one batched statement each.
+
+Nodes are polled concurrently (bounded by `poller.concurrency`), each with its own timeout, so
+a slow node delays nobody. XML is parsed in small pieces between network waits, which keeps
+the API responsive during a cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import asyncpg
+from lxml import etree
+
+from b3lb.api.forward import node_url
+from b3lb.balancer import NodeEntry
+from b3lb.db import Q
+from b3lb.meetings import MeetingRef
+from b3lb.nodeclient import NodeRequestError
+from b3lb.runtime import Runtime
+
+log = logging.getLogger("b3lb.poller")
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
+LONG_MEETING = 12 * 3600  # durations of meetings longer than this are not counted (spec 4.6)
+
+
+@dataclass(slots=True)
+class MeetingSample:
+    ref: MeetingRef
+    counts: tuple[int, int, int, int, int]  # attendees, listeners, voice, videos, moderators
+    origin: str
+    origin_server_name: str
+    xml: bytes
+
+
+@dataclass(slots=True)
+class NodePoll:
+    entry: NodeEntry
+    ok: bool = False
+    error: str = ""
+    cpu_load: float | None = None  # percent; None: the load endpoint gave nothing usable
+    meetings: int = 0
+    attendees: int = 0
+    samples: list[MeetingSample] = field(default_factory=list)
+    listed: set[str] = field(default_factory=set)
+
+
+def parse_load(body: bytes) -> float | None:
+    """The node's load file: an integer 0..10000 ("5713\\n"), as a percentage; None if unusable."""
+    text = body.split(b"\n", 1)[0].strip()
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return min(max(value, 0), 10000) / 100.0
+
+
+def _count(meeting: etree._Element, tag: str) -> int:
+    try:
+        return int(meeting.findtext(tag) or 0)
+    except ValueError:
+        return 0
+
+
+class Poller:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.config = runtime.config.poller
+        self.cycles = 0
+        self.last_duration = 0.0
+        self.last_cpu = 0.0
+        self.poll_seconds: dict[int, float] = {}  # node id -> duration of its last poll
+        # What the database holds already, so each cycle writes only the lists that changed.
+        self._stored_node_lists: dict[int, str] = {}
+        self._stored_secret_lists: dict[int, str] = {}
+
+    async def poll_once(self) -> list[NodePoll]:
+        """One full cycle over every node; returns the per-node results."""
+        started, cpu_started = time.perf_counter(), time.process_time()
+        semaphore = asyncio.Semaphore(self.config.concurrency)
+        entries = list(self.runtime.loads.nodes.values())
+        results = await asyncio.gather(*(self._poll_guarded(semaphore, e) for e in entries))
+        await self._apply(results)
+        self.cycles += 1
+        self.last_duration = time.perf_counter() - started
+        self.last_cpu = time.process_time() - cpu_started
+        log.debug("poll cycle", extra={"nodes": len(entries), "seconds": round(self.last_duration, 3)})
+        return results
+
+    async def _poll_guarded(self, semaphore: asyncio.Semaphore, entry: NodeEntry) -> NodePoll:
+        async with semaphore:
+            started = time.perf_counter()
+            try:
+                return await self._poll_node(entry)
+            finally:
+                self.poll_seconds[entry.node.id] = time.perf_counter() - started
+
+    async def _poll_node(self, entry: NodeEntry) -> NodePoll:
+        result = NodePoll(entry)
+        timeout = self.config.timeout
+        fetch = self.runtime.nodes.fetch
+        load_call = fetch(entry.node.load_url, timeout=timeout)
+        meetings_call = fetch(node_url(entry, "getMeetings", []), timeout=timeout)
+        load, meetings = await asyncio.gather(load_call, meetings_call, return_exceptions=True)
+        if not isinstance(load, BaseException) and load.code == 200:
+            result.cpu_load = parse_load(load.body)
+        if isinstance(meetings, BaseException):
+            result.error = str(meetings) if isinstance(meetings, NodeRequestError) else repr(meetings)
+            return result
+        if meetings.code != 200:
+            result.error = f"HTTP {meetings.code}"
+            return result
+        try:
+            root = etree.fromstring(meetings.body, _PARSER)
+        except (etree.XMLSyntaxError, ValueError) as exc:
+            result.error = f"unparsable XML: {exc}"
+            return result
+        if root.findtext("returncode") != "SUCCESS" or root.find("error") is not None:
+            result.error = f"FAILED: {root.findtext('messageKey') or root.findtext('message') or 'no message'}"
+            return result
+        result.ok = True
+        self._read_meetings(result, root)
+        return result
+
+    def _read_meetings(self, result: NodePoll, root: etree._Element) -> None:
+        node_id = result.entry.node.id
+        by_id = self.runtime.meetings.by_meeting_id
+        for meeting in root.iterfind("meetings/meeting"):
+            if meeting.findtext("isBreakout") == "true":
+                continue  # breakout rooms count for neither the node nor getMeetings
+            meeting_id = meeting.findtext("meetingID") or ""
+            attendees = _count(meeting, "participantCount")
+            result.meetings += 1
+            result.attendees += attendees
+            result.listed.add(meeting_id)
+            owned = [r for r in by_id.get(meeting_id, ()) if r.node_id == node_id]
+            if not owned:
+                continue
+            meta = meeting.find("metadata")
+            counts = (
+                attendees,
+                _count(meeting, "listenerCount"),
+                _count(meeting, "voiceParticipantCount"),
+                _count(meeting, "videoCount"),
+                _count(meeting, "moderatorCount"),
+            )
+            meeting.tail = None
+            xml = etree.tostring(meeting, encoding="utf-8", xml_declaration=False)
+            origin = meta.findtext("bbb-origin") or "" if meta is not None else ""
+            server = meta.findtext("bbb-origin-server-name") or "" if meta is not None else ""
+            for ref in owned:
+                result.samples.append(MeetingSample(ref, counts, origin, server, xml))
+
+    async def _apply(self, results: list[NodePoll]) -> None:
+        """Fold one cycle into memory first (the API sees it at once), then the database."""
+        loads = self.runtime.loads
+        grace = self.config.meeting_grace
+        now = time.monotonic()
+        node_rows, meeting_rows, vanished = [], [], []
+        changed_nodes: dict[int, str] = {}
+        for result in results:
+            entry, node = result.entry, result.entry.node
+            if result.cpu_load is not None:
+                node.cpu_load = result.cpu_load
+            if result.ok:
+                loads.record_success(node.id)
+                node.attendees, node.meetings = result.attendees, result.meetings
+                entry.pending_meetings = 0  # the poll now sees what we placed
+                entry.last_error = ""
+                vanished.extend(self._update_meetings(result, now, grace, meeting_rows))
+                node_list = b"".join(s.xml for s in result.samples).decode()
+            else:
+                loads.record_failure(node.id, result.error)
+                log.info("poll of node %s failed: %s", node.slug, result.error)
+                node_list = "" if node.has_errors else self._stored_node_lists.get(node.id, "")
+            if self._stored_node_lists.get(node.id) != node_list:
+                changed_nodes[node.id] = node_list
+            entry.recompute()
+            node_rows.append((node.id, node.cpu_load, node.attendees, node.meetings, node.has_errors,
+                              result.ok, result.error[:500]))
+        await self._store(node_rows, meeting_rows, vanished, changed_nodes)
+
+    def _update_meetings(
+        self, result: NodePoll, now: float, grace: float, meeting_rows: list[tuple[object, ...]]
+    ) -> list[MeetingRef]:
+        for sample in result.samples:
+            ref = sample.ref
+            ref.attendees, ref.xml = sample.counts[0], sample.xml
+            meeting_rows.append((ref.id, *sample.counts, sample.origin, sample.origin_server_name))
+        gone = []
+        for ref in list(self.runtime.meetings.refs_on_node(result.entry.node.id)):
+            if ref.meeting_id not in result.listed and now - ref.seen_at > grace:
+                self.runtime.meetings.remove(ref)
+                gone.append(ref)
+        return gone
+
+    async def _store(
+        self,
+        node_rows: list[tuple[object, ...]],
+        meeting_rows: list[tuple[object, ...]],
+        vanished: list[MeetingRef],
+        node_lists: dict[int, str],
+    ) -> None:
+        pool = self.runtime.pool
+        lists = self.secret_lists()
+        changed_lists = {k: v for k, v in lists.items() if self._stored_secret_lists.get(k) != v}
+        changed_lists.update({k: "" for k in self._stored_secret_lists if k not in lists})
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if node_rows:
+                    await conn.execute(Q.nodes_update, *map(list, zip(*node_rows, strict=True)))
+                if meeting_rows:
+                    await conn.execute(Q.meetings_update, *map(list, zip(*meeting_rows, strict=True)))
+                if vanished:
+                    rows = await conn.fetch(Q.meetings_vanished, [r.id for r in vanished])
+                    for row in rows:
+                        self._count_duration(row["secret_id"], row["seconds"])
+                if node_lists:
+                    await conn.execute(Q.node_lists_upsert, list(node_lists), list(node_lists.values()))
+                if changed_lists:
+                    await conn.execute(Q.secret_lists_upsert, list(changed_lists), list(changed_lists.values()))
+                await conn.execute(Q.stats_refresh)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("cannot store poll results: %s", exc)
+            return
+        self._stored_node_lists.update(node_lists)
+        self._stored_secret_lists = {k: v for k, v in lists.items()}
+
+    def _count_duration(self, secret_id: int, seconds: float) -> None:
+        if 0 <= seconds < LONG_MEETING:
+            self.runtime.counters.add(secret_id, "meeting_duration_count")
+            self.runtime.counters.add(secret_id, "meeting_duration_seconds", int(seconds))
+
+    def secret_lists(self) -> dict[int, str]:
+        """Per secret, its <meeting> elements (sub_id 0: the whole tenant) for other instances."""
+        directory, meetings = self.runtime.directory, self.runtime.meetings
+        per_secret: dict[int, list[bytes]] = defaultdict(list)
+        for secret_id, refs in meetings.by_secret.items():
+            ctx = directory.by_secret_id.get(secret_id)
+            if ctx is None:
+                continue
+            parts = [r.xml for r in refs.values() if r.xml]
+            per_secret[secret_id].extend(parts)
+            if ctx.secret.sub_id != 0:
+                main = directory.lookup(ctx.tenant.slug, 0)
+                if main is not None:
+                    per_secret[main.secret.id].extend(parts)
+        return {sid: b"".join(parts).decode() for sid, parts in per_secret.items()}

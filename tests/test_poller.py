@@ -1,0 +1,182 @@
+"""The fleet watcher against fake nodes over real HTTP and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from lxml import etree
+
+from b3lb.poller import parse_load
+from b3lb.testing.fakebbb import FakeMeeting
+from b3lb.testing.harness import Harness
+
+
+def xml(response):
+    return etree.fromstring(response.body)
+
+
+def node_entry(h: Harness, index: int):
+    node = h.fleet.nodes[index]
+    return next(e for e in h.runtime.loads.nodes.values() if e.node.domain == node.domain)
+
+
+async def create(h: Harness, meeting_id: str, extra: str = "", **kwargs) -> int:
+    r = await h.call("create", f"name=Room+{meeting_id}&meetingID={meeting_id}{extra}", **kwargs)
+    assert xml(r).findtext("returncode") == "SUCCESS", r.body
+    ref = h.runtime.meetings.get(h.tenants[kwargs.get("slug", "ABC")].secrets[kwargs.get("sub_id", 0)][0], meeting_id)
+    return next(i for i, n in enumerate(h.fleet.nodes) if meeting_id in n.meetings and ref is not None)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [(b"5713\n", 57.13), (b"5713", 57.13), (b"abc", None), (b"", None), (b"20000\n", 100.0), (b"-5\n", 0.0)],
+)
+def test_parse_load(body, expected):
+    assert parse_load(body) == expected
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_poll_updates_loads_counts_and_database(db_url):
+    async with Harness(db_url, nodes=2) as h:
+        fake = h.fleet.nodes[0]
+        fake.cpu = 5000
+        fake.populate(3, 4)  # meetings b3lb does not own still count for the node's load
+        fake.add_meeting(FakeMeeting(meeting_id="breakout-1", name="Breakout", is_breakout=True))
+        fake.add_attendees("breakout-1", 7)
+        await h.poll()
+        entry = node_entry(h, 0)
+        assert entry.node.cpu_load == 50.0
+        assert (entry.node.attendees, entry.node.meetings) == (12, 3)
+        c = entry.cluster
+        cpu = c.load_cpu_maximum / c.load_cpu_series_iteratations * sum(0.5**k for k in range(1, 7))
+        assert entry.load == pytest.approx(12 * c.load_a_factor + 3 * c.load_m_factor + cpu)
+        row = await h.pool.fetchrow("SELECT cpu_load, attendees, meetings, has_errors, last_poll_ok FROM node "
+                                    "WHERE domain = $1", fake.domain)
+        assert (row["cpu_load"], row["attendees"], row["meetings"], row["has_errors"]) == (50.0, 12, 3, False)
+        assert row["last_poll_ok"] is not None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_error_state_has_hysteresis_both_ways(db_url):
+    async with Harness(db_url, nodes=2) as h:
+        fake = h.fleet.nodes[1]
+        entry = node_entry(h, 1)
+        fake.set_down()
+        await h.poll()
+        assert not entry.node.has_errors  # one failure is not enough (error_after = 2)
+        await h.poll()
+        assert entry.node.has_errors and entry.load == -1
+        row = await h.pool.fetchrow("SELECT has_errors, last_poll_error FROM node WHERE id = $1", entry.node.id)
+        assert row["has_errors"] and row["last_poll_error"]
+        fake.set_up()
+        await h.poll()
+        assert entry.node.has_errors  # one good poll is not enough (recover_after = 2)
+        await h.poll()
+        assert not entry.node.has_errors and entry.load >= 0
+        assert not await h.pool.fetchval("SELECT has_errors FROM node WHERE id = $1", entry.node.id)
+
+
+@pytest.mark.parametrize("mode", ["garbage", "error", "failed"])
+@pytest.mark.gen_test(timeout=30)
+async def test_bad_answers_count_as_failures(db_url, mode):
+    async with Harness(db_url, nodes=1) as h:
+        h.fleet.nodes[0].mode = mode
+        results = await h.poll()
+        assert not results[0].ok and results[0].error
+        await h.poll()
+        assert node_entry(h, 0).node.has_errors
+        r = await h.call("create", "name=Room&meetingID=m1")
+        assert xml(r).findtext("message") == "No Node available."
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_slow_node_delays_neither_other_nodes_nor_the_api(db_url):
+    async with Harness(db_url, nodes=3, poller={"timeout": 1.5}) as h:
+        h.fleet.nodes[0].mode = "slow"
+        h.fleet.nodes[0].delay = 1.0
+        poll = asyncio.ensure_future(h.poll())
+        started = time.perf_counter()
+        r = await h.request("/b3lb/ping")
+        assert r.body == b"OK!" and time.perf_counter() - started < 0.5
+        results = await poll
+        assert all(r.ok for r in results)
+        fast = [h.runtime.poller.poll_seconds[node_entry(h, i).node.id] for i in (1, 2)]
+        assert max(fast) < 0.5 and h.runtime.poller.poll_seconds[node_entry(h, 0).node.id] >= 1.0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_meeting_counts_and_vanishing_meetings(db_url):
+    async with Harness(db_url, nodes=1, poller={"meeting_grace": 0.0}) as h:
+        await create(h, "room-1", "&meta_bbb-origin=greenlight&meta_bbb-origin-server-name=gl.example.org")
+        fake = h.fleet.nodes[0]
+        fake.add_attendees("room-1", 3)
+        await h.poll()
+        row = await h.pool.fetchrow(
+            "SELECT attendees, origin, origin_server_name FROM meeting WHERE meeting_id = 'room-1'")
+        assert tuple(row) == (3, "greenlight", "gl.example.org")
+        fake.remove_meeting("room-1")
+        await h.poll()
+        assert await h.pool.fetchval("SELECT count(*) FROM meeting") == 0
+        assert await h.pool.fetchval("SELECT count(*) FROM meeting_ended WHERE meeting_id = 'room-1'") == 1
+        delta = h.runtime.counters.pending[h.tenants["ABC"].secrets[0][0]]
+        assert delta.meeting_duration_count == 1
+        r = await h.call("isMeetingRunning", "meetingID=room-1")
+        assert xml(r).findtext("running") == "false"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_fresh_meeting_survives_a_poll_that_raced_its_create(db_url):
+    async with Harness(db_url, nodes=1) as h:  # default grace 15 s
+        await create(h, "room-1")
+        h.fleet.nodes[0].remove_meeting("room-1")  # as if the node's answer predates the create
+        await h.poll()
+        assert await h.pool.fetchval("SELECT count(*) FROM meeting") == 1
+        assert h.runtime.meetings.get(h.tenants["ABC"].secrets[0][0], "room-1") is not None
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_get_meetings_keeps_last_state_then_drops_node_in_error(db_url):
+    async with Harness(db_url, nodes=1) as h:
+        await create(h, "room-1")
+        await h.poll()
+        r = await h.call("getMeetings")
+        assert xml(r).findtext("meetings/meeting/meetingID") == "room-1"
+        h.fleet.nodes[0].set_down()
+        await h.poll()  # first failure: last known state stays
+        r = await h.call("getMeetings")
+        assert xml(r).findtext("meetings/meeting/meetingID") == "room-1"
+        await h.poll()  # node in error: its meetings disappear, the call still succeeds
+        r = await h.call("getMeetings")
+        assert xml(r).findtext("returncode") == "SUCCESS" and xml(r).findtext("messageKey") == "noMeetings"
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_other_instances_serve_the_stored_list(db_url):
+    async with Harness(db_url, nodes=2, tenants=("ABC", "XYZ")) as h:
+        await create(h, "room-1")
+        await create(h, "room-1", slug="XYZ")
+        await h.poll()
+        h.runtime.polling = False  # now answer as a non-polling instance would: from the database
+        r = await h.call("getMeetings")
+        ids = [m.findtext("meetingID") for m in xml(r).iterfind("meetings/meeting")]
+        assert ids == ["room-1"]
+        stored = await h.pool.fetchval(
+            "SELECT meetings_xml FROM secret_meeting_list l JOIN secret s ON s.id = l.secret_id "
+            "JOIN tenant t ON t.id = s.tenant_id WHERE t.slug = 'ABC'")
+        assert stored.count("<meeting>") == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_limits_count_polled_attendees(db_url):
+    async with Harness(db_url, nodes=1) as h:
+        await h.pool.execute("UPDATE tenant SET attendee_limit = 5")
+        await h.reload()
+        await create(h, "room-1")
+        h.fleet.nodes[0].add_attendees("room-1", 5)
+        r = await h.call("create", "name=Room+2&meetingID=room-2")
+        assert xml(r).findtext("returncode") == "SUCCESS"  # not polled yet: 0 attendees known
+        await h.poll()
+        r = await h.call("create", "name=Room+3&meetingID=room-3")
+        assert xml(r).findtext("message") == "Meeting/Attendee limit reached."
