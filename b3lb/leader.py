@@ -31,7 +31,7 @@ class Leadership:
         self.poller = poller
         self.conn: asyncpg.pool.PoolConnectionProxy | None = None
         self.leading = False
-        self._last_cleanup = 0.0
+        self._last_cleanup: float | None = None  # monotonic time of the last metrics cleanup
 
     async def step(self) -> None:
         """One interval's work: try to lead; poll and keep house if leading."""
@@ -62,7 +62,7 @@ class Leadership:
         try:
             await self.runtime.counters.flush(pool)
             await pool.execute(Q.metrics_snapshot)
-            if time.monotonic() - self._last_cleanup > CLEANUP_EVERY:
+            if self._last_cleanup is None or time.monotonic() - self._last_cleanup > CLEANUP_EVERY:
                 await pool.execute(Q.metrics_cleanup, self.runtime.config.poller.metrics_retention_days)
                 await pool.execute(Q.ended_cleanup)
                 self._last_cleanup = time.monotonic()
