@@ -5,11 +5,16 @@ Tornado's client sends the URL string unchanged, which the node's checksum check
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from b3lb.config import ApiConfig
+
+# Names this process in node access logs (and lets tests tell instances apart).
+USER_AGENT = f"b3lb/0.1 ({socket.gethostname()}; pid {os.getpid()})"
 
 
 @dataclass(slots=True)
@@ -38,7 +43,9 @@ class NodeClient:
         content_type: str | None = None,
         timeout: float | None = None,
     ) -> NodeResponse:
-        headers = {"Content-Type": content_type} if content_type and body is not None else None
+        headers = {"User-Agent": USER_AGENT}
+        if content_type and body is not None:
+            headers["Content-Type"] = content_type
         request = HTTPRequest(
             url,
             method=method,
