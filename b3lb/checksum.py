@@ -63,7 +63,7 @@ def verify(
     algorithm, anything else falls back to the length rule. Disallowed algorithms never match.
     """
     raw = find_checksum(query)
-    if not raw:
+    if not raw or not raw.isascii():  # compare_digest refuses non-ASCII str (it would raise)
         return False
     supplied = raw.lower()
     algorithm = checksum_hash.lower() if checksum_hash else ""
