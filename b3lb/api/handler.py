@@ -188,6 +188,10 @@ class BBBApiHandler(RequestHandler):
             self.finish(result.body)
 
     def write_error(self, status_code: int, **kwargs: object) -> None:
+        if status_code == 405:  # a method Tornado itself refused (e.g. BREW)
+            self.set_header("Allow", ", ".join(GET_POST))
+            self.finish()
+            return
         # Unexpected failures still answer in BBB's language; the traceback goes to the log only.
         self.set_header("Content-Type", "text/xml;charset=utf-8")
         self.finish(
