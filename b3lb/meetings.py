@@ -50,6 +50,9 @@ class MeetingTable:
         # meeting row id -> monotonic time this process removed it; a reload that started
         # before the removal must not bring it back
         self.removed: dict[int, float] = {}
+        # (secret, meetingID) -> creates placing it right now, between their limit check and the
+        # insert: concurrent creates must count these against the limits too
+        self.placing: dict[tuple[int, str], int] = {}
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -88,6 +91,22 @@ class MeetingTable:
             on_node.pop(key, None)
             if not on_node:
                 del self.by_node[ref.node_id]
+
+    def begin_placing(self, secret_id: int, meeting_id: str) -> None:
+        key = (secret_id, meeting_id)
+        self.placing[key] = self.placing.get(key, 0) + 1
+
+    def end_placing(self, secret_id: int, meeting_id: str) -> None:
+        key = (secret_id, meeting_id)
+        left = self.placing.get(key, 0) - 1
+        if left > 0:
+            self.placing[key] = left
+        else:
+            self.placing.pop(key, None)
+
+    def placing_for_secret(self, secret_id: int, other_than: str) -> int:
+        """Meetings of this secret being placed right now, except `other_than` (a duplicate)."""
+        return sum(1 for s, m in self.placing if s == secret_id and m != other_than)
 
     def nodes_hosting(self, meeting_id: str, other_than_secret: int) -> set[int]:
         """Nodes hosting this meetingID for another secret (never place a second copy there)."""

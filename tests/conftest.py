@@ -12,8 +12,8 @@ import asyncio
 import os
 import secrets
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 import asyncpg

@@ -47,8 +47,12 @@ async def owner(runtime: Runtime, req: ApiRequest) -> tuple[MeetingRef, NodeEntr
     return ref, entry
 
 
+# BBB 3.0 takes sendChatMessage as GET only; B3LB accepted POST too, so we forward it as GET.
+GET_ONLY_ON_NODE = frozenset({"sendChatMessage"})
+
+
 async def pass_through(runtime: Runtime, req: ApiRequest, entry: NodeEntry) -> ApiResult:
-    if req.method == "POST" and not req.params_from_body:
+    if req.method == "POST" and not req.params_from_body and req.call not in GET_ONLY_ON_NODE:
         return await forward(
             runtime, entry, req.call, req.params, method="POST", body=req.body, content_type=req.content_type
         )

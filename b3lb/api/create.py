@@ -77,8 +77,32 @@ async def _place(
     entry = runtime.loads.choose(ctx.tenant.cluster_group_id, runtime.meetings.nodes_hosting(meeting_id, ctx.secret.id))
     if entry is None:
         return no_node(with_keys)
-    if _limit_hit(runtime, ctx):
+    if _limit_hit(runtime, ctx, meeting_id):
         return limit_reached(with_keys)
+    # Reserve node weight and limit slot before the first await, so that concurrent creates
+    # see this meeting while its insert runs (a burst spreads, limits hold).
+    runtime.loads.placed(entry.node.id)
+    runtime.meetings.begin_placing(ctx.secret.id, meeting_id)
+    placed: tuple[MeetingRef, NodeEntry, bool] | ApiResult = no_node(with_keys)
+    try:
+        placed = await _store(runtime, ctx, stale, meeting_id, name, entry, req)
+    finally:
+        runtime.meetings.end_placing(ctx.secret.id, meeting_id)
+        if not (isinstance(placed, tuple) and placed[2]):
+            runtime.loads.unplaced(entry.node.id)
+    return placed
+
+
+async def _store(
+    runtime: Runtime,
+    ctx: SecretContext,
+    stale: MeetingRef | None,
+    meeting_id: str,
+    name: str,
+    entry: NodeEntry,
+    req: ApiRequest,
+) -> tuple[MeetingRef, NodeEntry, bool] | ApiResult:
+    with_keys = runtime.config.api.add_message_keys
     callback = p.first_casefold(req.params, END_CALLBACK)
     ready_url = (p.first(req.params, READY_URL) or "") if ctx.recording_enabled else ""
     args = (name, callback[1] if callback else "", ready_url)
@@ -86,39 +110,41 @@ async def _place(
         row = await runtime.pool.fetchrow(
             Q.meeting_insert, ctx.secret.id, meeting_id, name, entry.node.id, args[1], args[2]
         )
-        if row is None:  # a concurrent create won; use its node
-            row = await runtime.pool.fetchrow(Q.meeting_by_key, ctx.secret.id, meeting_id)
-            won = runtime.loads.nodes.get(row["node_id"]) if row is not None else None
-            if row is None or won is None:
-                return no_node(with_keys)
-            ref = MeetingRef.from_row(row)
-            runtime.meetings.add(ref)
-            return ref, won, False
     else:  # its node is in error: restart the room elsewhere with a fresh nonce
         runtime.meetings.remove(stale)
-        row = await runtime.pool.fetchrow(Q.meeting_move, stale.id, entry.node.id, *args)
-        if row is None:
+        row = await runtime.pool.fetchrow(Q.meeting_move, stale.id, entry.node.id, *args, stale.node_id)
+    if row is None:  # a concurrent create placed or moved it first; use its node
+        row = await runtime.pool.fetchrow(Q.meeting_by_key, ctx.secret.id, meeting_id)
+        won = runtime.loads.nodes.get(row["node_id"]) if row is not None else None
+        if row is None or won is None:
             return no_node(with_keys)
+        ref = MeetingRef.from_row(row)
+        runtime.meetings.add(ref)
+        return ref, won, False
     ref = MeetingRef.from_row(row)
     runtime.meetings.add(ref)
-    runtime.loads.placed(entry.node.id)
     runtime.counters.add(ctx.secret.id, "meetings_created")
     return ref, entry, True
 
 
-def _limit_hit(runtime: Runtime, ctx: SecretContext) -> bool:
-    """Spec section 6, in its order; a trip is counted on the tenant's or the secret's counter."""
+def _limit_hit(runtime: Runtime, ctx: SecretContext, meeting_id: str) -> bool:
+    """Spec section 6, in its order; a trip is counted on the tenant's or the secret's counter.
+
+    Meetings other creates are placing right now count as meetings (not as attendees)."""
     tenant = ctx.tenant
+    meetings = runtime.meetings
     siblings = runtime.directory.secrets_by_tenant.get(tenant.id, [])
-    tenant_refs = [r for s in siblings for r in runtime.meetings.for_secret(s.secret.id)]
-    own_refs = runtime.meetings.for_secret(ctx.secret.id)
+    tenant_refs = [r for s in siblings for r in meetings.for_secret(s.secret.id)]
+    own_refs = meetings.for_secret(ctx.secret.id)
+    tenant_placing = sum(meetings.placing_for_secret(s.secret.id, meeting_id) for s in siblings)
+    own_placing = meetings.placing_for_secret(ctx.secret.id, meeting_id)
     main = next((s.secret.id for s in siblings if s.secret.sub_id == 0), ctx.secret.id)
     # Attendee limits are skipped while there are no meetings (a limit of 0 is "unlimited").
     tenant_attendee_limit = tenant.attendee_limit if tenant_refs else 0
     own_attendee_limit = ctx.secret_attendee_limit if own_refs else 0
     checks = (
-        (tenant.meeting_limit, len(tenant_refs), main, "meeting_limit_hits"),
-        (ctx.secret_meeting_limit, len(own_refs), ctx.secret.id, "meeting_limit_hits"),
+        (tenant.meeting_limit, len(tenant_refs) + tenant_placing, main, "meeting_limit_hits"),
+        (ctx.secret_meeting_limit, len(own_refs) + own_placing, ctx.secret.id, "meeting_limit_hits"),
         (tenant_attendee_limit, sum(r.attendees for r in tenant_refs), main, "attendee_limit_hits"),
         (own_attendee_limit, sum(r.attendees for r in own_refs), ctx.secret.id, "attendee_limit_hits"),
     )

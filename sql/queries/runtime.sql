@@ -47,12 +47,13 @@ ON CONFLICT (secret_id, meeting_id) DO NOTHING
 RETURNING id, secret_id, meeting_id, node_id, nonce, create_time, attendees
 
 -- name: meeting_move
--- Restart a room whose node is in error on a new node, with a fresh nonce.
+-- Restart a room whose node ($6) is in error on a new node, with a fresh nonce. Nothing when a
+-- concurrent create has moved it already.
 UPDATE meeting
 SET node_id = $2, nonce = gen_random_uuid(), create_time = now(), meeting_name = $3,
     end_callback_url = $4, recording_ready_url = $5, attendees = 0, listeners = 0, voice = 0,
     videos = 0, moderators = 0
-WHERE id = $1
+WHERE id = $1 AND node_id = $6
 RETURNING id, secret_id, meeting_id, node_id, nonce, create_time, attendees
 
 -- name: meeting_delete

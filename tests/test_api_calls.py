@@ -1,0 +1,297 @@
+"""Pass-through calls, getMeetings, and nodes that fail (spec 2.0, 2.1, 2.5-2.10, 4.12, 7.14, 7.17, 7.18)."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote
+
+import pytest
+from api_helpers import (
+    MISSING_ID,
+    NO_MEETINGS,
+    NO_NODE,
+    NOT_FOUND,
+    NOT_RUNNING,
+    all_sent,
+    children,
+    create,
+    create_ok,
+    hosting,
+    meeting_rows,
+    node_id,
+    owner,
+    pairs,
+    q,
+    sent,
+    set_node,
+    xml,
+)
+from tornado.httpclient import HTTPRequest
+
+from b3lb.testing.fakebbb import FakeMeeting, checksum_is_valid
+from b3lb.testing.harness import Harness, add_secret
+
+DOCUMENT = (
+    b'<modules><module name="presentation">'
+    b'<document url="https://f.example/a.pdf" filename="a.pdf"/></module></modules>'
+)
+
+
+async def direct(h: Harness, url: str) -> tuple[int, bytes, str]:
+    r = await h.client.fetch(HTTPRequest(url), raise_error=False)
+    return r.code, r.body, r.headers.get("Content-Type", "")
+
+
+def listed(response) -> list[str]:  # noqa: ANN001
+    return sorted(m.findtext("meetingID") for m in xml(response).iter("meeting"))
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_pass_through_calls_answer_as_the_node(db_url):
+    async with Harness(db_url, nodes=3) as h:
+        await create_ok(h, "room", extra="moderatorPW=mp")
+        node = owner(h, "room")
+        r = await h.call("getMeetingInfo", "meetingID=room")
+        code, body, content_type = await direct(h, node.api_url("getMeetingInfo", "meetingID=room"))
+        assert (r.code, r.body, r.headers["Content-Type"]) == (code, body, content_type)
+        assert xml(r).findtext("meetingID") == "room"
+        r = await h.call("isMeetingRunning", "meetingID=room")
+        assert children(r) == [("returncode", "SUCCESS"), ("running", "false")]  # created, nobody joined
+        node.add_attendees("room", 1)
+        assert xml(await h.call("isMeetingRunning", "meetingID=room", method="POST")).findtext("running") == "true"
+        r = await h.call("sendChatMessage", q(meetingID="room", message="héllo <b> & co", userName="Bot"))
+        assert xml(r).findtext("returncode") == "SUCCESS"
+        assert node.meetings["room"].chat_messages == [("Bot", "héllo <b> & co")]
+        # A POST from the client reaches the node as GET, the only method BBB 3.0 takes here.
+        r = await h.call("sendChatMessage", q(meetingID="room", message="again"), method="POST")
+        assert xml(r).findtext("returncode") == "SUCCESS", r.body
+        assert [m.method for m in sent(node, "sendChatMessage")] == ["GET", "GET"]
+        r = await h.call("insertDocument", "meetingID=room", method="POST", body=DOCUMENT,
+                         content_type="application/xml")
+        assert xml(r).findtext("returncode") == "SUCCESS", r.body
+        (request,) = sent(node, "insertDocument")
+        assert (request.method, request.body, request.content_type) == ("POST", DOCUMENT, "application/xml")
+        assert node.meetings["room"].inserted_documents == [DOCUMENT]
+        r = await h.call("insertDocument", "meetingID=room")
+        assert r.code == 405 and r.headers["Allow"] == "POST"
+        # setConfigXML is passed through although BBB removed it: the node's answer comes back.
+        r = await h.call("setConfigXML", "meetingID=room&configXML=x")
+        (request,) = sent(node, "setConfigXML")
+        assert checksum_is_valid("setConfigXML", request.query, node.secret)
+        assert r.code == 404
+        # Every request went to the owning node only, signed with its secret.
+        for other in h.fleet.nodes:
+            if other is not node:
+                assert other.requests == []
+        for request in node.requests:
+            assert checksum_is_valid(request.call, request.query, node.secret), request.call
+        # end, then the meeting is gone at once.
+        r = await h.call("end", "meetingID=room&password=wrong")
+        assert xml(r).findtext("messageKey") == "invalidPassword"
+        assert len(await meeting_rows(h, "room")) == 1
+        r = await h.call("end", "meetingID=room&password=mp", method="POST")
+        assert children(r)[:2] == [("returncode", "SUCCESS"), ("messageKey", "sentEndMeetingRequest")]
+        assert await meeting_rows(h, "room") == []
+        assert children(await h.call("getMeetingInfo", "meetingID=room")) == NOT_FOUND
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_unknown_and_missing_meeting_answers(db_url):
+    async with Harness(db_url, nodes=1) as h:
+        for call in ("getMeetingInfo", "end", "sendChatMessage", "setConfigXML", "insertDocument"):
+            method = "POST" if call == "insertDocument" else "GET"
+            body = DOCUMENT if method == "POST" else None
+            ctype = "application/xml" if body else None
+            r = await h.call(call, "meetingID=nope", method=method, body=body, content_type=ctype)
+            assert r.code == 200 and children(r) == NOT_FOUND, call
+            r = await h.call(call, "", method=method, body=body, content_type=ctype)
+            assert r.code == 200 and children(r) == MISSING_ID, call
+        assert children(await h.call("isMeetingRunning", "meetingID=nope")) == NOT_RUNNING
+        assert children(await h.call("isMeetingRunning", "")) == NOT_RUNNING
+        assert h.fleet.nodes[0].requests == []
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_create_right_after_end_is_placed_afresh(db_url):
+    async with Harness(db_url, nodes=2) as h:
+        original = "https://gl.example/ended"
+        await create_ok(h, "again", extra=q(meta_endCallbackUrl=original))
+        (before,) = await meeting_rows(h, "again")
+        await h.poll()
+        assert listed(await h.call("getMeetings")) == ["again"]
+        assert xml(await h.call("end", "meetingID=again")).findtext("returncode") == "SUCCESS"
+        assert children(await h.call("getMeetings")) == NO_MEETINGS  # no poll needed
+        ended = await h.pool.fetchrow("SELECT * FROM meeting_ended WHERE nonce = $1", before["nonce"])
+        assert ended is not None and ended["end_callback_url"] == original and ended["meeting_id"] == "again"
+        doc = await create_ok(h, "again")
+        assert doc.findtext("messageKey") in (None, "")  # a new meeting, not a duplicate
+        (after,) = await meeting_rows(h, "again")
+        assert after["nonce"] != before["nonce"] and after["id"] != before["id"]
+        await h.poll()
+        assert listed(await h.call("getMeetings")) == ["again"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_meetings_of_a_node_in_error_are_unknown_and_create_moves_them(db_url):
+    async with Harness(db_url, nodes=2) as h:
+        await create_ok(h, "room")
+        await create_ok(h, "other")
+        old = owner(h, "room")
+        (before,) = await meeting_rows(h, "room")
+        old.mode = "error"  # a poll must not bring it back either
+        await set_node(h, old, has_errors=True)
+        assert children(await h.call("getMeetingInfo", "meetingID=room")) == NOT_FOUND
+        assert children(await h.call("end", "meetingID=room")) == NOT_FOUND
+        assert children(await h.call("isMeetingRunning", "meetingID=room")) == NOT_RUNNING
+        r = await h.call("join", "meetingID=room&fullName=A&redirect=false")
+        assert xml(r).findtext("messageKey") == "invalidMeetingIdentifier"
+        await h.poll()
+        assert "room" not in listed(await h.call("getMeetings"))
+        # Restart the room: it moves to a healthy node with a fresh nonce.
+        await create_ok(h, "room")
+        (after,) = await meeting_rows(h, "room")
+        new = next(n for n in h.fleet.nodes if n is not old)
+        assert after["id"] == before["id"] and after["nonce"] != before["nonce"]
+        assert after["node_id"] == node_id(h, new) and "room" in new.meetings
+        (request,) = [r for r in sent(new, "create") if ("meetingID", "room") in pairs(r)]
+        assert (
+            dict(pairs(request))["meta_endCallbackUrl"] == f"https://lb.test/b3lb/b/meeting/end?nonce={after['nonce']}"
+        )
+        r = await h.call("join", "meetingID=room&fullName=A&role=VIEWER")
+        assert r.code == 302 and new.domain in r.headers["Location"]
+        await h.reload()  # the moved meeting survives a reload of the routing table
+        r = await h.call("join", "meetingID=room&fullName=A&role=VIEWER")
+        assert r.code == 302 and new.domain in r.headers["Location"]
+
+
+# -- failing nodes --------------------------------------------------------------------------------
+
+
+async def assert_node_unavailable(h: Harness, call: str, query: str) -> None:
+    started = time.monotonic()
+    r = await h.call(call, query)
+    elapsed = time.monotonic() - started
+    assert elapsed < 3.0, elapsed  # node_request_timeout is 2 s
+    assert r.code == 200
+    doc = xml(r)
+    assert doc.findtext("returncode") == "FAILED" and doc.findtext("messageKey") == "nodeUnavailable", r.body
+
+
+async def node_in_error(h: Harness, node) -> bool:  # noqa: ANN001
+    in_db = await h.pool.fetchval("SELECT has_errors FROM node WHERE slug = $1", node.name)
+    in_memory = h.runtime.loads.nodes[node_id(h, node)].node.has_errors
+    assert in_db == in_memory
+    return in_memory
+
+
+@pytest.mark.parametrize("mode", ["down", "garbage", "error"])
+@pytest.mark.gen_test(timeout=30)
+async def test_failing_node_during_create(db_url, mode):
+    async with Harness(db_url, nodes=1) as h:
+        node = h.fleet.nodes[0]
+        node.mode = mode
+        await assert_node_unavailable(h, "create", "meetingID=f1&name=Room")
+        assert await meeting_rows(h, "f1") == []
+        assert h.runtime.loads.nodes[node_id(h, node)].pending_meetings == 0
+        assert not await node_in_error(h, node)
+        await assert_node_unavailable(h, "create", "meetingID=f2&name=Room")
+        assert await node_in_error(h, node)
+        assert children(await create(h, "f3")) == NO_NODE
+
+
+@pytest.mark.parametrize("mode", ["down", "garbage", "error"])
+@pytest.mark.gen_test(timeout=30)
+async def test_failing_node_during_pass_through(db_url, mode):
+    async with Harness(db_url, nodes=1) as h:
+        node = h.fleet.nodes[0]
+        await create_ok(h, "room")
+        node.mode = mode
+        await assert_node_unavailable(h, "getMeetingInfo", "meetingID=room")
+        assert not await node_in_error(h, node)
+        await assert_node_unavailable(h, "end", "meetingID=room")
+        assert await node_in_error(h, node)
+        assert len(await meeting_rows(h, "room")) == 1  # an unanswered end keeps the record
+        assert children(await h.call("getMeetingInfo", "meetingID=room")) == NOT_FOUND
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_slow_node_times_out(db_url):
+    async with Harness(db_url, nodes=1) as h:
+        node = h.fleet.nodes[0]
+        await create_ok(h, "room")
+        node.mode, node.delay = "slow", 2.5
+        await assert_node_unavailable(h, "create", "meetingID=late&name=Room")
+        assert await meeting_rows(h, "late") == []
+        await assert_node_unavailable(h, "isMeetingRunning", "meetingID=room")
+        assert await node_in_error(h, node)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_failed_document_is_not_a_node_failure(db_url):
+    async with Harness(db_url, nodes=1) as h:
+        node = h.fleet.nodes[0]
+        await create_ok(h, "room")
+        node.mode = "failed"
+        for call in ("create", "getMeetingInfo", "isMeetingRunning"):
+            r = await h.call(call, "meetingID=room&name=Room")
+            assert children(r) == [
+                ("returncode", "FAILED"),
+                ("messageKey", "internalError"),
+                ("message", "The fake node is configured to fail every request."),
+            ]
+        r = await create(h, "new")
+        assert xml(r).findtext("messageKey") == "internalError"
+        assert await meeting_rows(h, "new") == []
+        assert not await node_in_error(h, node)
+
+
+# -- getMeetings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_get_meetings_scopes_by_secret_and_tenant(db_url):
+    async with Harness(db_url, nodes=2, tenants=("ABC", "XYZ")) as h:
+        await add_secret(h.pool, h.tenants["ABC"], 1)
+        await h.reload()
+        assert children(await h.call("getMeetings")) == NO_MEETINGS
+        await create_ok(h, "main-room")
+        await create_ok(h, "sub-room", sub_id=1)
+        await create_ok(h, "xyz-room", slug="XYZ")
+        # Meetings the LB did not create, and breakout rooms, are never listed.
+        stray = h.fleet.nodes[0].add_meeting(FakeMeeting(meeting_id="stray", name="Stray"))
+        h.fleet.nodes[1].add_meeting(FakeMeeting(meeting_id="main-room-bo", name="BO", is_breakout=True))
+        assert stray.meeting_id == "stray"
+        owner(h, "sub-room").add_attendees("sub-room", 2)
+        await h.poll()
+        r = await h.call("getMeetings")
+        assert r.code == 200 and xml(r).findtext("returncode") == "SUCCESS"
+        assert listed(r) == ["main-room", "sub-room"]
+        assert listed(await h.call("getMeetings", method="POST")) == ["main-room", "sub-room"]
+        r = await h.call("getMeetings", sub_id=1)
+        assert listed(r) == ["sub-room"]
+        meeting = xml(r).find("meetings/meeting")
+        assert meeting.findtext("participantCount") == "2"
+        assert [a.findtext("fullName") for a in meeting.iterfind("attendees/attendee")] == ["Attendee 1", "Attendee 2"]
+        assert listed(await h.call("getMeetings", slug="XYZ")) == ["xyz-room"]
+        # A node in error contributes nothing.
+        owner(h, "main-room").mode = "error"
+        await set_node(h, owner(h, "main-room"), has_errors=True)
+        await h.poll()
+        assert "main-room" not in listed(await h.call("getMeetings"))
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_get_meetings_escapes_names(db_url):
+    async with Harness(db_url, nodes=1) as h:
+        name = 'R&D <Team> "Ü" 🎉'
+        meeting_id = "id&<ü>"
+        await create_ok(h, meeting_id, name=name)
+        await h.poll()
+        r = await h.call("getMeetings")
+        assert r.headers["Content-Type"].lower().startswith("text/xml")
+        meeting = xml(r).find("meetings/meeting")
+        assert meeting.findtext("meetingName") == name and meeting.findtext("meetingID") == meeting_id
+        assert b"R&amp;D &lt;Team&gt;" in r.body and "🎉".encode() in r.body
+        info = await h.call("getMeetingInfo", "meetingID=" + quote(meeting_id, safe=""))
+        assert xml(info).findtext("meetingName") == name
+        assert len(all_sent(h, "create")) == 1 and len(hosting(h, meeting_id)) == 1
