@@ -117,7 +117,7 @@ class BBBApiHandler(RequestHandler):
             allowed = CALLS[call][0] if call in CALLS else GET_POST
         if method not in allowed:
             return self._not_allowed(allowed)
-        ctx = self._secret_context(slug, sub)
+        ctx = self.runtime.secret_for(self.request, slug, sub)
         if ctx is None:
             return self._auth_failed()
         if call == "":  # the version document needs no checksum, but a known tenant
@@ -132,17 +132,6 @@ class BBBApiHandler(RequestHandler):
         (_LATENCY.get(call) or _LATENCY["other"]).observe(elapsed)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %s %.2fms", ctx.label, call, result.status, 1000 * elapsed)
-
-    def _secret_context(self, slug: str | None, sub: str | None) -> SecretContext | None:
-        directory = self.runtime.directory
-        if slug is not None:
-            return directory.lookup(slug, int(sub or 0))
-        host = self.request.host or ""
-        forwarded = self.request.headers.get("X-Forwarded-Host")
-        if forwarded and self.request.remote_ip in self.runtime.trusted_proxies:
-            host = forwarded.split(",", 1)[0].strip()
-        key = self.runtime.hosts.resolve(host)
-        return directory.lookup(*key) if key else None
 
     def _authenticate(self, call: str, method: str, ctx: SecretContext) -> ApiRequest | None:
         query = self.request.query
