@@ -1,0 +1,587 @@
+"""The `b3lb` console script: the server, migrations and every admin command.
+
+Argument parsing and output live here; the commands themselves are in b3lb/admin.py and
+b3lb/admin_tenant.py. Each admin command runs in one transaction, so a failing command writes
+nothing. Errors are one line on stderr starting with `error: `; the exit status is 2 for bad
+usage or configuration and 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import warnings
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import asyncpg
+import orjson
+
+from b3lb import admin, admin_tenant
+from b3lb import migrate as migrations
+from b3lb.admin import AdminError, ClusterSettings, NodeSettings
+from b3lb.admin_tenant import ParameterRule, ProfileSettings, SecretSettings, TenantSettings
+from b3lb.config import Config, ConfigError, load_config
+from b3lb.db import Database, DatabaseUnavailable, embedded_data_dir
+
+Runner = Callable[[asyncpg.Connection, argparse.Namespace, Config], Awaitable[Any]]
+Shower = Callable[[Any, bool], None]
+
+DESCRIPTION = """\
+b3lb: a BigBlueButton API load balancer.
+
+Database: database.url (or DATABASE_URL); when it is empty, b3lb uses an embedded PostgreSQL in
+{server.data_dir}/pgdata. Admin commands apply pending migrations to the embedded database by
+themselves; with a configured database.url they refuse to run until 'b3lb migrate' was run.
+Global options (--config, --json) may come before or after the command.
+"""
+
+
+class UsageError(Exception):
+    """Bad command line; exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are exceptions, reported as one `error: ` line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _typed(parse: Callable[[str], Any], name: str) -> Callable[[str], Any]:
+    """An argparse type that keeps the validator's message."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+TENANT = _typed(admin.parse_tenant_slug, "tenant slug")
+NODE_SLUG = _typed(admin.parse_node_slug, "node slug")
+NAME = _typed(admin.parse_name, "name")
+TEXT = _typed(admin.parse_text, "value")
+ENDPOINT = _typed(admin.parse_endpoint, "path")
+COUNT = _typed(admin.parse_count, "number")
+POSITIVE = _typed(admin.parse_positive, "number")
+FACTOR = _typed(admin.parse_factor, "factor")
+PORT = _typed(admin.parse_port, "port")
+SHA = _typed(admin.parse_sha, "algorithm")
+PROTOCOL = _typed(admin.parse_protocol, "protocol")
+SUB_IDS = _typed(admin.parse_sub_ids, "sub-id")
+SECRET_LABEL = _typed(admin.parse_secret_label, "secret")
+BOOL = _typed(_parse_bool, "boolean")
+
+
+# Output ------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def print_table(rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    columns = list(rows[0])
+    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for line in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def show_rows(rows: Any, as_json: bool) -> None:
+    print_json(rows) if as_json else print_table(rows)
+
+
+def show_tenant(tenant: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(tenant)
+        return
+    fields = {k: v for k, v in tenant.items() if k != "secrets"}
+    width = max(len(k) for k in fields)
+    for key, value in fields.items():
+        print(f"{key.ljust(width)}  {_cell(value)}")
+    for secret in tenant["secrets"]:
+        print()
+        print(f"secret {secret['label']} (sub-id {secret['sub_id']})")
+        for key in ("host_endpoint", "path_endpoint", "secret", "secret2"):
+            print(f"  {key.ljust(13)}  {secret[key] or '-'}")
+    if not tenant["secrets"]:
+        print(f"\nno secrets yet: create one with 'b3lb secret add {tenant['slug']} --sub-id 0'")
+
+
+def show_new_secret(rows: Any, as_json: bool) -> None:
+    print_json(rows) if as_json else print(rows[0]["secret"])
+
+
+# Running commands --------------------------------------------------------------------------
+
+
+async def _ensure_schema(conn: asyncpg.Connection, embedded: bool) -> None:
+    if not await migrations.pending(conn):
+        return
+    if not embedded:
+        raise AdminError("database schema is not up to date: run 'b3lb migrate'")
+    for applied in await migrations.migrate(conn):
+        print(f"note: applied migration {applied.name} to the embedded database", file=sys.stderr)
+
+
+async def _admin_command(config: Config, args: argparse.Namespace) -> Any:
+    db = Database(config)
+    try:
+        pool = await db.open(min_size=1, max_size=2)
+        async with pool.acquire() as conn:
+            await _ensure_schema(conn, embedded=db.embedded is not None)
+            async with conn.transaction():
+                return await args.run(conn, args, config)
+    finally:
+        await db.close()
+
+
+def run_admin(config: Config, args: argparse.Namespace) -> int:
+    result = asyncio.run(_admin_command(config, args))
+    args.show(result, args.json)
+    return 0
+
+
+async def _migrate(config: Config, status_only: bool) -> list[dict[str, Any]]:
+    db = Database(config)
+    try:
+        pool = await db.open(min_size=1, max_size=2)
+        async with pool.acquire() as conn:
+            if status_only:
+                return [
+                    {
+                        "file": s.name,
+                        "applied_at": s.applied_at,
+                        "state": ("MODIFIED" if s.modified else "applied") if s.applied_at else "pending",
+                    }
+                    for s in await migrations.status(conn)
+                ]
+            return [{"file": m.name, "state": "applied"} for m in await migrations.migrate(conn)]
+    finally:
+        await db.close()
+
+
+def run_migrate(config: Config, args: argparse.Namespace) -> int:
+    rows = asyncio.run(_migrate(config, args.status))
+    if args.json:
+        print_json(rows)
+    elif args.status:
+        print_table(rows)
+    elif not rows:
+        print("nothing to do")
+    else:
+        for row in rows:
+            print(f"applied {row['file']}")
+    return 0
+
+
+def run_db_url(config: Config, args: argparse.Namespace) -> int:
+    """Print the database URL; the embedded server is started and left running for psql."""
+    url = config.database.url
+    if not url:
+        data_dir = embedded_data_dir(config)
+        try:
+            import pgserver
+
+            data_dir.mkdir(parents=True, exist_ok=True)
+            url = pgserver.get_server(data_dir, cleanup_mode=None).get_uri()
+        except Exception as exc:  # noqa: BLE001 - pgserver raises plain exceptions with pg_ctl output
+            raise DatabaseUnavailable(f"cannot start embedded PostgreSQL in {data_dir}: {exc}") from None
+        print(
+            f"note: embedded PostgreSQL ({data_dir}) is running; it stops when the next b3lb "
+            "process that uses it exits",
+            file=sys.stderr,
+        )
+    print_json({"url": url}) if args.json else print(url)
+    return 0
+
+
+def run_serve(config: Config, args: argparse.Namespace) -> int:
+    from b3lb.server import serve
+
+    return serve(config)
+
+
+# The command line --------------------------------------------------------------------------
+
+COMMON = Parser(add_help=False)
+COMMON.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+COMMON.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help="configuration file")
+
+
+def _group(sub: Any, name: str, help_text: str) -> Any:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    commands = parser.add_subparsers(title="commands", dest=f"{name}_command", metavar="COMMAND")
+    commands.required = True
+    return commands
+
+
+def _leaf(sub: Any, name: str, help_text: str, run: Runner, show: Shower = show_rows) -> Parser:
+    parser: Parser = sub.add_parser(name, help=help_text, description=help_text, parents=[COMMON])
+    parser.set_defaults(handler=run_admin, run=run, show=show)
+    return parser
+
+
+def _cluster_options(parser: Parser) -> None:
+    parser.add_argument("--a-factor", type=FACTOR, metavar="F", help="load per attendee (default 1.0)")
+    parser.add_argument("--m-factor", type=FACTOR, metavar="F", help="load per meeting (default 10.0)")
+    parser.add_argument("--cpu-iterations", type=COUNT, metavar="N", help="CPU polynomial terms (default 6)")
+    parser.add_argument("--cpu-maximum", type=COUNT, metavar="N", help="load of a full CPU (default 5000)")
+    parser.add_argument("--sha", type=SHA, help="checksum algorithm towards nodes: SHA256, SHA384 or SHA512")
+
+
+def _cluster_settings(args: argparse.Namespace) -> ClusterSettings:
+    return ClusterSettings(args.a_factor, args.m_factor, args.cpu_iterations, args.cpu_maximum, args.sha)
+
+
+def _add_cluster(sub: Any) -> None:
+    commands = _group(sub, "cluster", "clusters of nodes and their load formula")
+    p = _leaf(commands, "add", "add a cluster", lambda c, a, _: admin.cluster_add(c, a.name, _cluster_settings(a)))
+    p.add_argument("name", type=NAME)
+    _cluster_options(p)
+    p = _leaf(commands, "set", "change a cluster", lambda c, a, _: admin.cluster_set(c, a.name, _cluster_settings(a)))
+    p.add_argument("name", type=NAME)
+    _cluster_options(p)
+    _leaf(commands, "list", "list clusters", lambda c, a, _: admin.cluster_list(c))
+    p = _leaf(commands, "remove", "remove a cluster without nodes", lambda c, a, _: admin.cluster_remove(c, a.name))
+    p.add_argument("name", type=NAME)
+
+
+def _add_cluster_group(sub: Any) -> None:
+    commands = _group(sub, "clustergroup", "cluster groups: the clusters a tenant's meetings may use")
+    p = _leaf(commands, "add", "add a cluster group", lambda c, a, _: admin.cluster_group_add(c, a.name))
+    p.add_argument("name", type=NAME)
+    _leaf(commands, "list", "list cluster groups with their clusters", lambda c, a, _: admin.cluster_group_list(c))
+    for verb, func in (("link", admin.cluster_group_link), ("unlink", admin.cluster_group_unlink)):
+        p = _leaf(commands, verb, f"{verb} a cluster to/from a group", lambda c, a, _, f=func: f(c, a.group, a.cluster))
+        p.add_argument("group", type=NAME)
+        p.add_argument("cluster", type=NAME)
+    p = _leaf(
+        commands,
+        "remove",
+        "remove a cluster group no tenant uses",
+        lambda c, a, _: admin.cluster_group_remove(c, a.name),
+    )
+    p.add_argument("name", type=NAME)
+
+
+def _node_options(parser: Parser, add: bool) -> None:
+    parser.add_argument("--domain", type=TEXT, required=add, help="host name or IP address of the node")
+    parser.add_argument("--secret", type=TEXT, required=add, help="the node's BBB API secret")
+    parser.add_argument("--protocol", type=PROTOCOL, help="http or https (default: node_defaults.protocol)")
+    parser.add_argument("--port", type=PORT, help="port (default: node_defaults.port)")
+    parser.add_argument("--bbb-endpoint", type=ENDPOINT, metavar="PATH", help="BBB API path")
+    parser.add_argument("--load-endpoint", type=ENDPOINT, metavar="PATH", help="load report path")
+    if add:
+        parser.add_argument("--maintenance", action="store_true", help="start in maintenance mode")
+    else:
+        parser.add_argument("--maintenance", action=argparse.BooleanOptionalAction, help="maintenance mode")
+
+
+def _node_settings(args: argparse.Namespace, config: Config | None = None) -> NodeSettings:
+    d = config.node_defaults if config is not None else None
+    return NodeSettings(
+        domain=args.domain,
+        secret=args.secret,
+        protocol=args.protocol or (d.protocol if d else None),
+        port=args.port or (d.port if d else None),
+        bbb_endpoint=args.bbb_endpoint if args.bbb_endpoint is not None or not d else d.bbb_endpoint,
+        load_endpoint=args.load_endpoint if args.load_endpoint is not None or not d else d.load_endpoint,
+        maintenance=args.maintenance,
+    )
+
+
+def _add_node(sub: Any) -> None:
+    commands = _group(sub, "node", "BigBlueButton nodes (NODE: SLUG if unique, else CLUSTER/SLUG)")
+    p = _leaf(
+        commands, "add", "add a node", lambda c, a, cfg: admin.node_add(c, a.cluster, a.slug, _node_settings(a, cfg))
+    )
+    p.add_argument("--cluster", type=NAME, required=True)
+    p.add_argument("--slug", type=NODE_SLUG, required=True)
+    _node_options(p, add=True)
+    p = _leaf(commands, "list", "list nodes with state and load", lambda c, a, _: admin.node_list(c, a.cluster))
+    p.add_argument("--cluster", type=NAME)
+    p = _leaf(commands, "set", "change a node", lambda c, a, _: admin.node_set(c, a.node, _node_settings(a)))
+    p.add_argument("node")
+    _node_options(p, add=False)
+    p = _leaf(
+        commands,
+        "remove",
+        "remove a node (refused while it hosts meetings, unless --force)",
+        lambda c, a, _: admin.node_remove(c, a.node, a.force),
+    )
+    p.add_argument("node")
+    p.add_argument("--force", action="store_true", help="also forget the node's meetings")
+    p = _leaf(
+        commands,
+        "maintenance",
+        "switch maintenance mode on or off",
+        lambda c, a, _: admin.node_maintenance(c, a.node, a.state == "on"),
+    )
+    p.add_argument("node")
+    p.add_argument("state", choices=("on", "off"))
+
+
+def _tenant_options(parser: Parser, add: bool) -> None:
+    parser.add_argument("--clustergroup", type=NAME, required=add, metavar="NAME", help="cluster group")
+    parser.add_argument("--attendee-limit", type=COUNT, metavar="N", help="max attendees (0: unlimited)")
+    parser.add_argument("--meeting-limit", type=COUNT, metavar="N", help="max meetings (0: unlimited)")
+    parser.add_argument("--record-by-default", action=argparse.BooleanOptionalAction, help="record by default")
+
+
+def _tenant_settings(args: argparse.Namespace) -> TenantSettings:
+    return TenantSettings(args.clustergroup, args.attendee_limit, args.meeting_limit, args.record_by_default)
+
+
+def _add_tenant(sub: Any) -> None:
+    commands = _group(sub, "tenant", "tenants (SLUG: 2-10 letters, stored upper-case)")
+    p = _leaf(
+        commands,
+        "add",
+        "add a tenant (then create its secret: b3lb secret add SLUG --sub-id 0)",
+        lambda c, a, _: admin_tenant.tenant_add(c, a.slug, _tenant_settings(a)),
+    )
+    p.add_argument("slug", type=TENANT)
+    _tenant_options(p, add=True)
+    _leaf(commands, "list", "list tenants", lambda c, a, _: admin_tenant.tenant_list(c))
+    p = _leaf(
+        commands, "set", "change a tenant", lambda c, a, _: admin_tenant.tenant_set(c, a.slug, _tenant_settings(a))
+    )
+    p.add_argument("slug", type=TENANT)
+    _tenant_options(p, add=False)
+    p = _leaf(
+        commands,
+        "show",
+        "show a tenant with its stats token, secrets and API endpoints",
+        lambda c, a, cfg: admin_tenant.tenant_show(c, a.slug, cfg.server.public_scheme, cfg.server.api_base_domain),
+        show=show_tenant,
+    )
+    p.add_argument("slug", type=TENANT)
+    p = _leaf(
+        commands,
+        "remove",
+        "remove a tenant with its secrets, rules and assets",
+        lambda c, a, _: admin_tenant.tenant_remove(c, a.slug, a.force),
+    )
+    p.add_argument("slug", type=TENANT)
+    p.add_argument("--force", action="store_true", help="even while it has meetings")
+
+
+def _add_secret(sub: Any) -> None:
+    commands = _group(sub, "secret", "tenant API secrets (SECRET: TENANT for sub-id 0, else TENANT-NNN)")
+    p = _leaf(
+        commands,
+        "add",
+        "create secrets with random values; nothing is created if any sub-id already exists",
+        lambda c, a, _: admin_tenant.secret_add(
+            c, a.tenant, a.sub_id, SecretSettings(a.attendee_limit, a.meeting_limit, a.record_by_default)
+        ),
+    )
+    p.add_argument("tenant", type=TENANT)
+    p.add_argument("--sub-id", type=SUB_IDS, default=range(1), metavar="N|N-M", help="0..999 (default 0)")
+    p.add_argument("--attendee-limit", type=COUNT, metavar="N", help="override the tenant's limit")
+    p.add_argument("--meeting-limit", type=COUNT, metavar="N", help="override the tenant's limit")
+    p.add_argument("--record-by-default", type=BOOL, metavar="true|false", help="override the tenant's choice")
+    p = _leaf(commands, "list", "list secrets", lambda c, a, _: admin_tenant.secret_list(c, a.tenant))
+    p.add_argument("--tenant", type=TENANT)
+    p = _leaf(
+        commands,
+        "rotate",
+        "new secret value; the old one stays valid as secret2 (prints the new secret)",
+        lambda c, a, _: admin_tenant.secret_rotate(c, *a.secret),
+        show=show_new_secret,
+    )
+    p.add_argument("secret", type=SECRET_LABEL)
+    p = _leaf(
+        commands, "remove", "remove a secret", lambda c, a, _: admin_tenant.secret_remove(c, *a.secret, force=a.force)
+    )
+    p.add_argument("secret", type=SECRET_LABEL)
+    p.add_argument("--force", action="store_true", help="even while it has meetings")
+
+
+def _parameter_add(conn: asyncpg.Connection, args: argparse.Namespace, config: Config) -> Awaitable[Any]:
+    rule = ParameterRule(args.create_join, args.mode, args.name, args.value)
+    if args.tenant is not None:
+        return admin_tenant.parameter_add(conn, args.tenant, None, rule)
+    return admin_tenant.parameter_add(conn, args.secret[0], args.secret[1], rule)
+
+
+def _add_parameter(sub: Any) -> None:
+    commands = _group(sub, "parameter", "parameter rules for create/join calls")
+    p = _leaf(commands, "add", "add a rule (VALUE required for SET and OVERRIDE)", _parameter_add)
+    owner = p.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--tenant", type=TENANT, help="rule for all the tenant's secrets")
+    owner.add_argument("--secret", type=SECRET_LABEL, metavar="TENANT-NNN", help="rule for one secret")
+    p.add_argument("--for", dest="create_join", type=str.upper, choices=admin_tenant.CREATE_JOIN, required=True)
+    p.add_argument("--mode", type=str.upper, choices=admin_tenant.MODES, required=True)
+    p.add_argument("name", help="BBB parameter name")
+    p.add_argument("value", nargs="?", help="value (up to 200 characters)")
+    p = _leaf(commands, "list", "list rules", lambda c, a, _: admin_tenant.parameter_list(c, a.tenant))
+    p.add_argument("--tenant", type=TENANT)
+    p = _leaf(commands, "remove", "remove a rule by id", lambda c, a, _: admin_tenant.parameter_remove(c, a.id))
+    p.add_argument("id", type=POSITIVE)
+
+
+def _add_asset(sub: Any) -> None:
+    commands = _group(sub, "asset", "tenant logo, default slide and CSS")
+    p = _leaf(
+        commands,
+        "set",
+        "store a file (at most 16 MiB) as the tenant's logo, slide or css",
+        lambda c, a, _: admin_tenant.asset_set(c, a.tenant, a.kind, Path(a.file)),
+    )
+    p.add_argument("tenant", type=TENANT)
+    p.add_argument("kind", choices=admin_tenant.ASSET_KINDS)
+    p.add_argument("file")
+    p = _leaf(commands, "clear", "remove an asset", lambda c, a, _: admin_tenant.asset_clear(c, a.tenant, a.kind))
+    p.add_argument("tenant", type=TENANT)
+    p.add_argument("kind", choices=admin_tenant.ASSET_KINDS)
+    _leaf(commands, "list", "list stored assets", lambda c, a, _: admin_tenant.asset_list(c))
+
+
+def _profile_settings(args: argparse.Namespace) -> ProfileSettings:
+    return ProfileSettings(
+        width=args.width,
+        height=args.height,
+        webcam_width=args.webcam_width,
+        webcam_height=args.webcam_height,
+        webcam_stretch=args.webcam_stretch,
+        webcam_crop=args.webcam_crop,
+        format=args.format,
+        annotate=False if args.no_annotate else None,
+        backdrop=False if args.no_backdrop else None,
+    )
+
+
+def _add_record_profile(sub: Any) -> None:
+    commands = _group(sub, "recordprofile", "video rendering profiles for recordings")
+    p = _leaf(
+        commands,
+        "add",
+        "add a recording profile",
+        lambda c, a, _: admin_tenant.record_profile_add(c, a.name, _profile_settings(a)),
+    )
+    p.add_argument("name", type=NAME)
+    for option, default in (("width", 1920), ("height", 1080), ("webcam-width", 320), ("webcam-height", 180)):
+        p.add_argument(f"--{option}", type=POSITIVE, metavar="N", help=f"pixels (default {default})")
+    p.add_argument("--webcam-stretch", action="store_true", default=None, help="stretch webcams")
+    p.add_argument("--webcam-crop", action="store_true", default=None, help="crop webcams")
+    p.add_argument("--format", type=str.upper, choices=admin_tenant.RECORD_FORMATS, help="default MP4")
+    p.add_argument("--no-annotate", action="store_true", help="leave out whiteboard annotations")
+    p.add_argument("--no-backdrop", action="store_true", help="leave out the backdrop")
+    _leaf(commands, "list", "list recording profiles", lambda c, a, _: admin_tenant.record_profile_list(c))
+    p = _leaf(
+        commands, "remove", "remove an unused profile", lambda c, a, _: admin_tenant.record_profile_remove(c, a.name)
+    )
+    p.add_argument("name", type=NAME)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="b3lb", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="FILE", default=None, help="configuration file (default: conf/b3lb.conf)")
+    parser.add_argument("--json", action="store_true", default=False, help="print JSON instead of a table")
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    sub.required = True
+    p = sub.add_parser("serve", help="run the load balancer", description="run the load balancer", parents=[COMMON])
+    p.set_defaults(handler=run_serve)
+    p = sub.add_parser(
+        "migrate",
+        help="apply pending schema migrations",
+        description="apply pending schema migrations",
+        parents=[COMMON],
+    )
+    p.add_argument("--status", action="store_true", help="only list migration files and when they were applied")
+    p.set_defaults(handler=run_migrate)
+    p = sub.add_parser(
+        "db-url",
+        help='print the database URL (e.g. psql "$(b3lb db-url)")',
+        description='print the database URL, e.g. psql "$(b3lb db-url)". Without database.url the embedded '
+        "PostgreSQL is started and left running until the next b3lb process that uses it exits.",
+        parents=[COMMON],
+    )
+    p.set_defaults(handler=run_db_url)
+    for add in (
+        _add_cluster,
+        _add_cluster_group,
+        _add_node,
+        _add_tenant,
+        _add_secret,
+        _add_parameter,
+        _add_asset,
+        _add_record_profile,
+    ):
+        add(sub)
+    return parser
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    # pgserver (embedded database) warns through platformdirs when XDG_RUNTIME_DIR is unset.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _fail(str(exc), 2)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        return _fail(f"config: {exc}", 2)
+    try:
+        return int(args.handler(config, args))
+    except AdminError as exc:
+        return _fail(str(exc), 1)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    except (DatabaseUnavailable, migrations.MigrationError) as exc:
+        return _fail(str(exc), 1)
+    except asyncpg.PostgresError as exc:
+        return _fail(admin.describe_db_error(exc), 1)
+    except (TimeoutError, OSError, asyncpg.InterfaceError) as exc:
+        return _fail(f"database: {exc or type(exc).__name__}", 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:  # never a traceback for operators; B3LB_DEBUG=1 shows it
+        if os.environ.get("B3LB_DEBUG"):
+            raise
+        return _fail(f"internal error: {type(exc).__name__}: {exc}", 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
