@@ -16,6 +16,7 @@ import asyncpg
 from b3lb.admin import AdminError, Row, cluster_group_by_name, expect_unique
 from b3lb.db import Q
 from b3lb.models import secret_label
+from b3lb.parameters import check_rule
 
 ASSET_KINDS = ("logo", "slide", "css")
 MAX_ASSET_SIZE = 16 * 1024 * 1024
@@ -219,6 +220,7 @@ class ParameterRule:
             raise ValueError(f"a {self.mode} rule needs a VALUE")
         if self.value is not None and len(self.value) > MAX_PARAMETER_VALUE:
             raise ValueError(f"VALUE is longer than {MAX_PARAMETER_VALUE} characters")
+        check_rule(self.create_join, self.mode, self.name, self.value)
 
 
 async def parameter_add(conn: asyncpg.Connection, slug: str, sub_id: int | None, rule: ParameterRule) -> list[Row]:

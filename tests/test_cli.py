@@ -364,8 +364,18 @@ def test_parameter_commands(setup: Cli) -> None:
         2, "parameter", "add", "--tenant", "ABC", "--secret", "ABC", "--for", "JOIN", "--mode", "BLOCK", "a"
     )
     assert "no secret" in cli.fails(
-        1, "parameter", "add", "--secret", "ABC-009", "--for", "JOIN", "--mode", "BLOCK", "a"
+        1, "parameter", "add", "--secret", "ABC-009", "--for", "JOIN", "--mode", "BLOCK", "firstName"
     )
+    # Only parameters of the call may carry rules, and values must fit the parameter.
+    assert "not a join parameter" in cli.fails(
+        2, "parameter", "add", "--tenant", "ABC", "--for", "JOIN", "--mode", "BLOCK", "welcome"
+    )
+    assert "not valid for guestPolicy" in cli.fails(
+        2, "parameter", "add", "--tenant", "ABC", "--for", "CREATE", "--mode", "SET", "guestPolicy", "MAYBE"
+    )
+    cli.ok("parameter", "add", "--tenant", "ABC", "--for", "BOTH", "--mode", "OVERRIDE", "logoutURL",
+           "https://example.org/bye")
+    cli.ok("parameter", "remove", str(cli.json("parameter", "list", "--tenant", "ABC")[-1]["id"]))
     assert count(cli.env, "parameter") == 2
     cli.ok("parameter", "remove", str(listed[0]["id"]))
     assert "no parameter rule" in cli.fails(1, "parameter", "remove", str(listed[0]["id"]))
