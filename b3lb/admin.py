@@ -364,7 +364,18 @@ def _node_row(row: asyncpg.Record) -> Row:
         "cpu": round(row["cpu_load"], 1),
         "attendees": row["attendees"],
         "meetings": row["meetings"],
+        "last_good_poll": _age(row["poll_age"]),
     }
+
+
+def _age(seconds: float | None) -> str:
+    """`12s ago`, `3m ago`, `2h ago`; `never` for a node not polled successfully yet."""
+    if seconds is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
 
 
 async def node_list(conn: asyncpg.Connection, cluster: str | None = None) -> list[Row]:

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import asyncpg
 import orjson
 
-from b3lb import admin, admin_tenant
+from b3lb import admin, admin_meeting, admin_tenant
 from b3lb import migrate as migrations
 from b3lb.admin import AdminError, ClusterSettings, NodeSettings
 from b3lb.admin_tenant import ParameterRule, ProfileSettings, SecretSettings, TenantSettings
@@ -507,6 +507,15 @@ def _add_record_profile(sub: Any) -> None:
     p.add_argument("name", type=NAME)
 
 
+def _add_meeting(sub: Any) -> None:
+    commands = _group(sub, "meeting", "running meetings and the nodes hosting them")
+    p = _leaf(commands, "list", "list meetings", lambda c, a, _: admin_meeting.meeting_list(c, a.tenant))
+    p.add_argument("--tenant", type=TENANT)
+    p = _leaf(commands, "where", "show the node hosting a meeting", lambda c, a, _: admin_meeting.meeting_where(
+        c, a.meeting_id))
+    p.add_argument("meeting_id", metavar="MEETING_ID")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="b3lb", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE", default=None, help="configuration file (default: conf/b3lb.conf)")
@@ -540,6 +549,7 @@ def build_parser() -> Parser:
         _add_parameter,
         _add_asset,
         _add_record_profile,
+        _add_meeting,
     ):
         add(sub)
     return parser

@@ -454,3 +454,22 @@ def test_every_command_has_help(cli: Cli) -> None:
         for command in commands:
             status, out, _ = cli(group, command, "--help")
             assert status == 0 and out.startswith("usage: b3lb"), (group, command)
+
+
+def test_meeting_commands(setup: Cli) -> None:
+    cli = setup
+    asyncio.run(_execute(cli.env["DATABASE_URL"], """
+        INSERT INTO meeting (secret_id, meeting_id, meeting_name, node_id, attendees)
+        SELECT s.id, 'room-1', 'Room One', n.id, 3 FROM secret s, node n
+        WHERE s.sub_id = 0 ORDER BY n.id LIMIT 1
+    """))
+    rows = cli.json("meeting", "list")
+    assert [(r["meeting_id"], r["attendees"], r["secret"]) for r in rows] == [("room-1", 3, "ABC")]
+    assert cli.json("meeting", "list", "--tenant", "ABC") == rows
+    where = cli.json("meeting", "where", "room-1")
+    assert where[0]["node"] == rows[0]["node"] and where[0]["domain"]
+    assert "room-1" in cli.ok("meeting", "where", "room-1")
+    assert "no meeting" in cli.fails(1, "meeting", "where", "room-2")
+    assert "no tenant" in cli.fails(1, "meeting", "list", "--tenant", "XYZ")
+    listed = cli.json("node", "list")
+    assert all(r["last_good_poll"] == "never" for r in listed)

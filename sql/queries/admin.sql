@@ -92,7 +92,7 @@ ORDER BY c.name;
 
 -- name: admin_node_list
 SELECT c.name AS cluster, n.id, n.slug, n.domain, n.protocol, n.port, n.cpu_load, n.attendees,
-       n.meetings, n.has_errors, n.maintenance,
+       n.meetings, n.has_errors, n.maintenance, extract(epoch FROM now() - n.last_poll_ok)::float8 AS poll_age,
        c.load_a_factor, c.load_m_factor, c.load_cpu_series_iteratations, c.load_cpu_maximum
 FROM node n JOIN cluster c ON c.id = n.cluster_id
 WHERE $1::text IS NULL OR c.name = $1::text
@@ -249,3 +249,18 @@ ORDER BY name;
 
 -- name: admin_record_profile_delete
 DELETE FROM record_profile WHERE id = $1;
+
+-- Meetings -------------------------------------------------------------------------------
+
+-- name: admin_meeting_list
+-- $1: tenant slug or NULL for all; $2: meetingID or NULL for all.
+SELECT t.slug AS tenant, s.sub_id, m.meeting_id, m.meeting_name, c.name AS cluster, n.slug AS node,
+       n.domain, m.create_time, m.attendees, m.moderators, m.origin, m.nonce,
+       n.has_errors, n.maintenance
+FROM meeting m
+JOIN secret s ON s.id = m.secret_id
+JOIN tenant t ON t.id = s.tenant_id
+JOIN node n ON n.id = m.node_id
+JOIN cluster c ON c.id = n.cluster_id
+WHERE ($1::text IS NULL OR t.slug = $1::text) AND ($2::text IS NULL OR m.meeting_id = $2::text)
+ORDER BY t.slug, s.sub_id, m.create_time;

@@ -1,0 +1,38 @@
+"""`b3lb meeting list|where`: which node hosts which meeting."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from b3lb.admin import AdminError, Row
+from b3lb.admin_tenant import tenant_by_slug
+from b3lb.db import Q
+from b3lb.models import secret_label
+
+
+def _meeting_row(row: asyncpg.Record) -> Row:
+    node_state = "maintenance" if row["maintenance"] else "error" if row["has_errors"] else "ok"
+    return {
+        "secret": secret_label(row["tenant"], row["sub_id"]),
+        "meeting_id": row["meeting_id"],
+        "name": row["meeting_name"],
+        "node": f"{row['cluster']}/{row['node']}",
+        "node_state": node_state,
+        "created": row["create_time"].strftime("%Y-%m-%d %H:%M:%S"),
+        "attendees": row["attendees"],
+        "moderators": row["moderators"],
+        "origin": row["origin"],
+    }
+
+
+async def meeting_list(conn: asyncpg.Connection, tenant: str | None) -> list[Row]:
+    if tenant is not None:
+        await tenant_by_slug(conn, tenant)
+    return [_meeting_row(row) for row in await conn.fetch(Q.admin_meeting_list, tenant, None)]
+
+
+async def meeting_where(conn: asyncpg.Connection, meeting_id: str) -> list[Row]:
+    rows = await conn.fetch(Q.admin_meeting_list, None, meeting_id)
+    if not rows:
+        raise AdminError(f"no meeting with ID {meeting_id!r}")
+    return [{**_meeting_row(row), "domain": row["domain"], "nonce": str(row["nonce"])} for row in rows]
