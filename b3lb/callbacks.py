@@ -80,6 +80,7 @@ class EndCallbackHandler(RequestHandler):
         ref = self.runtime.meetings.get(secret_id, meeting_id)
         if ref is not None and ref.id == row_id:
             self.runtime.meetings.remove(ref)
+            self.runtime.announce("ended", ref)
         if seconds is not None and 0 <= seconds < LONG_MEETING:
             self.runtime.counters.add(secret_id, "meeting_duration_count")
             self.runtime.counters.add(secret_id, "meeting_duration_seconds", int(seconds))

@@ -196,6 +196,7 @@ class Poller:
         for ref in list(self.runtime.meetings.refs_on_node(result.entry.node.id)):
             if ref.meeting_id not in result.listed and now - ref.seen_at > grace:
                 self.runtime.meetings.remove(ref)
+                self.runtime.announce("ended", ref)
                 gone.append(ref)
         return gone
 

@@ -42,6 +42,8 @@ class Runtime:
         # The Poller of this process (b3lb/poller.py), and whether it currently leads (polls).
         self.poller: Any = None
         self.polling = False
+        # b3lb.events.MeetingEvents when redis.url is set: creates and ends reach other instances at once.
+        self.events: Any = None
 
     def secret_for(self, request: HTTPServerRequest, slug: str | None, sub: str | None) -> SecretContext | None:
         """The secret a request addresses: from the path (/b3lb/t/{slug}[-NNN]/...) when given,
@@ -100,6 +102,11 @@ class Runtime:
         self.meetings.add(ref)
         return ref
 
+    def announce(self, kind: str, ref: MeetingRef) -> None:
+        """Tell other instances (through Redis, when configured) that a meeting was created or ended."""
+        if self.events is not None:
+            self.add_task("meeting event", self.events.publish(kind, ref))
+
     async def node_failed(self, node_id: int, reason: str) -> None:
         """Count a failed request to a node; persist the error state when it flips."""
         if self.loads.record_failure(node_id, reason):
@@ -150,3 +157,5 @@ class Runtime:
         except Exception:  # shutting down: log and go on closing
             log.exception("final counter flush failed")
         self.nodes.close()
+        if self.events is not None:
+            await self.events.close()

@@ -13,6 +13,7 @@ from b3lb import migrate
 from b3lb.app import make_app
 from b3lb.config import Config
 from b3lb.db import Database, DatabaseUnavailable
+from b3lb.events import MeetingEvents
 from b3lb.leader import Leadership
 from b3lb.logs import setup_logging
 from b3lb.poller import Poller
@@ -35,6 +36,9 @@ async def run_server(config: Config, *, ready: asyncio.Event | None = None) -> N
         await runtime.start()
         runtime.poller = Poller(runtime)
         runtime.add_task("poller", Leadership(runtime, runtime.poller).run())
+        if config.redis.url:
+            runtime.events = MeetingEvents(runtime, config.redis.url)
+            runtime.add_task("meeting events", runtime.events.listen())
         server = HTTPServer(
             make_app(runtime),
             xheaders=False,

@@ -92,6 +92,7 @@ async def end(runtime: Runtime, req: ApiRequest) -> ApiResult:
     if succeeded(result):
         # Leave routing at once: a create right after end must place the meeting afresh.
         runtime.meetings.remove(ref)
+        runtime.announce("ended", ref)
         try:
             await runtime.pool.execute(Q.meeting_end, ref.id)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:

@@ -124,6 +124,7 @@ async def _store(
     ref = MeetingRef.from_row(row)
     runtime.meetings.add(ref)
     runtime.counters.add(ctx.secret.id, "meetings_created")
+    runtime.announce("created", ref)
     return ref, entry, True
 
 
@@ -191,6 +192,7 @@ async def _slide_body(runtime: Runtime, ctx: SecretContext) -> bytes | None:
 async def _forget(runtime: Runtime, ref: MeetingRef) -> None:
     """The node did not create the meeting: drop our record so a retry is placed afresh."""
     runtime.meetings.remove(ref)
+    runtime.announce("ended", ref)
     runtime.loads.unplaced(ref.node_id)
     try:
         await runtime.pool.execute(Q.meeting_delete, ref.id)
