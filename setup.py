@@ -14,6 +14,9 @@ setup(
         "lxml>=5.0",
         "uvloop>=0.19",
         "prometheus-client>=0.20",
+        # libcurl behind Tornado's curl client: keep-alive connections to nodes and non-blocking
+        # name resolution, which Tornado's pure-Python client lacks (it reconnects every request).
+        "pycurl>=7.45.3",
         # Embedded PostgreSQL for machines without a configured database: it ships
         # real PostgreSQL binaries in a wheel, which no hand-written code can replace.
         "pgserver>=0.1.4",

@@ -9,7 +9,6 @@ import uuid
 from urllib.parse import urlencode
 
 import asyncpg
-from tornado.httpclient import HTTPRequest
 from tornado.web import RequestHandler
 
 from b3lb.db import Q
@@ -34,14 +33,12 @@ async def relay(runtime: Runtime, url: str, *, backoff: float = RELAY_BACKOFF) -
     """GET the frontend's callback; any HTTP answer below 500 ends the attempts."""
     for attempt in range(1, RELAY_ATTEMPTS + 1):
         try:
-            request = HTTPRequest(url, request_timeout=RELAY_TIMEOUT, connect_timeout=RELAY_TIMEOUT,
-                                  follow_redirects=False)
-            response = await runtime.nodes.http.fetch(request, raise_error=False)
-            if response.code < 500 and response.code != 599:
+            response = await runtime.nodes.fetch(url, timeout=RELAY_TIMEOUT)
+            if response.code < 500:
                 return True
             reason = f"HTTP {response.code}"
-        except (TimeoutError, OSError, NodeRequestError) as exc:
-            reason = str(exc) or type(exc).__name__
+        except NodeRequestError as exc:
+            reason = str(exc)
         log.warning("end callback relay attempt %d/%d to %s failed: %s", attempt, RELAY_ATTEMPTS, url, reason)
         if attempt < RELAY_ATTEMPTS:
             await asyncio.sleep(backoff * 2 ** (attempt - 1))

@@ -153,7 +153,8 @@ async def test_relay_retries_until_the_frontend_answers(db_url):
             receiver.status = 200  # comes back before the second attempt
             assert await task is True
             assert len(receiver.hits) == 2
-            receiver.stop()  # now down for good: bounded attempts, then give up
+            receiver.stop()  # now down for good (kept-alive connections too): bounded attempts, then give up
+            await receiver.server.close_all_connections()
             assert await callbacks.relay(h.runtime, receiver.url("/ended"), backoff=0.05) is False
     finally:
         receiver.stop()
