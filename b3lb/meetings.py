@@ -25,6 +25,8 @@ class MeetingRef:
     seen_at: float = field(default_factory=time.monotonic)
     # From the last poll of its node: the node's <meeting> element, verbatim, for getMeetings.
     xml: bytes | None = None
+    # Counts and origin as last written to the database, so unchanged meetings are not rewritten.
+    polled: tuple[object, ...] | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> MeetingRef:
@@ -47,6 +49,8 @@ class MeetingTable:
         # bare meetingID -> its meetings under all secrets (same ID, different tenants)
         self.by_meeting_id: dict[str, list[MeetingRef]] = {}
         self.by_node: dict[int, dict[tuple[int, str], MeetingRef]] = {}
+        # secret id -> sum of its meetings' polled attendees, kept current for the limit checks
+        self.attendees_by_secret: dict[int, int] = {}
         # meeting row id -> monotonic time this process removed it; a reload that started
         # before the removal must not bring it back
         self.removed: dict[int, float] = {}
@@ -68,6 +72,7 @@ class MeetingTable:
         self.by_secret.setdefault(ref.secret_id, {})[ref.meeting_id] = ref
         self.by_meeting_id.setdefault(ref.meeting_id, []).append(ref)
         self.by_node.setdefault(ref.node_id, {})[(ref.secret_id, ref.meeting_id)] = ref
+        self.attendees_by_secret[ref.secret_id] = self.attendees_by_secret.get(ref.secret_id, 0) + ref.attendees
 
     def remove(self, ref: MeetingRef, *, forget: bool = True) -> None:
         key = (ref.secret_id, ref.meeting_id)
@@ -76,6 +81,7 @@ class MeetingTable:
         if forget:
             self.removed[ref.id] = time.monotonic()
         del self.by_key[key]
+        self.attendees_by_secret[ref.secret_id] = self.attendees_by_secret.get(ref.secret_id, 0) - ref.attendees
         own = self.by_secret.get(ref.secret_id)
         if own is not None:
             own.pop(ref.meeting_id, None)
@@ -91,6 +97,12 @@ class MeetingTable:
             on_node.pop(key, None)
             if not on_node:
                 del self.by_node[ref.node_id]
+
+    def set_attendees(self, ref: MeetingRef, attendees: int) -> None:
+        """A poll's count for a meeting; keeps the per-secret sums right."""
+        if self.by_key.get((ref.secret_id, ref.meeting_id)) is ref:
+            self.attendees_by_secret[ref.secret_id] += attendees - ref.attendees
+        ref.attendees = attendees
 
     def begin_placing(self, secret_id: int, meeting_id: str) -> None:
         key = (secret_id, meeting_id)
@@ -121,6 +133,9 @@ class MeetingTable:
     def count_for_secret(self, secret_id: int) -> int:
         return len(self.by_secret.get(secret_id, ()))
 
+    def attendees_for_secret(self, secret_id: int) -> int:
+        return self.attendees_by_secret.get(secret_id, 0)
+
     def rebuild(self, rows: Iterable[Mapping[str, Any]], *, keep_newer_than: float = 0.0) -> None:
         """Replace the table with the database's view, keeping local meetings younger than
         `keep_newer_than` seconds (a create racing with the loading query may not be in it)."""
@@ -129,13 +144,14 @@ class MeetingTable:
         known = {r.id: r for r in self.by_key.values()}
         self.removed = {i: t for i, t in self.removed.items() if now - t < keep_newer_than}
         self.by_key, self.by_secret, self.by_meeting_id, self.by_node = {}, {}, {}, {}
+        self.attendees_by_secret = {}
         for row in rows:
             ref = MeetingRef.from_row(row)
             if ref.id in self.removed:
                 continue
             previous = known.get(ref.id)
             if previous is not None:
-                ref.seen_at, ref.xml = previous.seen_at, previous.xml
+                ref.seen_at, ref.xml, ref.polled = previous.seen_at, previous.xml, previous.polled
             recent.pop((ref.secret_id, ref.meeting_id), None)
             self.add(ref)
         for ref in recent.values():

@@ -76,8 +76,9 @@ class Poller:
         self.last_cpu = 0.0
         self.poll_seconds: dict[int, float] = {}  # node id -> duration of its last poll
         # What the database holds already, so each cycle writes only the lists that changed.
-        self._stored_node_lists: dict[int, str] = {}
-        self._stored_secret_lists: dict[int, str] = {}
+        # (hashes only: the lists themselves would hold every meeting's XML twice more)
+        self._stored_node_lists: dict[int, int] = {}
+        self._stored_secret_lists: dict[int, int] = {}
 
     async def poll_once(self) -> list[NodePoll]:
         """One full cycle over every node; returns the per-node results."""
@@ -162,7 +163,7 @@ class Poller:
         grace = self.config.meeting_grace
         now = time.monotonic()
         node_rows, meeting_rows, vanished = [], [], []
-        changed_nodes: dict[int, str] = {}
+        changed_nodes: dict[int, bytes] = {}
         for result in results:
             entry, node = result.entry, result.entry.node
             if result.cpu_load is not None:
@@ -173,12 +174,12 @@ class Poller:
                 entry.pending_meetings = 0  # the poll now sees what we placed
                 entry.last_error = ""
                 vanished.extend(self._update_meetings(result, now, grace, meeting_rows))
-                node_list = b"".join(s.xml for s in result.samples).decode()
+                node_list: bytes | None = b"".join(s.xml for s in result.samples)
             else:
                 loads.record_failure(node.id, result.error)
                 log.info("poll of node %s failed: %s", node.slug, result.error)
-                node_list = "" if node.has_errors else self._stored_node_lists.get(node.id, "")
-            if self._stored_node_lists.get(node.id) != node_list:
+                node_list = b"" if node.has_errors else None  # None: keep the stored list
+            if node_list is not None and self._stored_node_lists.get(node.id) != hash(node_list):
                 changed_nodes[node.id] = node_list
             entry.recompute()
             node_rows.append((node.id, node.cpu_load, node.attendees, node.meetings, node.has_errors,
@@ -190,8 +191,12 @@ class Poller:
     ) -> list[MeetingRef]:
         for sample in result.samples:
             ref = sample.ref
-            ref.attendees, ref.xml = sample.counts[0], sample.xml
-            meeting_rows.append((ref.id, *sample.counts, sample.origin, sample.origin_server_name))
+            self.runtime.meetings.set_attendees(ref, sample.counts[0])
+            ref.xml = sample.xml
+            polled = (*sample.counts, sample.origin, sample.origin_server_name)
+            if polled != ref.polled:  # only changed meetings are written
+                ref.polled = polled
+                meeting_rows.append((ref.id, *polled))
         gone = []
         for ref in list(self.runtime.meetings.refs_on_node(result.entry.node.id)):
             if ref.meeting_id not in result.listed and now - ref.seen_at > grace:
@@ -205,12 +210,12 @@ class Poller:
         node_rows: list[tuple[object, ...]],
         meeting_rows: list[tuple[object, ...]],
         vanished: list[MeetingRef],
-        node_lists: dict[int, str],
+        node_lists: dict[int, bytes],
     ) -> None:
         pool = self.runtime.pool
-        lists = self.secret_lists()
-        changed_lists = {k: v for k, v in lists.items() if self._stored_secret_lists.get(k) != v}
-        changed_lists.update({k: "" for k in self._stored_secret_lists if k not in lists})
+        # bytes cache their hash, so this costs no copying of the XML
+        lists = {k: hash(tuple(map(hash, parts))) for k, parts in self.secret_list_parts().items()}
+        changed_lists = self._changed_secret_lists(lists)
         try:
             async with pool.acquire() as conn, conn.transaction():
                 if node_rows:
@@ -222,22 +227,31 @@ class Poller:
                     for row in rows:
                         self._count_duration(row["secret_id"], row["seconds"])
                 if node_lists:
-                    await conn.execute(Q.node_lists_upsert, list(node_lists), list(node_lists.values()))
+                    await conn.execute(Q.node_lists_upsert, list(node_lists), [v.decode() for v in node_lists.values()])
                 if changed_lists:
                     await conn.execute(Q.secret_lists_upsert, list(changed_lists), list(changed_lists.values()))
                 await conn.execute(Q.stats_refresh)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("cannot store poll results: %s", exc)
             return
-        self._stored_node_lists.update(node_lists)
-        self._stored_secret_lists = {k: v for k, v in lists.items()}
+        self._stored_node_lists.update((k, hash(v)) for k, v in node_lists.items())
+        self._stored_secret_lists = lists
+
+    def _changed_secret_lists(self, hashes: dict[int, int]) -> dict[int, str]:
+        """The lists whose content differs from what the database holds ('' for emptied ones)."""
+        stored = self._stored_secret_lists
+        changed = [k for k, h in hashes.items() if stored.get(k) != h]
+        parts = self.secret_list_parts(set(changed)) if changed else {}
+        result = {k: b"".join(parts.get(k, ())).decode() for k in changed}
+        result.update({k: "" for k in stored if k not in hashes})
+        return result
 
     def _count_duration(self, secret_id: int, seconds: float) -> None:
         if 0 <= seconds < LONG_MEETING:
             self.runtime.counters.add(secret_id, "meeting_duration_count")
             self.runtime.counters.add(secret_id, "meeting_duration_seconds", int(seconds))
 
-    def secret_lists(self) -> dict[int, str]:
+    def secret_list_parts(self, only: set[int] | None = None) -> dict[int, list[bytes]]:
         """Per secret, its <meeting> elements (sub_id 0: the whole tenant) for other instances."""
         directory, meetings = self.runtime.directory, self.runtime.meetings
         per_secret: dict[int, list[bytes]] = defaultdict(list)
@@ -251,4 +265,4 @@ class Poller:
                 main = directory.lookup(ctx.tenant.slug, 0)
                 if main is not None:
                     per_secret[main.secret.id].extend(parts)
-        return {sid: b"".join(parts).decode() for sid, parts in per_secret.items()}
+        return {sid: parts for sid, parts in per_secret.items() if only is None or sid in only}

@@ -44,15 +44,18 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-nodes", type=int, help="fake nodes of the poll scenario (default 1000)")
     parser.add_argument("--poll-meetings", type=int, help="meetings per node in the poll scenario (default 20)")
     parser.add_argument("--poll-attendees", type=int, help="attendees per meeting in the poll scenario (default 5)")
-    parser.add_argument("--poll-interval", type=float, default=1.0, help="server poller interval (default 1 s)")
+    parser.add_argument(
+        "--poll-interval", type=float, default=10.0, help="server poller interval (default 10 s, as in production)"
+    )
     parser.add_argument("--scenarios", default="", help=f"comma-separated subset of: {','.join(ORDER)}")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"result file (default {DEFAULT_JSON})")
     parser.add_argument("--no-wrk", action="store_true", help="use the built-in generator even if wrk is installed")
     parser.add_argument(
         "--fleet-core",
         choices=("server", "generator"),
-        default="server",
-        help="core of the fake fleet during the HTTP scenarios (default: the server's)",
+        default="generator",
+        help="core of the fake fleet during the HTTP scenarios (default: the generator's, so the server's core "
+        "serves only b3lb, as in production where nodes are other machines)",
     )
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else NORMAL).items():

@@ -134,20 +134,22 @@ def _limit_hit(runtime: Runtime, ctx: SecretContext, meeting_id: str) -> bool:
     Meetings other creates are placing right now count as meetings (not as attendees)."""
     tenant = ctx.tenant
     meetings = runtime.meetings
-    siblings = runtime.directory.secrets_by_tenant.get(tenant.id, [])
-    tenant_refs = [r for s in siblings for r in meetings.for_secret(s.secret.id)]
-    own_refs = meetings.for_secret(ctx.secret.id)
-    tenant_placing = sum(meetings.placing_for_secret(s.secret.id, meeting_id) for s in siblings)
-    own_placing = meetings.placing_for_secret(ctx.secret.id, meeting_id)
-    main = next((s.secret.id for s in siblings if s.secret.sub_id == 0), ctx.secret.id)
+    siblings = [s.secret.id for s in runtime.directory.secrets_by_tenant.get(tenant.id, [])]
+    own = ctx.secret.id
+    tenant_meetings = sum(meetings.count_for_secret(s) for s in siblings)
+    own_meetings = meetings.count_for_secret(own)
+    tenant_placing = sum(meetings.placing_for_secret(s, meeting_id) for s in siblings)
+    own_placing = meetings.placing_for_secret(own, meeting_id)
+    main = next((s.secret.id for s in runtime.directory.secrets_by_tenant.get(tenant.id, []) if s.secret.sub_id == 0),
+                own)
     # Attendee limits are skipped while there are no meetings (a limit of 0 is "unlimited").
-    tenant_attendee_limit = tenant.attendee_limit if tenant_refs else 0
-    own_attendee_limit = ctx.secret_attendee_limit if own_refs else 0
+    tenant_attendee_limit = tenant.attendee_limit if tenant_meetings else 0
+    own_attendee_limit = ctx.secret_attendee_limit if own_meetings else 0
     checks = (
-        (tenant.meeting_limit, len(tenant_refs) + tenant_placing, main, "meeting_limit_hits"),
-        (ctx.secret_meeting_limit, len(own_refs) + own_placing, ctx.secret.id, "meeting_limit_hits"),
-        (tenant_attendee_limit, sum(r.attendees for r in tenant_refs), main, "attendee_limit_hits"),
-        (own_attendee_limit, sum(r.attendees for r in own_refs), ctx.secret.id, "attendee_limit_hits"),
+        (tenant.meeting_limit, tenant_meetings + tenant_placing, main, "meeting_limit_hits"),
+        (ctx.secret_meeting_limit, own_meetings + own_placing, own, "meeting_limit_hits"),
+        (tenant_attendee_limit, sum(meetings.attendees_for_secret(s) for s in siblings), main, "attendee_limit_hits"),
+        (own_attendee_limit, meetings.attendees_for_secret(own), own, "attendee_limit_hits"),
     )
     for limit, used, secret_id, counter in checks:
         if limit > 0 and used >= limit:

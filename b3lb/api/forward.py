@@ -7,7 +7,7 @@ import logging
 from b3lb.api.params import Params
 from b3lb.api.xml import ApiResult, failed
 from b3lb.balancer import NodeEntry
-from b3lb.checksum import signed_query
+from b3lb.checksum import digest, signed_query
 from b3lb.nodeclient import NodeRequestError
 from b3lb.runtime import Runtime
 
@@ -17,6 +17,13 @@ log = logging.getLogger("b3lb.forward")
 def node_url(entry: NodeEntry, call: str, params: Params) -> str:
     node = entry.node
     return f"{node.api_url}{call}?{signed_query(call, params, node.secret, entry.cluster.sha_algorithm)}"
+
+
+def node_url_for_query(entry: NodeEntry, call: str, query: str) -> str:
+    """Sign an already encoded query (the client's own, unchanged) for the node."""
+    node = entry.node
+    checksum = digest(entry.cluster.sha_algorithm.lower(), call, query, node.secret)
+    return f"{node.api_url}{call}?{query}&checksum={checksum}" if query else f"{node.api_url}{call}?checksum={checksum}"
 
 
 async def forward(

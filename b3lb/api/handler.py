@@ -36,6 +36,9 @@ class ApiRequest:
     ctx: SecretContext
     # True when the parameters came from a form body: then the body is not forwarded as a body.
     params_from_body: bool = False
+    # The URL query as sent minus its checksum pair: forwarded as is when nothing was rewritten,
+    # which saves re-encoding on the join path. None when it cannot be reused safely.
+    raw_query: str | None = None
 
     def get(self, key: str) -> str | None:
         return first(self.params, key)
@@ -140,7 +143,10 @@ class BBBApiHandler(RequestHandler):
         allowed = self.runtime.allowed_algorithms
         params = parse_query(_utf8_text(query)) if query else []
         if checksum.verify(call, query, ctx.secrets, allowed, first(params, "checksumHash")):
-            return ApiRequest(call, method, _without_checksum(params), body, content_type, ctx)
+            raw = checksum.strip_checksum(query, checksum.find_checksum(query) or "")
+            reusable = raw.isascii() and "checksum=" not in raw
+            return ApiRequest(call, method, _without_checksum(params), body, content_type, ctx,
+                              raw_query=raw if reusable else None)
         # Fallback for clients that put every parameter into a form body (spec 1.8): the
         # checksum is over the empty string or over the body without its checksum pair.
         if query or method != "POST" or not content_type.lower().startswith(FORM_TYPE):

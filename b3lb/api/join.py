@@ -10,7 +10,7 @@ import json
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from b3lb.api.forward import node_url
+from b3lb.api.forward import node_url, node_url_for_query
 from b3lb.api.params import apply_rules, first, set_default
 from b3lb.api.xml import INVALID_MEETING, MISSING_MEETING_ID, ApiResult
 from b3lb.runtime import Runtime
@@ -41,7 +41,11 @@ async def join(runtime: Runtime, req: ApiRequest) -> ApiResult:
         css_url = f"{runtime.config.public_base_url}/b3lb/t/{ctx.tenant.slug.lower()}/css"
         params = set_default(params, CSS_PARAM, css_url)
     runtime.counters.add(ctx.secret.id, "attendees_joined")
-    return ApiResult(b"", status=302, headers={"Location": node_url(entry, "join", params)})
+    if params is req.params and req.raw_query is not None:  # nothing rewritten: no re-encoding
+        location = node_url_for_query(entry, "join", req.raw_query)
+    else:
+        location = node_url(entry, "join", params)
+    return ApiResult(b"", status=302, headers={"Location": location})
 
 
 def unknown_meeting(runtime: Runtime, req: ApiRequest) -> ApiResult:
