@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from tornado.httputil import HTTPConnection, HTTPMessageDelegate
 from tornado.web import Application, RequestHandler
 
 from b3lb.api.handler import BBBApiHandler
 from b3lb.callbacks import EndCallbackHandler
 from b3lb.endpoints import AssetHandler, MetricsHandler, PingHandler, StatsHandler
+from b3lb.lazyquery import LazyQueryDelegate
 from b3lb.runtime import Runtime
 
 # Call names as B3LB routes them; anything else under the API (e.g. hooks/create) is a 404.
@@ -19,6 +21,11 @@ class NotFoundHandler(RequestHandler):
         self.set_status(404)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.finish("Not Found")
+
+
+class B3lbApplication(Application):
+    def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        return LazyQueryDelegate(self, server_conn, request_conn)
 
 
 def make_app(runtime: Runtime) -> Application:
@@ -36,4 +43,4 @@ def make_app(runtime: Runtime) -> Application:
         (r"/b3lb/b/meeting/end", EndCallbackHandler, deps),
         (r"/b3lb/t/([a-z]{2,10})/(logo|slide|css)", AssetHandler, deps),
     ]
-    return Application(routes, default_handler_class=NotFoundHandler, compress_response=False)
+    return B3lbApplication(routes, default_handler_class=NotFoundHandler, compress_response=False)

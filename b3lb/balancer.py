@@ -30,6 +30,10 @@ class NodeEntry:
     last_error: str = ""
     last_ok: float = 0.0  # time.time() of the last good poll
     load: float = 0.0
+    api_url: str = ""  # the node's API base, built once rather than on every forwarded call
+
+    def __post_init__(self) -> None:
+        self.api_url = self.node.api_url
 
     def recompute(self) -> None:
         n, c = self.node, self.cluster

@@ -63,6 +63,20 @@ def verify(
     algorithm, anything else falls back to the length rule. Disallowed algorithms never match.
     """
     raw = find_checksum(query)
+    if not raw:
+        return False
+    return verify_payload(call, strip_checksum(query, raw), raw, secrets, allowed, checksum_hash)
+
+
+def verify_payload(
+    call: str,
+    payload: str,
+    raw: str,
+    secrets: Iterable[str],
+    allowed: frozenset[str],
+    checksum_hash: str | None = None,
+) -> bool:
+    """`verify` for a query already split into the hashed payload and the raw checksum value."""
     if not raw or not raw.isascii():  # compare_digest refuses non-ASCII str (it would raise)
         return False
     supplied = raw.lower()
@@ -71,7 +85,6 @@ def verify(
         algorithm = ALGORITHM_BY_LENGTH.get(len(supplied), "")
     if algorithm not in allowed:
         return False
-    payload = strip_checksum(query, raw)
     matched = False
     for secret in secrets:
         if not secret:  # an empty rollover secret must never authenticate

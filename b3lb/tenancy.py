@@ -131,13 +131,21 @@ class HostResolver:
     def __init__(self, base_domain: str) -> None:
         self.base_domain = base_domain.lower()
         self._pattern = re.compile(r"^([a-z]{2,10})(?:-(\d{3}))?\." + re.escape(self.base_domain) + r"$")
+        # Host header -> result; a fleet of frontends uses few distinct hosts.
+        self._cache: dict[str, tuple[str, int] | None] = {}
 
     def resolve(self, host: str) -> tuple[str, int] | None:
+        try:
+            return self._cache[host]
+        except KeyError:
+            pass
         name = strip_port(host).lower()
         match = self._pattern.match(name)
-        if match is None:
-            return None
-        return match.group(1).upper(), int(match.group(2) or 0)
+        found = None if match is None else (match.group(1).upper(), int(match.group(2) or 0))
+        if len(self._cache) >= 10_000:  # bounded: Host headers are client input
+            self._cache.clear()
+        self._cache[host] = found
+        return found
 
     def is_base(self, host: str) -> bool:
         return strip_port(host).lower() == self.base_domain

@@ -16,14 +16,14 @@ log = logging.getLogger("b3lb.forward")
 
 def node_url(entry: NodeEntry, call: str, params: Params) -> str:
     node = entry.node
-    return f"{node.api_url}{call}?{signed_query(call, params, node.secret, entry.cluster.sha_algorithm)}"
+    return f"{entry.api_url}{call}?{signed_query(call, params, node.secret, entry.cluster.sha_algorithm)}"
 
 
 def node_url_for_query(entry: NodeEntry, call: str, query: str) -> str:
     """Sign an already encoded query (the client's own, unchanged) for the node."""
-    node = entry.node
-    checksum = digest(entry.cluster.sha_algorithm.lower(), call, query, node.secret)
-    return f"{node.api_url}{call}?{query}&checksum={checksum}" if query else f"{node.api_url}{call}?checksum={checksum}"
+    checksum = digest(entry.cluster.sha_algorithm.lower(), call, query, entry.node.secret)
+    signed = f"{query}&checksum={checksum}" if query else f"checksum={checksum}"
+    return f"{entry.api_url}{call}?{signed}"
 
 
 async def forward(

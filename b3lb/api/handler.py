@@ -9,13 +9,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from tornado.web import RequestHandler
 
 from b3lb import checksum
 from b3lb.api import calls, create, getmeetings, join
-from b3lb.api.params import Params, first, parse_query
+from b3lb.api.params import Params, QueryText
 from b3lb.api.xml import CHECKSUM_ERROR, UNSUPPORTED, VERSION, ApiResult
 from b3lb.metrics import REQUEST_SECONDS
 from b3lb.runtime import Runtime
@@ -26,22 +25,37 @@ log = logging.getLogger("b3lb.api")
 FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-@dataclass(slots=True)
 class ApiRequest:
-    call: str
-    method: str
-    params: Params
-    body: bytes
-    content_type: str
-    ctx: SecretContext
-    # True when the parameters came from a form body: then the body is not forwarded as a body.
-    params_from_body: bool = False
-    # The URL query as sent minus its checksum pair: forwarded as is when nothing was rewritten,
-    # which saves re-encoding on the join path. None when it cannot be reused safely.
-    raw_query: str | None = None
+    """An authenticated call. Parameters are decoded on demand: a join reads two of them."""
+
+    __slots__ = ("call", "method", "query", "body", "content_type", "ctx", "params_from_body", "raw_query")
+
+    def __init__(
+        self,
+        call: str,
+        method: str,
+        query: QueryText,
+        body: bytes,
+        content_type: str,
+        ctx: SecretContext,
+        *,
+        params_from_body: bool = False,
+        raw_query: str | None = None,
+    ) -> None:
+        self.call, self.method, self.query, self.body = call, method, query, body
+        self.content_type, self.ctx = content_type, ctx
+        # True when the parameters came from a form body: then the body is not forwarded as a body.
+        self.params_from_body = params_from_body
+        # The URL query as sent minus its checksum pair: forwarded as is when nothing was rewritten,
+        # which saves re-encoding on the join path. None when it cannot be reused safely.
+        self.raw_query = raw_query
+
+    @property
+    def params(self) -> Params:
+        return self.query.params()
 
     def get(self, key: str) -> str | None:
-        return first(self.params, key)
+        return self.query.get(key)
 
 
 CallFunction = Callable[[Runtime, ApiRequest], Awaitable[ApiResult]]
@@ -141,26 +155,28 @@ class BBBApiHandler(RequestHandler):
         body = self.request.body or b""
         content_type = self.request.headers.get("Content-Type", "")
         allowed = self.runtime.allowed_algorithms
-        params = parse_query(_utf8_text(query)) if query else []
-        if checksum.verify(call, query, ctx.secrets, allowed, first(params, "checksumHash")):
-            raw = checksum.strip_checksum(query, checksum.find_checksum(query) or "")
-            reusable = raw.isascii() and "checksum=" not in raw
-            return ApiRequest(call, method, _without_checksum(params), body, content_type, ctx,
-                              raw_query=raw if reusable else None)
+        parsed = QueryText(_utf8_text(query))
+        supplied = parsed.raw("checksum")
+        if supplied:
+            payload = checksum.strip_checksum(query, supplied)
+            if checksum.verify_payload(call, payload, supplied, ctx.secrets, allowed, parsed.get("checksumHash")):
+                reusable = payload.isascii() and "checksum=" not in payload
+                return ApiRequest(call, method, parsed, body, content_type, ctx,
+                                  raw_query=payload if reusable else None)
         # Fallback for clients that put every parameter into a form body (spec 1.8): the
         # checksum is over the empty string or over the body without its checksum pair.
         if query or method != "POST" or not content_type.lower().startswith(FORM_TYPE):
             return None
         text = body.decode("latin-1")
-        params = parse_query(_utf8_text(text))
-        supplied = checksum.find_checksum(text)
+        parsed = QueryText(_utf8_text(text))
+        supplied = parsed.raw("checksum")
         if not supplied:
             return None
-        hash_name = first(params, "checksumHash")
-        if checksum.verify(call, "checksum=" + supplied, ctx.secrets, allowed, hash_name) or checksum.verify(
-            call, text, ctx.secrets, allowed, hash_name
+        hash_name = parsed.get("checksumHash")
+        if checksum.verify_payload(call, "", supplied, ctx.secrets, allowed, hash_name) or checksum.verify_payload(
+            call, checksum.strip_checksum(text, supplied), supplied, ctx.secrets, allowed, hash_name
         ):
-            return ApiRequest(call, method, _without_checksum(params), b"", "", ctx, params_from_body=True)
+            return ApiRequest(call, method, parsed, b"", "", ctx, params_from_body=True)
         return None
 
     def _auth_failed(self) -> None:
@@ -200,7 +216,3 @@ def _utf8_text(latin1_text: str) -> str:
     if latin1_text.isascii():
         return latin1_text
     return latin1_text.encode("latin-1").decode("utf-8", errors="replace")
-
-
-def _without_checksum(params: Params) -> Params:
-    return [(k, v) for k, v in params if k != "checksum"]

@@ -36,14 +36,15 @@ async def join(runtime: Runtime, req: ApiRequest) -> ApiResult:
     entry = runtime.loads.nodes.get(ref.node_id) if ref is not None else None
     if entry is None or entry.node.has_errors:
         return unknown_meeting(runtime, req)
-    params = apply_rules(req.params, ctx.join_rules)
-    if ctx.assets.css:
-        css_url = f"{runtime.config.public_base_url}/b3lb/t/{ctx.tenant.slug.lower()}/css"
-        params = set_default(params, CSS_PARAM, css_url)
     runtime.counters.add(ctx.secret.id, "attendees_joined")
-    if params is req.params and req.raw_query is not None:  # nothing rewritten: no re-encoding
+    if not ctx.join_rules and not ctx.assets.css and req.raw_query is not None:
+        # Nothing to rewrite: sign the client's own query for the node, no decoding or re-encoding.
         location = node_url_for_query(entry, "join", req.raw_query)
     else:
+        params = apply_rules(req.params, ctx.join_rules)
+        if ctx.assets.css:
+            css_url = f"{runtime.config.public_base_url}/b3lb/t/{ctx.tenant.slug.lower()}/css"
+            params = set_default(params, CSS_PARAM, css_url)
         location = node_url(entry, "join", params)
     return ApiResult(b"", status=302, headers={"Location": location})
 

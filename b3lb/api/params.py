@@ -16,23 +16,51 @@ Params = list[tuple[str, str]]
 _CONTROL = {i: None for i in range(0x20)}
 
 
-def parse_query(query: str) -> Params:
-    """Split on `&` only (`;` is data), decode `+` and %-escapes as UTF-8 with replacement.
+def decode_key(text: str) -> str:
+    return unquote_plus(text, errors="replace") if "%" in text or "+" in text else text
 
-    Control characters are dropped from values, as BBB does.
-    """
-    params: Params = []
-    for pair in query.split("&"):
-        if not pair:
-            continue
-        key, _, value = pair.partition("=")
-        params.append(
-            (
-                unquote_plus(key, errors="replace"),
-                unquote_plus(value, errors="replace").translate(_CONTROL),
-            )
-        )
-    return params
+
+def decode_value(text: str) -> str:
+    """`+` and %-escapes as UTF-8 with replacement; control characters dropped, as BBB does."""
+    if "%" in text or "+" in text:
+        text = unquote_plus(text, errors="replace")
+    return text.translate(_CONTROL) if not text.isprintable() else text
+
+
+def parse_query(query: str) -> Params:
+    """Split on `&` only (`;` is data) and decode every pair."""
+    return QueryText(query).params()
+
+
+class QueryText:
+    """A query split once; lookups decode only the pairs they touch, `params()` all of them."""
+
+    __slots__ = ("pairs", "_params")
+
+    def __init__(self, text: str) -> None:
+        self.pairs = [pair.partition("=") for pair in text.split("&") if pair]
+        self._params: Params | None = None
+
+    def raw(self, key: str) -> str | None:
+        """The undecoded value of the first plain `key` (for the hex checksum)."""
+        for k, _, v in self.pairs:
+            if k == key:
+                return v
+        return None
+
+    def get(self, key: str) -> str | None:
+        for k, _, v in self.pairs:
+            if k == key or (("%" in k or "+" in k) and decode_key(k) == key):
+                return decode_value(v)
+        return None
+
+    def params(self) -> Params:
+        """Every parameter but the checksum, decoded, in order (cached)."""
+        if self._params is None:
+            self._params = [
+                (key, decode_value(v)) for k, _, v in self.pairs if (key := decode_key(k)) != "checksum"
+            ]
+        return self._params
 
 
 def first(params: Params, key: str) -> str | None:
