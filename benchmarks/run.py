@@ -30,14 +30,19 @@ from benchmarks.scenarios import HTTP_SCENARIOS, ORDER, Scenario, build
 from benchmarks.stack import ApiStack, Client, Postgres, wait_until
 
 DEFAULT_JSON = REPO / "benchmarks" / "results.json"
-QUICK = {"duration": 1.0, "warmup": 0.0, "nodes": 3, "poll_nodes": 50, "poll_meetings": 5, "poll_attendees": 2}
-NORMAL = {"duration": 10.0, "warmup": 2.0, "nodes": 10, "poll_nodes": 1000, "poll_meetings": 20, "poll_attendees": 5}
+QUICK = {"duration": 1.0, "warmup": 0.0, "nodes": 3, "poll_nodes": 50, "poll_meetings": 5, "poll_attendees": 2,
+         "rounds": 1}
+NORMAL = {"duration": 5.0, "warmup": 1.0, "nodes": 10, "poll_nodes": 1000, "poll_meetings": 20, "poll_attendees": 5,
+          "rounds": 3}
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke mode: 1 s per scenario, no warm-up, small fleets")
-    parser.add_argument("--duration", type=float, help="seconds per scenario (default 10)")
+    parser.add_argument("--duration", type=float, help="seconds per scenario and round (default 5)")
+    parser.add_argument(
+        "--rounds", type=int, help="rounds of (ceiling, scenario) pairs per scenario; medians are reported (default 3)"
+    )
     parser.add_argument("--warmup", type=float, help="warm-up seconds before each scenario (default 2)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
     parser.add_argument("--nodes", type=int, help="fake nodes behind the server (default 10)")
@@ -80,6 +85,7 @@ class Runner:
         self.use_wrk = use_wrk
         self.script = wrk.write_script(folder) if use_wrk else None
         self.rows: list[report.Row] = []
+        self.measurements = 0
 
     def load(self, scenario: Scenario, phase: str, duration: float, port: int) -> LoadResult:
         spec = LoadSpec(
@@ -114,9 +120,10 @@ class Runner:
 
     def run_scenario(self, scenario: Scenario, port: int, pid: int) -> report.Row:
         warmup_errors = 0
+        self.measurements += 1  # a phase name per measurement: every round creates new meeting IDs
         if self.args.warmup > 0:
-            warmup_errors = self.load(scenario, "w", self.args.warmup, port).errors
-        result = self.load(scenario, "m", self.args.duration, port)
+            warmup_errors = self.load(scenario, f"w{self.measurements}", self.args.warmup, port).errors
+        result = self.load(scenario, f"m{self.measurements}", self.args.duration, port)
         row: report.Row = {
             "scenario": scenario.name,
             "connections": scenario.connections,
@@ -145,7 +152,8 @@ class Runner:
         )
         return row
 
-    def run_ceiling(self, scenario: Scenario) -> report.Row:
+    def start_ceiling(self, scenario: Scenario) -> tuple[Child, int]:
+        """The hello-world server, kept up for the whole run (idle while b3lb is measured)."""
         port = free_port()
         command = [PYTHON, "-m", "benchmarks.ceiling", "--port", str(port)]
         child = Child("ceiling", command, self.folder / "ceiling.log", cpus=self.cores.server)
@@ -157,11 +165,9 @@ class Runner:
                 return status == 200, f"HTTP {status}"
 
             wait_until(answers, "the hello-world server", 30, child)
-            client.close()
-            return self.run_scenario(scenario, port, child.pid)
         finally:
             client.close()
-            child.stop()
+        return child, port
 
     def run_http(self, postgres: Postgres, names: list[str]) -> None:
         args, cores = self.args, self.cores
@@ -180,18 +186,52 @@ class Runner:
             stack.wait_for_poll()
             print(f"set-up done in {time.monotonic() - started:.1f}s", file=sys.stderr, flush=True)
             scenarios = build(stack.secrets, args.connections)
-            for name in names:
-                scenario = scenarios[name]
-                if scenario.ceiling:
-                    self.rows.append(self.run_ceiling(scenario))
-                    continue
-                stack.check_alive(name)
-                self.rows.append(self.run_scenario(scenario, stack.port, stack.server_pid))
+            self._measure(stack, scenarios, names)
         finally:
             stack.stop()
-        ceiling = next((r["rps"] for r in self.rows if r["scenario"] == "ceiling"), None)
-        for row in self.rows:
-            row["pct_ceiling"] = round(100.0 * row["rps"] / ceiling, 1) if ceiling else None
+
+    def _measure(self, stack: ApiStack, scenarios: dict[str, Scenario], names: list[str]) -> None:
+        """Each scenario right after a ceiling measurement of the same length, in several rounds:
+        this machine's speed drifts by tens of percent within seconds, so the reported % of
+        ceiling is the median of neighbour-in-time ratios, and req/s the median round."""
+        ceiling_scenario = scenarios["ceiling"]
+        child, ceiling_port = self.start_ceiling(ceiling_scenario)
+        ceilings: list[report.Row] = []
+        try:
+            for name in names:
+                if scenarios[name].ceiling:
+                    continue
+                pairs = []
+                for _ in range(self.args.rounds):
+                    ceiling = self.run_scenario(ceiling_scenario, ceiling_port, child.pid)
+                    stack.check_alive(name)
+                    pairs.append((ceiling, self.run_scenario(scenarios[name], stack.port, stack.server_pid)))
+                ceilings.extend(c for c, _ in pairs)
+                self.rows.append(_median_row(pairs))
+            if "ceiling" in names and not ceilings:
+                ceilings.append(self.run_scenario(ceiling_scenario, ceiling_port, child.pid))
+        finally:
+            child.stop()
+        if ceilings:  # the ceiling row: the median of all its measurements
+            ceilings.sort(key=lambda r: r["rps"])
+            median = dict(ceilings[len(ceilings) // 2])
+            median["pct_ceiling"] = 100.0
+            median["ceiling_runs"] = [r["rps"] for r in ceilings]
+            self.rows.insert(0, median)
+
+
+def _median_row(pairs: list[tuple[report.Row, report.Row]]) -> report.Row:
+    """The round with the median req/s, its neighbour ceiling, the median ratio, summed errors."""
+    ordered = sorted(pairs, key=lambda pair: pair[1]["rps"])
+    ceiling, row = ordered[len(ordered) // 2]
+    row = dict(row)
+    ratios = sorted(r["rps"] / c["rps"] for c, r in pairs if c["rps"])
+    row["pct_ceiling"] = round(100.0 * ratios[len(ratios) // 2], 1) if ratios else None
+    row["ceiling_rps"], row["ceiling_p99_ms"] = ceiling["rps"], ceiling["p99_ms"]
+    row["rounds"] = [{"rps": r["rps"], "ceiling_rps": c["rps"], "p99_ms": r["p99_ms"]} for c, r in pairs]
+    for key in ("errors", "transport_errors", "unexpected", "warmup_errors"):
+        row[key] = sum(r[key] for _, r in pairs)
+    return row
 
 
 def run_poll(args: argparse.Namespace, postgres: Postgres, folder: Path, cores: Cores) -> list[report.Row]:
