@@ -47,10 +47,14 @@ class DatabaseConfig:
     # Empty: start an embedded PostgreSQL in {data_dir}/pgdata.
     url: str = ""
     pool_min_size: int = 2
-    pool_max_size: int = 10
+    pool_max_size: int = 20
     # Seconds; a query that takes longer fails instead of hanging a request.
     command_timeout: float = 10.0
     connect_timeout: float = 5.0
+    # For the serving process's own writes (meetings, counters, poll results: state the poller
+    # rebuilds). "off" lets a create return without waiting for the WAL flush; a database crash
+    # can then lose the last fraction of a second of them. Admin commands always commit durably.
+    synchronous_commit: str = "off"
 
 
 @dataclass(frozen=True)
@@ -121,10 +125,10 @@ class Config:
         return f"{self.server.public_scheme}://{self.server.api_base_domain}"
 
 
-def _coerce(key: str, value: Any, expected: type | str) -> Any:
+def _coerce(key: str, value: Any, expected: type | str, *, from_env: bool = False) -> Any:
     """Check (file values) or convert (environment strings) one value to the declared type."""
     kind = expected if isinstance(expected, str) else expected.__name__
-    from_env = isinstance(value, str) and kind != "str"
+    from_env = from_env and isinstance(value, str) and kind != "str"
     try:
         if kind == "bool":
             if isinstance(value, bool):
@@ -179,7 +183,7 @@ def _build(raw: Mapping[str, Any], env: Mapping[str, str]) -> Config:
         for key, kind in types.items():
             env_name = f"B3LB_{section}_{key}".upper()
             if env_name in env:
-                values[key] = _coerce(env_name, env[env_name], kind)
+                values[key] = _coerce(env_name, env[env_name], kind, from_env=True)
         sections[section] = cls(**values)
     config = Config(**sections)
     if env.get("DATABASE_URL"):
@@ -206,6 +210,8 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"server.log_level: unknown level {config.server.log_level!r}")
     if config.database.pool_min_size < 0 or config.database.pool_max_size < 1:
         raise ConfigError("database.pool_max_size: must be at least 1")
+    if config.database.synchronous_commit not in ("on", "off", "local", "remote_write", "remote_apply"):
+        raise ConfigError("database.synchronous_commit: must be on, off, local, remote_write or remote_apply")
     if config.poller.error_after < 1 or config.poller.recover_after < 1:
         raise ConfigError("poller.error_after / poller.recover_after: must be at least 1")
 

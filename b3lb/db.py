@@ -97,7 +97,10 @@ class Database:
         self.url = config.database.url
         self.pool: asyncpg.Pool | None = None
 
-    async def open(self, *, min_size: int | None = None, max_size: int | None = None) -> asyncpg.Pool:
+    async def open(
+        self, *, min_size: int | None = None, max_size: int | None = None, serving: bool = False
+    ) -> asyncpg.Pool:
+        """The pool; `serving` applies the serving process's settings (database.synchronous_commit)."""
         if not self.url:
             self.embedded = EmbeddedPostgres(embedded_data_dir(self.config))
             self.url = await asyncio.to_thread(self.embedded.start)
@@ -110,6 +113,7 @@ class Database:
                 max_size=cfg.pool_max_size if max_size is None else max_size,
                 command_timeout=cfg.command_timeout,
                 timeout=cfg.connect_timeout,
+                server_settings={"synchronous_commit": cfg.synchronous_commit} if serving else None,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             await self.close()

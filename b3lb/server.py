@@ -25,7 +25,7 @@ log = logging.getLogger("b3lb.server")
 async def run_server(config: Config, *, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests, clean up."""
     db = Database(config)
-    await db.open()
+    await db.open(serving=True)
     try:
         assert db.pool is not None
         async with db.pool.acquire() as conn:

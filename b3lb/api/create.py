@@ -45,7 +45,8 @@ async def create(runtime: Runtime, req: ApiRequest) -> ApiResult:
     if not 2 <= len(name) <= 256:
         return NAME_SIZE
     ctx = req.ctx
-    ref = await runtime.lookup_meeting(ctx.secret.id, meeting_id)
+    # Memory only: a meeting another instance created just now shows up as the insert's conflict.
+    ref = runtime.meetings.get(ctx.secret.id, meeting_id)
     entry = runtime.loads.nodes.get(ref.node_id) if ref is not None else None
     is_new = False
     if ref is None or entry is None or entry.node.has_errors:
@@ -113,14 +114,19 @@ async def _store(
     else:  # its node is in error: restart the room elsewhere with a fresh nonce
         runtime.meetings.remove(stale)
         row = await runtime.pool.fetchrow(Q.meeting_move, stale.id, entry.node.id, *args, stale.node_id)
-    if row is None:  # a concurrent create placed or moved it first; use its node
+    if row is None:  # another create (maybe on another instance) placed or moved it first
         row = await runtime.pool.fetchrow(Q.meeting_by_key, ctx.secret.id, meeting_id)
-        won = runtime.loads.nodes.get(row["node_id"]) if row is not None else None
-        if row is None or won is None:
+        if row is None:
             return no_node(with_keys)
-        ref = MeetingRef.from_row(row)
-        runtime.meetings.add(ref)
-        return ref, won, False
+        existing = MeetingRef.from_row(row)
+        won = runtime.loads.nodes.get(existing.node_id)
+        if won is not None and not won.node.has_errors:
+            runtime.meetings.add(existing)
+            return existing, won, False
+        # known elsewhere but on a node in error: restart it here, once
+        row = await runtime.pool.fetchrow(Q.meeting_move, existing.id, entry.node.id, *args, existing.node_id)
+        if row is None:
+            return no_node(with_keys)
     ref = MeetingRef.from_row(row)
     runtime.meetings.add(ref)
     runtime.counters.add(ctx.secret.id, "meetings_created")
