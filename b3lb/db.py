@@ -88,6 +88,16 @@ def embedded_data_dir(config: Config) -> Path:
     return Path(config.server.data_dir).resolve() / "pgdata"
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release hook of the serving process: nothing to undo.
+
+    asyncpg's default reset (unlock advisory locks, close cursors, UNLISTEN, RESET ALL) is a
+    database round trip on every release, as many as the queries themselves. The serving
+    process never leaves session state behind; the one advisory lock it takes (poller
+    leadership) is unlocked explicitly before its connection goes back.
+    """
+
+
 class Database:
     """The pool plus, when no URL is configured, the embedded server behind it."""
 
@@ -114,6 +124,7 @@ class Database:
                 command_timeout=cfg.command_timeout,
                 timeout=cfg.connect_timeout,
                 server_settings={"synchronous_commit": cfg.synchronous_commit} if serving else None,
+                reset=keep_session if serving else None,
             )
         except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             await self.close()

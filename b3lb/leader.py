@@ -77,6 +77,7 @@ class Leadership:
         conn, self.conn = self.conn, None
         if conn is not None:
             try:
+                await conn.execute("SELECT pg_advisory_unlock_all()")  # the pool does not reset sessions
                 await self.runtime.pool.release(conn)
             except Exception:  # a broken connection: the pool discards it
                 log.debug("releasing the lock connection failed", exc_info=True)

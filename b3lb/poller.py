@@ -60,6 +60,17 @@ def parse_load(body: bytes) -> float | None:
     return min(max(value, 0), 10000) / 100.0
 
 
+_LISTED = "meetings/meeting[not(isBreakout='true')]"
+_MEETING_IDS = etree.XPath(f"{_LISTED}/meetingID/text()", smart_strings=True)
+_ATTENDEES = etree.XPath(f"sum({_LISTED}/participantCount)")
+
+
+def _sum_counts(root: etree._Element) -> int:
+    """The slow way, for a node whose counts XPath could not add up."""
+    listed = (m for m in root.iterfind("meetings/meeting") if m.findtext("isBreakout") != "true")
+    return sum(_count(m, "participantCount") for m in listed)
+
+
 def _count(meeting: etree._Element, tag: str) -> int:
     try:
         return int(meeting.findtext(tag) or 0)
@@ -129,33 +140,37 @@ class Poller:
         return result
 
     def _read_meetings(self, result: NodePoll, root: etree._Element) -> None:
+        """Node totals in C (XPath); Python only touches the meetings b3lb routes to this node."""
         node_id = result.entry.node.id
         by_id = self.runtime.meetings.by_meeting_id
-        for meeting in root.iterfind("meetings/meeting"):
-            if meeting.findtext("isBreakout") == "true":
-                continue  # breakout rooms count for neither the node nor getMeetings
-            meeting_id = meeting.findtext("meetingID") or ""
-            attendees = _count(meeting, "participantCount")
-            result.meetings += 1
-            result.attendees += attendees
-            result.listed.add(meeting_id)
-            owned = [r for r in by_id.get(meeting_id, ()) if r.node_id == node_id]
-            if not owned:
+        ids = _MEETING_IDS(root)  # breakout rooms count for neither the node nor getMeetings
+        total = _ATTENDEES(root)
+        result.meetings = len(ids)
+        result.attendees = int(total) if total == total else _sum_counts(root)  # NaN: a non-number
+        result.listed = {str(i) for i in ids}
+        for meeting_id in ids:
+            refs = by_id.get(meeting_id)
+            if refs is None:
                 continue
-            meta = meeting.find("metadata")
-            counts = (
-                attendees,
-                _count(meeting, "listenerCount"),
-                _count(meeting, "voiceParticipantCount"),
-                _count(meeting, "videoCount"),
-                _count(meeting, "moderatorCount"),
-            )
-            meeting.tail = None
-            xml = etree.tostring(meeting, encoding="utf-8", xml_declaration=False)
-            origin = meta.findtext("bbb-origin") or "" if meta is not None else ""
-            server = meta.findtext("bbb-origin-server-name") or "" if meta is not None else ""
-            for ref in owned:
-                result.samples.append(MeetingSample(ref, counts, origin, server, xml))
+            owned = [r for r in refs if r.node_id == node_id]
+            if owned:
+                self._sample(result, meeting_id.getparent().getparent(), owned)
+
+    def _sample(self, result: NodePoll, meeting: etree._Element, owned: list[MeetingRef]) -> None:
+        meta = meeting.find("metadata")
+        counts = (
+            _count(meeting, "participantCount"),
+            _count(meeting, "listenerCount"),
+            _count(meeting, "voiceParticipantCount"),
+            _count(meeting, "videoCount"),
+            _count(meeting, "moderatorCount"),
+        )
+        meeting.tail = None
+        xml = etree.tostring(meeting, encoding="utf-8", xml_declaration=False)
+        origin = meta.findtext("bbb-origin") or "" if meta is not None else ""
+        server = meta.findtext("bbb-origin-server-name") or "" if meta is not None else ""
+        for ref in owned:
+            result.samples.append(MeetingSample(ref, counts, origin, server, xml))
 
     async def _apply(self, results: list[NodePoll]) -> None:
         """Fold one cycle into memory first (the API sees it at once), then the database."""

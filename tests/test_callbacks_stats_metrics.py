@@ -16,6 +16,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
 from b3lb import callbacks
+from b3lb.db import keep_session
 from b3lb.leader import Leadership
 from b3lb.poller import Poller
 from b3lb.runtime import Runtime
@@ -259,7 +260,8 @@ async def test_housekeeping_writes_metric_rows_and_deletes_expired_ones(db_url):
 @pytest.mark.gen_test(timeout=30)
 async def test_exactly_one_process_polls_and_another_takes_over(db_url):
     async with Harness(db_url, nodes=1) as h:
-        pools = [await asyncpg.create_pool(db_url, min_size=1, max_size=3) for _ in range(2)]
+        # pools as `b3lb serve` makes them: releasing a connection does not reset its session
+        pools = [await asyncpg.create_pool(db_url, min_size=1, max_size=3, reset=keep_session) for _ in range(2)]
         try:
             runtimes = [Runtime(h.config, pool) for pool in pools]
             for runtime in runtimes:

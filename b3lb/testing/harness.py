@@ -20,6 +20,7 @@ from tornado.netutil import bind_sockets
 from b3lb.app import make_app
 from b3lb.checksum import digest
 from b3lb.config import Config, load_config
+from b3lb.db import keep_session
 from b3lb.poller import NodePoll, Poller
 from b3lb.runtime import Runtime
 from b3lb.testing.fakebbb import FakeFleet
@@ -104,7 +105,8 @@ class Harness:
 
     async def __aenter__(self) -> Self:
         await self.fleet.start()
-        self.pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=5)
+        # Like `b3lb serve`'s pool (db.Database.open(serving=True)): no session reset on release.
+        self.pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=5, reset=keep_session)
         self.tenants = await seed(self.pool, self.fleet, self.tenant_slugs)
         self.runtime = Runtime(self.config, self.pool)
         await self.runtime.start()
