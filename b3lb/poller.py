@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from lxml import etree
 
+from b3lb import bbbxml
 from b3lb.api.forward import node_url
 from b3lb.balancer import NodeEntry
 from b3lb.db import Q
@@ -128,6 +129,14 @@ class Poller:
             result.error = f"HTTP {meetings.code}"
             return result
         try:
+            scanned = bbbxml.scan(meetings.body)
+        except ValueError:  # not a SUCCESS document: lxml below says what it is instead
+            scanned = None
+        if scanned is not None:
+            result.ok = True
+            self._read_scanned(result, scanned)
+            return result
+        try:
             root = etree.fromstring(meetings.body, _PARSER)
         except (etree.XMLSyntaxError, ValueError) as exc:
             result.error = f"unparsable XML: {exc}"
@@ -138,6 +147,23 @@ class Poller:
         result.ok = True
         self._read_meetings(result, root)
         return result
+
+    def _read_scanned(self, result: NodePoll, scanned: list[bbbxml.ScannedMeeting]) -> None:
+        """The fast path: meetings cut from the bytes; details only for the ones b3lb routes here."""
+        node_id = result.entry.node.id
+        by_id = self.runtime.meetings.by_meeting_id
+        for meeting in scanned:
+            if meeting.is_breakout:
+                continue  # breakout rooms count for neither the node nor getMeetings
+            result.meetings += 1
+            result.attendees += meeting.participants
+            result.listed.add(meeting.meeting_id)
+            refs = by_id.get(meeting.meeting_id)
+            owned = [r for r in refs if r.node_id == node_id] if refs else None
+            if owned:
+                counts, origin, server = bbbxml.details(meeting.xml)
+                for ref in owned:
+                    result.samples.append(MeetingSample(ref, counts, origin, server, meeting.xml))
 
     def _read_meetings(self, result: NodePoll, root: etree._Element) -> None:
         """Node totals in C (XPath); Python only touches the meetings b3lb routes to this node."""
