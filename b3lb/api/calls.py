@@ -52,11 +52,13 @@ GET_ONLY_ON_NODE = frozenset({"sendChatMessage"})
 
 
 async def pass_through(runtime: Runtime, req: ApiRequest, entry: NodeEntry) -> ApiResult:
+    # Nothing is rewritten here: the client's own query goes on when it can, else re-encoded.
+    query = req.raw_query if req.raw_query is not None else req.params
     if req.method == "POST" and not req.params_from_body and req.call not in GET_ONLY_ON_NODE:
         return await forward(
-            runtime, entry, req.call, req.params, method="POST", body=req.body, content_type=req.content_type
+            runtime, entry, req.call, query, method="POST", body=req.body, content_type=req.content_type
         )
-    return await forward(runtime, entry, req.call, req.params)
+    return await forward(runtime, entry, req.call, query)
 
 
 async def _simple(runtime: Runtime, req: ApiRequest) -> ApiResult:

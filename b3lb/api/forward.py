@@ -30,15 +30,17 @@ async def forward(
     runtime: Runtime,
     entry: NodeEntry,
     call: str,
-    params: Params,
+    params: Params | str,
     *,
     method: str = "GET",
     body: bytes | None = None,
     content_type: str | None = None,
 ) -> ApiResult:
     """The node's answer unchanged (status, body, Content-Type), or a FAILED document when the
-    node cannot be reached or answers something that is not a BBB document."""
-    url = node_url(entry, call, params)
+    node cannot be reached or answers something that is not a BBB document.
+
+    `params` is a parameter list to encode, or an already encoded query sent as it is."""
+    url = node_url_for_query(entry, call, params) if isinstance(params, str) else node_url(entry, call, params)
     try:
         response = await runtime.nodes.fetch(url, method=method, body=body, content_type=content_type)
     except NodeRequestError as exc:
