@@ -9,6 +9,7 @@ land in the same place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import tempfile
@@ -62,15 +63,27 @@ async def _execute(url: str, sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture
-def empty_db(pg_url: str) -> Iterator[str]:
-    """URL of a fresh, empty schema (no migrations applied)."""
+def execute_sql(url: str, sql: str) -> None:
+    """Run SQL from a synchronous test or fixture."""
+    run(_execute(url, sql))
+
+
+@contextlib.contextmanager
+def fresh_schema(pg_url: str) -> Iterator[str]:
+    """URL of a new, empty schema, dropped afterwards."""
     schema = "t_" + secrets.token_hex(6)
-    run(_execute(pg_url, f"CREATE SCHEMA {schema}"))
+    execute_sql(pg_url, f"CREATE SCHEMA {schema}")
     try:
         yield with_search_path(pg_url, schema)
     finally:
-        run(_execute(pg_url, f"DROP SCHEMA {schema} CASCADE"))
+        execute_sql(pg_url, f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def empty_db(pg_url: str) -> Iterator[str]:
+    """URL of a fresh, empty schema (no migrations applied)."""
+    with fresh_schema(pg_url) as url:
+        yield url
 
 
 async def _migrate(url: str) -> None:

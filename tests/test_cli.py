@@ -7,17 +7,16 @@ as a subprocess to check exit codes, stderr and the `python -m b3lb.cli` entry p
 from __future__ import annotations
 
 import asyncio
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import asyncpg
 import orjson
 import pytest
+from conftest import execute_sql, fresh_schema
 
 from b3lb.cli import main
 
@@ -44,24 +43,11 @@ def count(env: dict[str, str], table: str) -> int:
     return fetch(env, f"SELECT count(*) AS n FROM {table}")[0]["n"]  # noqa: S608 - test tables
 
 
-async def _execute(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def bare_db(pg_url: str) -> Iterator[str]:
     """A second, unmigrated schema (cli_env's own schema is already migrated)."""
-    schema = "t_" + secrets.token_hex(6)
-    asyncio.run(_execute(pg_url, f"CREATE SCHEMA {schema}"))
-    separator = "&" if "?" in pg_url else "?"
-    try:
-        yield f"{pg_url}{separator}options={quote('-csearch_path=' + schema, safe='')}"
-    finally:
-        asyncio.run(_execute(pg_url, f"DROP SCHEMA {schema} CASCADE"))
+    with fresh_schema(pg_url) as url:
+        yield url
 
 
 class Cli:
@@ -458,11 +444,11 @@ def test_every_command_has_help(cli: Cli) -> None:
 
 def test_meeting_commands(setup: Cli) -> None:
     cli = setup
-    asyncio.run(_execute(cli.env["DATABASE_URL"], """
+    execute_sql(cli.env["DATABASE_URL"], """
         INSERT INTO meeting (secret_id, meeting_id, meeting_name, node_id, attendees)
         SELECT s.id, 'room-1', 'Room One', n.id, 3 FROM secret s, node n
         WHERE s.sub_id = 0 ORDER BY n.id LIMIT 1
-    """))
+    """)
     rows = cli.json("meeting", "list")
     assert [(r["meeting_id"], r["attendees"], r["secret"]) for r in rows] == [("room-1", 3, "ABC")]
     assert cli.json("meeting", "list", "--tenant", "ABC") == rows
