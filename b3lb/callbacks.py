@@ -20,7 +20,6 @@ log = logging.getLogger("b3lb.callbacks")
 RELAY_ATTEMPTS = 3
 RELAY_TIMEOUT = 5.0
 RELAY_BACKOFF = 1.0  # seconds before the second attempt; doubled for each further one
-LONG_MEETING = 12 * 3600
 
 
 def relay_url(original: str, meeting_id: str, recordingmarks: str) -> str:
@@ -78,9 +77,7 @@ class EndCallbackHandler(RequestHandler):
         if ref is not None and ref.id == row_id:
             self.runtime.meetings.remove(ref)
             self.runtime.announce("ended", ref)
-        if seconds is not None and 0 <= seconds < LONG_MEETING:
-            self.runtime.counters.add(secret_id, "meeting_duration_count")
-            self.runtime.counters.add(secret_id, "meeting_duration_seconds", int(seconds))
+        self.runtime.counters.meeting_ended(secret_id, seconds)
 
     def _not_allowed(self) -> None:
         self.set_status(405)

@@ -15,6 +15,8 @@ from b3lb.db import Q
 
 log = logging.getLogger("b3lb.counters")
 
+LONG_MEETING = 12 * 3600
+
 
 @dataclass(slots=True)
 class CounterDelta:
@@ -55,6 +57,12 @@ class Counters:
                     self._merge_pending(secret_id, f.name, getattr(delta, f.name))
             return 0
         return len(ids)
+
+    def meeting_ended(self, secret_id: int, seconds: float | None) -> None:
+        """Count a meeting's duration; meetings of 12 hours or more are left out (spec 4.6)."""
+        if seconds is not None and 0 <= seconds < LONG_MEETING:
+            self.add(secret_id, "meeting_duration_count")
+            self.add(secret_id, "meeting_duration_seconds", int(seconds))
 
     def _merge_pending(self, secret_id: int, name: str, amount: int) -> None:
         delta = self.pending.setdefault(secret_id, CounterDelta())

@@ -27,7 +27,6 @@ from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.poller")
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
-LONG_MEETING = 12 * 3600  # durations of meetings longer than this are not counted (spec 4.6)
 
 
 @dataclass(slots=True)
@@ -266,7 +265,7 @@ class Poller:
                 if vanished:
                     rows = await conn.fetch(Q.meetings_vanished, [r.id for r in vanished])
                     for row in rows:
-                        self._count_duration(row["secret_id"], row["seconds"])
+                        self.runtime.counters.meeting_ended(row["secret_id"], row["seconds"])
                 if node_lists:
                     await conn.execute(Q.node_lists_upsert, list(node_lists), [v.decode() for v in node_lists.values()])
                 if changed_lists:
@@ -286,11 +285,6 @@ class Poller:
         result = {k: b"".join(parts.get(k, ())).decode() for k in changed}
         result.update({k: "" for k in stored if k not in hashes})
         return result
-
-    def _count_duration(self, secret_id: int, seconds: float) -> None:
-        if 0 <= seconds < LONG_MEETING:
-            self.runtime.counters.add(secret_id, "meeting_duration_count")
-            self.runtime.counters.add(secret_id, "meeting_duration_seconds", int(seconds))
 
     def secret_list_parts(self, only: set[int] | None = None) -> dict[int, list[bytes]]:
         """Per secret, its <meeting> elements (sub_id 0: the whole tenant) for other instances."""

@@ -28,6 +28,8 @@ async def test_create_join_end_roundtrip(db_url):
         assert xml(r).findtext("meetings/meeting/participantCount") == "1", r.body
         r = await h.call("end", "meetingID=room-42")
         assert xml(r).findtext("messageKey") == "sentEndMeetingRequest", r.body
+        # an end through the API counts the meeting's duration, as poll removals and callbacks do
+        assert h.runtime.counters.pending[h.tenants["ABC"].secrets[0][0]].meeting_duration_count == 1
         r = await h.call("getMeetingInfo", "meetingID=room-42")
         assert xml(r).findtext("messageKey") == "notFound"
         r = await h.call("getMeetings", "")

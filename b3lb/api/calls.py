@@ -96,7 +96,8 @@ async def end(runtime: Runtime, req: ApiRequest) -> ApiResult:
         runtime.meetings.remove(ref)
         runtime.announce("ended", ref)
         try:
-            await runtime.pool.execute(Q.meeting_end, ref.id)
+            seconds = await runtime.pool.fetchval(Q.meeting_end, ref.id)
+            runtime.counters.meeting_ended(ref.secret_id, seconds)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("meeting %s ended on its node but not in the database: %s", ref.id, exc)
     return result

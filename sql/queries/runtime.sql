@@ -60,11 +60,14 @@ RETURNING id, secret_id, meeting_id, node_id, nonce, create_time, attendees
 DELETE FROM meeting WHERE id = $1
 
 -- name: meeting_end
--- Remove a meeting from routing but keep what its end callback needs.
-WITH gone AS (DELETE FROM meeting WHERE id = $1 RETURNING nonce, secret_id, meeting_id, end_callback_url, create_time)
-INSERT INTO meeting_ended (nonce, secret_id, meeting_id, end_callback_url, create_time)
-SELECT nonce, secret_id, meeting_id, end_callback_url, create_time FROM gone
-ON CONFLICT (nonce) DO NOTHING
+-- Remove a meeting from routing but keep what its end callback needs; returns its age.
+WITH gone AS (DELETE FROM meeting WHERE id = $1 RETURNING nonce, secret_id, meeting_id, end_callback_url, create_time),
+kept AS (
+    INSERT INTO meeting_ended (nonce, secret_id, meeting_id, end_callback_url, create_time)
+    SELECT nonce, secret_id, meeting_id, end_callback_url, create_time FROM gone
+    ON CONFLICT (nonce) DO NOTHING
+)
+SELECT extract(epoch FROM now() - create_time)::float8 FROM gone
 
 -- name: slide_asset
 SELECT slide, slide_mime, slide_data FROM asset WHERE tenant_id = $1 AND slide_data IS NOT NULL
