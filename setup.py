@@ -14,10 +14,6 @@ setup(
         "lxml>=5.0",
         "uvloop>=0.19",
         "prometheus-client>=0.20",
-        # libcurl for requests to nodes (b3lb/curlclient.py): keep-alive connections and
-        # non-blocking name resolution, which Tornado's pure-Python client lacks (it reconnects for
-        # every request); driven directly, it costs a third of Tornado's curl glue per request.
-        "pycurl>=7.45.3",
         # Embedded PostgreSQL for machines without a configured database: it ships
         # real PostgreSQL binaries in a wheel, which no hand-written code can replace.
         "pgserver>=0.1.4",

@@ -24,21 +24,33 @@ class ScannedMeeting:
     meeting_id: str
     is_breakout: bool
     participants: int
-    xml: bytes  # the node's own <meeting> element, byte for byte
+    body: bytes  # the whole document: a slice is only made for the meetings b3lb routes
+    start: int
+    end: int
+
+    @property
+    def xml(self) -> bytes:
+        """The node's own <meeting> element, byte for byte."""
+        return self.body[self.start : self.end]
+
+    def same_as(self, xml: bytes | None) -> bool:
+        """Whether the element is exactly `xml`, compared in place (no copy of it is made)."""
+        return xml is not None and len(xml) == self.end - self.start and self.body.startswith(xml, self.start)
 
 
-def _text(chunk: bytes, tags: tuple[bytes, bytes], *, last: bool = False) -> bytes | None:
-    """The text of the first (or last) element with these tags."""
-    start = chunk.rfind(tags[0]) if last else chunk.find(tags[0])
-    if start < 0:
+def _text(chunk: bytes, tags: tuple[bytes, bytes], start: int = 0, end: int | None = None, *,
+          last: bool = False) -> bytes | None:
+    """The text of the first (or last) element with these tags within chunk[start:end]."""
+    end = len(chunk) if end is None else end
+    opened = chunk.rfind(tags[0], start, end) if last else chunk.find(tags[0], start, end)
+    if opened < 0:
         return None
-    start += len(tags[0])
-    end = chunk.find(tags[1], start)
-    return chunk[start:end] if end >= 0 else None
+    opened += len(tags[0])
+    closed = chunk.find(tags[1], opened, end)
+    return chunk[opened:closed] if closed >= 0 else None
 
 
-def _int(chunk: bytes, name: str) -> int:
-    raw = _text(chunk, _TAGS[name])
+def _int(raw: bytes | None) -> int:
     try:
         return int(raw) if raw is not None else 0
     except ValueError:
@@ -61,31 +73,36 @@ def scan(body: bytes) -> list[ScannedMeeting] | None:
     head = body if head_end < 0 else body[:head_end]
     if b"<returncode>SUCCESS</returncode>" not in head or not body.rstrip().endswith(b"</response>"):
         raise ValueError("not a SUCCESS getMeetings document")
-    if b"<![CDATA[" in body or b"<meeting " in body or body.count(OPEN) != body.count(CLOSE):
+    if b"<![CDATA[" in body:
         return None
+    id_tags, breakout_tags, participant_tags = _TAGS["meetingID"], _TAGS["isBreakout"], _TAGS["participantCount"]
     meetings: list[ScannedMeeting] = []
-    position = body.find(OPEN)
+    find = body.find
+    position = find(OPEN)
     while position >= 0:
-        end = body.find(CLOSE, position)
-        chunk = body[position : end + len(CLOSE)]
-        if chunk.find(OPEN, 1) >= 0:  # nested <meeting>: not the template we know
+        end = find(CLOSE, position)
+        if end < 0:
             return None
-        meeting_id = _text(chunk, _TAGS["meetingID"])
+        end += len(CLOSE)
+        meeting_id = _text(body, id_tags, position, end)
         if meeting_id is None:
             return None
-        meetings.append(
-            # isBreakout and metadata follow the attendees, whose customdata may use any name:
-            # the meeting's own are the last ones
-            ScannedMeeting(_str(meeting_id), _text(chunk, _TAGS["isBreakout"], last=True) == b"true",
-                           _int(chunk, "participantCount"), chunk)
-        )
-        position = body.find(OPEN, end)
+        # isBreakout and metadata follow the attendees, whose customdata may use any name:
+        # the meeting's own are the last ones
+        is_breakout = _text(body, breakout_tags, position, end, last=True) == b"true"
+        participants = _int(_text(body, participant_tags, position, end))
+        meetings.append(ScannedMeeting(_str(meeting_id), is_breakout, participants, body, position, end))
+        position = find(OPEN, end)
+    # Every <meeting> and </meeting> must be one found above: a nested element, an element with
+    # attributes or a stray tag means this is not the template, and lxml reads it instead.
+    if body.count(OPEN) != len(meetings) or body.count(CLOSE) != len(meetings):
+        return None
     return meetings
 
 
 def details(xml: bytes) -> tuple[tuple[int, int, int, int, int], str, str]:
     """Counts (participants, listeners, voice, video, moderators) and the origin metadata."""
-    counts = tuple(_int(xml, name) for name in _FIELDS)
+    counts = tuple(_int(_text(xml, _TAGS[name])) for name in _FIELDS)
     start = xml.rfind(b"<metadata>")
     metadata = xml[start : xml.find(b"</metadata>", start)] if start >= 0 else b""
     origin = _str(_text(metadata, _META["bbb-origin"]))

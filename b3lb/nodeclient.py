@@ -1,9 +1,9 @@
 """Outbound HTTP to BBB nodes: one shared client, hard timeouts, errors as values.
 
-The client drives libcurl (b3lb/curlclient.py): it keeps connections to nodes alive between
-requests (Tornado's own client opens a new TCP/TLS connection for every request, which costs
-more CPU than the rest of a pass-through call), resolves names without blocking, and sends the
-URL string unchanged, as the node's checksum check requires.
+The client (b3lb/httpclient.py) keeps connections to nodes alive between requests (Tornado's own
+client opens a new TCP/TLS connection for every request, which costs more CPU than the rest of a
+pass-through call), resolves names without blocking, and sends the URL's path and query
+unchanged, as the node's checksum check requires.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 
 from b3lb.config import ApiConfig
-from b3lb.curlclient import CurlClient, CurlError
+from b3lb.httpclient import HttpClient, HttpError
 
 # Names this process in node access logs (and lets tests tell instances apart).
 USER_AGENT = f"b3lb/0.1 ({socket.gethostname()}; pid {os.getpid()})"
@@ -35,7 +35,7 @@ class NodeClient:
     def __init__(self, config: ApiConfig) -> None:
         self.connect_timeout = config.node_connect_timeout
         self.request_timeout = config.node_request_timeout
-        self.http = CurlClient(
+        self.http = HttpClient(
             max_connections=config.max_node_connections, user_agent=USER_AGENT, keep_connections=KEEP_CONNECTIONS
         )
 
@@ -59,7 +59,7 @@ class NodeClient:
                 connect_timeout=min(self.connect_timeout, request_timeout),
                 timeout=request_timeout,
             )
-        except CurlError as exc:
+        except HttpError as exc:
             raise NodeRequestError(str(exc)) from None
         return NodeResponse(code=code, body=data, content_type=kind or "text/xml")
 

@@ -22,10 +22,13 @@ from b3lb.api.forward import node_url
 from b3lb.balancer import NodeEntry
 from b3lb.db import Q
 from b3lb.meetings import MeetingRef
+from b3lb.memory import release_free_memory
 from b3lb.nodeclient import NodeRequestError
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.poller")
+# After a cycle that wrote this much list XML, freed memory goes back to the OS (b3lb/memory.py).
+TRIM_AFTER_BYTES = 4 * 1024 * 1024
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 
 
@@ -90,6 +93,7 @@ class Poller:
         # (hashes only: the lists themselves would hold every meeting's XML twice more)
         self._stored_node_lists: dict[int, int] = {}
         self._stored_secret_lists: dict[int, int] = {}
+        self._written = 0  # bytes of list XML the last cycle wrote
 
     async def poll_once(self) -> list[NodePoll]:
         """One full cycle over every node; returns the per-node results."""
@@ -97,7 +101,10 @@ class Poller:
         semaphore = asyncio.Semaphore(self.config.concurrency)
         entries = list(self.runtime.loads.nodes.values())
         results = await asyncio.gather(*(self._poll_guarded(semaphore, e) for e in entries))
+        self._written = 0
         await self._apply(results)
+        if self._written >= TRIM_AFTER_BYTES:  # the lists' buffers are free now
+            release_free_memory()
         self.cycles += 1
         self.last_duration = time.perf_counter() - started
         self.last_cpu = time.process_time() - cpu_started
@@ -159,10 +166,18 @@ class Poller:
             result.listed.add(meeting.meeting_id)
             refs = by_id.get(meeting.meeting_id)
             owned = [r for r in refs if r.node_id == node_id] if refs else None
-            if owned:
-                counts, origin, server = bbbxml.details(meeting.xml)
-                for ref in owned:
-                    result.samples.append(MeetingSample(ref, counts, origin, server, meeting.xml))
+            if not owned:
+                continue
+            for ref in owned:
+                # Most meetings look the same as one poll ago: keep that copy and what was read from it
+                # (fewer short-lived copies also keep the heap from fragmenting)
+                if ref.polled is not None and meeting.same_as(ref.xml):
+                    counts, (origin, server) = ref.polled[:5], ref.polled[5:]
+                    result.samples.append(MeetingSample(ref, counts, origin, server, ref.xml))  # type: ignore[arg-type]
+                    continue
+                xml = meeting.xml
+                counts, origin, server = bbbxml.details(xml)
+                result.samples.append(MeetingSample(ref, counts, origin, server, xml))
 
     def _read_meetings(self, result: NodePoll, root: etree._Element) -> None:
         """Node totals in C (XPath); Python only touches the meetings b3lb routes to this node."""
@@ -276,6 +291,7 @@ class Poller:
             return
         self._stored_node_lists.update((k, hash(v)) for k, v in node_lists.items())
         self._stored_secret_lists = lists
+        self._written = sum(map(len, node_lists.values())) + sum(map(len, changed_lists.values()))
 
     def _changed_secret_lists(self, hashes: dict[int, int]) -> dict[int, str]:
         """The lists whose content differs from what the database holds ('' for emptied ones)."""

@@ -127,6 +127,27 @@ async def test_meeting_counts_and_vanishing_meetings(db_url):
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_unchanged_meeting_keeps_its_copy_and_a_changed_one_is_read_again(db_url):
+    async with Harness(db_url, nodes=1) as h:
+        await create(h, "room-1")
+        fake = h.fleet.nodes[0]
+        fake.add_attendees("room-1", 2)
+        await h.poll()
+        ref = h.runtime.meetings.get(h.tenants["ABC"].secrets[0][0], "room-1")
+        first_xml = ref.xml
+        assert first_xml is not None and b"<participantCount>2</participantCount>" in first_xml
+        await h.poll()  # the node sends the same element again: the stored copy stays
+        assert ref.xml is first_xml and ref.polled[0] == 2
+        fake.add_attendees("room-1", 3)
+        await h.poll()  # now it differs: read again, counted and written
+        assert ref.xml is not first_xml and b"<participantCount>5</participantCount>" in ref.xml
+        assert ref.polled[0] == 5
+        assert await h.pool.fetchval("SELECT attendees FROM meeting WHERE meeting_id = 'room-1'") == 5
+        r = await h.call("getMeetings", "")
+        assert [m.findtext("participantCount") for m in xml(r).iterfind("meetings/meeting")] == ["5"]
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_fresh_meeting_survives_a_poll_that_raced_its_create(db_url):
     async with Harness(db_url, nodes=1) as h:  # default grace 15 s
         await create(h, "room-1")

@@ -1,0 +1,35 @@
+"""Giving freed heap memory back to the operating system after large, short-lived buffers.
+
+A poll cycle that rewrites many meeting lists builds tens of megabytes of XML for the database
+and frees it right after. glibc keeps such freed space in the heap whenever a small live object
+sits above it, so the process's RSS stayed at its peak. `malloc_trim` returns the free pages in
+the middle of the heap as well. Other C libraries (musl) have no such call: then this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Callable
+
+
+def _load_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_TRIM = _load_trim()
+
+
+def release_free_memory() -> bool:
+    """Return free heap pages to the OS; False where the C library cannot."""
+    if _TRIM is None:
+        return False
+    _TRIM(0)
+    return True
