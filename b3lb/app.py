@@ -5,7 +5,7 @@ from __future__ import annotations
 from tornado.httputil import HTTPConnection, HTTPMessageDelegate
 from tornado.web import Application, RequestHandler
 
-from b3lb.api.handler import BBBApiHandler
+from b3lb.api.handler import ApiRouter
 from b3lb.callbacks import EndCallbackHandler
 from b3lb.endpoints import AssetHandler, MetricsHandler, PingHandler, StatsHandler
 from b3lb.lazyquery import LazyQueryDelegate
@@ -30,11 +30,12 @@ class B3lbApplication(Application):
 
 def make_app(runtime: Runtime) -> Application:
     deps = {"runtime": runtime}
+    api = ApiRouter(runtime)  # BBB API calls skip RequestHandler: b3lb/api/handler.py says why
     routes = [
-        (r"/bigbluebutton/api/?", BBBApiHandler, deps),
-        (rf"/bigbluebutton/api/{CALL}", BBBApiHandler, deps),
-        (rf"/b3lb/t/{TENANT}/bbb/api/?", BBBApiHandler, deps),
-        (rf"/b3lb/t/{TENANT}/bbb/api/{CALL}", BBBApiHandler, deps),
+        (r"/bigbluebutton/api/?", api),
+        (rf"/bigbluebutton/api/{CALL}", api),
+        (rf"/b3lb/t/{TENANT}/bbb/api/?", api),
+        (rf"/b3lb/t/{TENANT}/bbb/api/{CALL}", api),
         (r"/b3lb/ping", PingHandler, deps),
         (r"/b3lb/stats", StatsHandler, deps),
         (rf"/b3lb/t/{TENANT}/stats", StatsHandler, deps),

@@ -588,6 +588,28 @@ async def test_wrong_methods_give_405_with_allow(db_url: str) -> None:
         assert client_calls(h) == []
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_answer_headers_and_a_failing_call_answers_internal_error(db_url: str, monkeypatch) -> None:
+    from b3lb.api import handler
+
+    async with Harness(db_url, nodes=1) as h:
+        r = await h.call("isMeetingRunning", "meetingID=nothing-here")
+        assert r.code == 200 and r.headers["Content-Type"] == "text/xml;charset=utf-8"
+        assert r.headers["Cache-Control"] == "no-cache" and r.headers["Date"].endswith(" GMT")
+        assert int(r.headers["Content-Length"]) == len(r.body) > 0
+
+        async def broken(runtime, req):  # noqa: ANN001, ANN202 - a call with a bug in it
+            raise RuntimeError("a bug")
+
+        monkeypatch.setitem(handler.CALLS, "isMeetingRunning", (handler.GET_POST, broken))
+        r = await h.call("isMeetingRunning", "meetingID=nothing-here")
+        assert r.code == 500 and b"Traceback" not in r.body and b"a bug" not in r.body
+        assert xml(r).findtext("messageKey") == "internalError"
+        # the server keeps serving
+        monkeypatch.undo()
+        assert (await h.call("isMeetingRunning", "meetingID=nothing-here")).code == 200
+
+
 # ---------------------------------------------------------------- hostile input
 
 

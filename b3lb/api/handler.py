@@ -6,11 +6,23 @@ answer is a BBB-style document; nothing a client sends produces a traceback.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http.client import responses
+from typing import Any
 
-from tornado.web import RequestHandler
+from tornado.httputil import (
+    HTTPHeaders,
+    HTTPMessageDelegate,
+    HTTPServerRequest,
+    RequestStartLine,
+    ResponseStartLine,
+)
+from tornado.iostream import StreamClosedError
+from tornado.routing import Router
 
 from b3lb import checksum
 from b3lb.api import calls, create, getmeetings, join
@@ -23,6 +35,14 @@ from b3lb.tenancy import SecretContext
 log = logging.getLogger("b3lb.api")
 
 FORM_TYPE = "application/x-www-form-urlencoded"
+HTML_TYPE = "text/html; charset=UTF-8"
+UNAUTHORIZED = ApiResult(b"Unauthorized", status=401, content_type="text/html; charset=utf-8")
+# Unexpected failures still answer in BBB's language; the traceback goes to the log only.
+INTERNAL_ERROR = ApiResult(
+    b"<response><returncode>FAILED</returncode><messageKey>internalError</messageKey>"
+    b"<message>The load balancer could not handle this request.</message></response>",
+    status=500,
+)
 
 
 class ApiRequest:
@@ -84,131 +104,156 @@ CALLS: dict[str, tuple[tuple[str, ...], CallFunction]] = {
 _LATENCY = {name: REQUEST_SECONDS.labels(name) for name in (*CALLS, "other")}
 
 
-class BBBApiHandler(RequestHandler):
-    """`/bigbluebutton/api/{call}` (tenant from Host) and `/b3lb/t/{slug}[-NNN]/bbb/api/{call}`."""
+class ApiRouter(Router):
+    """The route table's target for the BBB API paths: each request becomes one ApiExchange."""
 
-    runtime: Runtime
-
-    def initialize(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def compute_etag(self) -> None:
+    def find_handler(self, request: HTTPServerRequest, **kwargs: Any) -> ApiExchange:
+        # Tornado hands over the matched groups undecoded; the patterns admit ASCII only
+        found = {k: v.decode("ascii") for k, v in (kwargs.get("path_kwargs") or {}).items() if v is not None}
+        return ApiExchange(self.runtime, request, found.get("call", ""), found.get("slug"), found.get("sub"))
+
+
+class ApiExchange(HTTPMessageDelegate):
+    """One BBB API call, answered on the HTTP connection directly.
+
+    Tornado's RequestHandler costs about as much per request as everything b3lb does for a join
+    (handler object, default headers, output transforms, flush machinery); the API needs none of
+    it: every answer is one complete body with a few headers.
+    """
+
+    __slots__ = ("runtime", "request", "call", "slug", "sub", "chunks")
+
+    def __init__(self, runtime: Runtime, request: HTTPServerRequest, call: str, slug: str | None, sub: str | None):
+        self.runtime, self.request = runtime, request
+        self.call, self.slug, self.sub = call, slug, sub
+        self.chunks: list[bytes] = []
+
+    def headers_received(
+        self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
+    ) -> Awaitable[None] | None:
+        return None  # the request was built from them already
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        self.chunks.append(chunk)  # the connection enforces server.max_body_size
         return None
 
-    async def get(self, call: str = "", slug: str | None = None, sub: str | None = None) -> None:
-        await self._handle(call or "", slug, sub)
+    def finish(self) -> None:
+        if self.chunks:
+            self.request.body = b"".join(self.chunks)
+        task = asyncio.get_running_loop().create_task(self._answer())
+        _ANSWERING.add(task)  # a strong reference until it is done (the loop keeps only weak ones)
+        task.add_done_callback(_ANSWERING.discard)
 
-    async def post(self, call: str = "", slug: str | None = None, sub: str | None = None) -> None:
-        await self._handle(call or "", slug, sub)
+    def on_connection_close(self) -> None:
+        pass  # the client left: the call still completes (a create must not be half done)
 
-    async def head(self, call: str = "", slug: str | None = None, sub: str | None = None) -> None:
-        await self._handle(call or "", slug, sub)
-
-    def _not_allowed(self, allowed: tuple[str, ...]) -> None:
-        self.set_status(405)
-        self.set_header("Allow", ", ".join(allowed))
-        self.finish()
-
-    def _other_method(self, call: str | None) -> None:
-        allowed = ("GET", "POST", "HEAD") if not call else CALLS[call][0] if call in CALLS else GET_POST
-        self._not_allowed(allowed)
-
-    def put(self, call: str | None = None, **_: str | None) -> None:
-        self._other_method(call)
-
-    def patch(self, call: str | None = None, **_: str | None) -> None:
-        self._other_method(call)
-
-    def delete(self, call: str | None = None, **_: str | None) -> None:
-        self._other_method(call)
-
-    def options(self, call: str | None = None, **_: str | None) -> None:
-        self._other_method(call)
-
-    async def _handle(self, call: str, slug: str | None, sub: str | None) -> None:
+    async def _answer(self) -> None:
         started = time.perf_counter()
-        method = self.request.method or "GET"
-        if call == "":
-            allowed: tuple[str, ...] = ("GET", "POST", "HEAD")
-        else:
-            allowed = CALLS[call][0] if call in CALLS else GET_POST
+        try:
+            result = await self._dispatch()
+        except Exception:  # nothing a client sends may produce a traceback on the wire
+            log.exception("%s %s failed", self.request.method, self.call)
+            result = INTERNAL_ERROR
+        self._send(result)
+        elapsed = time.perf_counter() - started
+        (_LATENCY.get(self.call) or _LATENCY["other"]).observe(elapsed)
+        if result.status >= 400:
+            _log_failure(self.request, result.status, elapsed)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s %.2fms", self.call, result.status, 1000 * elapsed)
+
+    async def _dispatch(self) -> ApiResult:
+        call, request = self.call, self.request
+        method = request.method or "GET"
+        allowed = ("GET", "POST", "HEAD") if call == "" else CALLS[call][0] if call in CALLS else GET_POST
         if method not in allowed:
-            return self._not_allowed(allowed)
-        ctx = self.runtime.secret_for(self.request, slug, sub)
+            return ApiResult(b"", status=405, content_type=HTML_TYPE, headers={"Allow": ", ".join(allowed)})
+        ctx = self.runtime.secret_for(request, self.slug, self.sub)
         if ctx is None:
             return self._auth_failed()
         if call == "":  # the version document needs no checksum, but a known tenant
-            return self._send(VERSION)
-        request = self._authenticate(call, method, ctx)
-        if request is None:
+            return VERSION
+        api_request = authenticate(request, call, method, ctx, self.runtime.allowed_algorithms)
+        if api_request is None:
             return self._auth_failed()
         entry = CALLS.get(call)
-        result = UNSUPPORTED if entry is None else await entry[1](self.runtime, request)
-        self._send(result)
-        elapsed = time.perf_counter() - started
-        (_LATENCY.get(call) or _LATENCY["other"]).observe(elapsed)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s %s %.2fms", ctx.label, call, result.status, 1000 * elapsed)
+        return UNSUPPORTED if entry is None else await entry[1](self.runtime, api_request)
 
-    def _authenticate(self, call: str, method: str, ctx: SecretContext) -> ApiRequest | None:
-        query = self.request.query
-        body = self.request.body or b""
-        content_type = self.request.headers.get("Content-Type", "")
-        allowed = self.runtime.allowed_algorithms
-        parsed = QueryText(_utf8_text(query))
-        supplied = parsed.raw("checksum")
-        if supplied:
-            payload = checksum.strip_checksum(query, supplied)
-            if checksum.verify_payload(call, payload, supplied, ctx.secrets, allowed, parsed.get("checksumHash")):
-                reusable = payload.isascii() and "checksum=" not in payload
-                return ApiRequest(call, method, parsed, body, content_type, ctx,
-                                  raw_query=payload if reusable else None)
-        # Fallback for clients that put every parameter into a form body (spec 1.8): the
-        # checksum is over the empty string or over the body without its checksum pair.
-        if query or method != "POST" or not content_type.lower().startswith(FORM_TYPE):
-            return None
-        text = body.decode("latin-1")
-        parsed = QueryText(_utf8_text(text))
-        supplied = parsed.raw("checksum")
-        if not supplied:
-            return None
-        hash_name = parsed.get("checksumHash")
-        if checksum.verify_payload(call, "", supplied, ctx.secrets, allowed, hash_name) or checksum.verify_payload(
-            call, checksum.strip_checksum(text, supplied), supplied, ctx.secrets, allowed, hash_name
-        ):
-            return ApiRequest(call, method, parsed, b"", "", ctx, params_from_body=True)
-        return None
-
-    def _auth_failed(self) -> None:
+    def _auth_failed(self) -> ApiResult:
         if self.runtime.config.api.legacy_401_on_auth_failure:
-            self.set_status(401)
-            self.set_header("Content-Type", "text/html; charset=utf-8")
-            self.finish("Unauthorized")
-            return
-        self._send(CHECKSUM_ERROR)
+            return UNAUTHORIZED
+        return CHECKSUM_ERROR
 
     def _send(self, result: ApiResult) -> None:
-        self.set_status(result.status)
-        self.set_header("Content-Type", result.content_type)
-        self.set_header("Cache-Control", "no-cache")
+        connection = self.request.connection
+        assert connection is not None
+        headers = HTTPHeaders()
+        headers["Date"] = _http_date()
+        headers["Content-Type"] = result.content_type
+        headers["Cache-Control"] = "no-cache"
         for name, value in result.headers.items():
-            self.set_header(name, value)
-        if self.request.method == "HEAD":
-            self.finish()
-        else:
-            self.finish(result.body)
+            headers[name] = value
+        headers["Content-Length"] = str(len(result.body))
+        start = ResponseStartLine("HTTP/1.1", result.status, responses.get(result.status, "Unknown"))
+        try:
+            connection.write_headers(start, headers, result.body if self.request.method != "HEAD" else None)
+            connection.finish()
+        except StreamClosedError:
+            pass  # the client left before its answer
 
-    def write_error(self, status_code: int, **kwargs: object) -> None:
-        if status_code == 405:  # a method Tornado itself refused (e.g. BREW)
-            self.set_header("Allow", ", ".join(GET_POST))
-            self.finish()
-            return
-        # Unexpected failures still answer in BBB's language; the traceback goes to the log only.
-        self.set_header("Content-Type", "text/xml;charset=utf-8")
-        self.finish(
-            b"<response><returncode>FAILED</returncode><messageKey>internalError</messageKey>"
-            b"<message>The load balancer could not handle this request.</message></response>"
-        )
+
+def authenticate(
+    request: HTTPServerRequest, call: str, method: str, ctx: SecretContext, allowed: frozenset[str]
+) -> ApiRequest | None:
+    """The call's parameters when its checksum holds (URL query, or a form body: spec 1.8)."""
+    query = request.query
+    body = request.body or b""
+    content_type = request.headers.get("Content-Type", "")
+    parsed = QueryText(_utf8_text(query))
+    supplied = parsed.raw("checksum")
+    if supplied:
+        payload = checksum.strip_checksum(query, supplied)
+        if checksum.verify_payload(call, payload, supplied, ctx.secrets, allowed, parsed.get("checksumHash")):
+            reusable = payload.isascii() and "checksum=" not in payload
+            return ApiRequest(call, method, parsed, body, content_type, ctx, raw_query=payload if reusable else None)
+    # Fallback for clients that put every parameter into a form body (spec 1.8): the
+    # checksum is over the empty string or over the body without its checksum pair.
+    if query or method != "POST" or not content_type.lower().startswith(FORM_TYPE):
+        return None
+    text = body.decode("latin-1")
+    parsed = QueryText(_utf8_text(text))
+    supplied = parsed.raw("checksum")
+    if not supplied:
+        return None
+    hash_name = parsed.get("checksumHash")
+    if checksum.verify_payload(call, "", supplied, ctx.secrets, allowed, hash_name) or checksum.verify_payload(
+        call, checksum.strip_checksum(text, supplied), supplied, ctx.secrets, allowed, hash_name
+    ):
+        return ApiRequest(call, method, parsed, b"", "", ctx, params_from_body=True)
+    return None
+
+
+_ANSWERING: set[asyncio.Task[None]] = set()
+_DATE: list[Any] = [0, ""]  # the second it was formatted for, and the header value
+_ACCESS_LOG = logging.getLogger("tornado.access")  # where Tornado logs the failures of its handlers
+
+
+def _http_date() -> str:
+    """The Date header, formatted once a second rather than once a request."""
+    now = int(time.time())
+    if now != _DATE[0]:
+        _DATE[0], _DATE[1] = now, formatdate(now, usegmt=True)
+    return _DATE[1]
+
+
+def _log_failure(request: HTTPServerRequest, status: int, elapsed: float) -> None:
+    level = logging.ERROR if status >= 500 else logging.WARNING
+    if _ACCESS_LOG.isEnabledFor(level):
+        _ACCESS_LOG.log(level, "%d %s %s (%s) %.2fms", status, request.method, request.path,
+                        request.remote_ip, 1000 * elapsed)
 
 
 def _utf8_text(latin1_text: str) -> str:
