@@ -382,6 +382,38 @@ def test_load_endpoint_and_failure_modes() -> None:
     run_with_fleet(test)
 
 
+def test_poll_shortcut_of_a_non_recording_fleet_answers_like_the_handlers() -> None:
+    """A fleet that records nothing answers load and getMeetings on a shortcut (fakebbb_fast.py)."""
+
+    async def main() -> None:
+        async with FakeFleet(1, secret=S1) as recording, FakeFleet(1, secret=S1, record_requests=False) as quick:
+            answers = []
+            for fleet in (recording, quick):
+                node = fleet.nodes[0]
+                node.cpu = 4200
+                await call(node, "create", "meetingID=m-1&name=Room+%C3%A4")
+                loaded = await fetch(node.load_url)
+                listed = await fetch(node.api_url("getMeetings"))
+                # RequestHandlers send a Server header, the shortcut does not: each fleet took its path
+                assert ("Server" in listed.headers) is (fleet is recording)
+                # the node's own document, byte for byte (meeting ids and passwords differ per fleet)
+                assert listed.body == node.meetings_document()
+                names = [(m.findtext("meetingID"), m.findtext("meetingName"))
+                         for m in etree.fromstring(listed.body).iterfind("meetings/meeting")]
+                answers.append((loaded.code, loaded.body, listed.code, listed.headers["Content-Type"], names))
+                # a bad checksum, a POST and a failure mode still take the regular handlers
+                bad = await fetch(node.api_url("getMeetings")[:-4] + "0000")
+                assert etree.fromstring(bad.body).findtext("messageKey") == "checksumError"
+                node.mode = "error"
+                assert (await fetch(node.api_url("getMeetings"))).code == 500
+                assert (await fetch(node.load_url)).code == 500
+            assert answers[0] == answers[1]
+            assert answers[1] == (200, b"4200\n", 200, "text/xml;charset=utf-8", [("m-1", "Room \u00e4")])
+            assert recording.nodes[0].requests and not quick.nodes[0].requests
+
+    asyncio.run(main())
+
+
 def test_slow_node_does_not_block_other_nodes() -> None:
     async def test(fleet: FakeFleet) -> None:
         slow, fast = fleet.nodes

@@ -33,6 +33,7 @@ from tornado.netutil import add_accept_handler, bind_sockets
 from tornado.web import Application, RequestHandler
 
 from b3lb.testing import fakebbb_xml as bbb_xml
+from b3lb.testing.fakebbb_fast import PollShortcutApplication
 from b3lb.testing.fakebbb_xml import (
     FakeAttendee,
     FakeMeeting,
@@ -562,7 +563,7 @@ def _log_nothing(handler: RequestHandler) -> None:
 
 def make_application(fleet: FakeFleet) -> Application:
     handler_args = {"fleet": fleet}
-    return Application(
+    application = PollShortcutApplication(
         [
             (r"/bigbluebutton/api/?", FakeApiHandler, handler_args),
             (r"/bigbluebutton/api/([^/]+)", FakeApiHandler, handler_args),
@@ -573,6 +574,8 @@ def make_application(fleet: FakeFleet) -> Application:
         default_handler_args=handler_args,
         log_function=_log_nothing,
     )
+    application.fleet = fleet
+    return application
 
 
 def _raise_open_file_limit(needed: int) -> None:

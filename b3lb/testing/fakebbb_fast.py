@@ -1,0 +1,85 @@
+"""The two documents a poll reads, answered without a RequestHandler.
+
+In the poll benchmark one fleet process stands in for 1,000 machines. Through Tornado's
+RequestHandler its 2,000 answers per cycle took the fleet's core longer than b3lb took for the
+whole cycle, so the cycle's wall time measured the fake rather than b3lb. Only a GET of the load
+file or of a correctly signed getMeetings, for a node in mode "ok" of a fleet that records
+nothing, takes this path; anything else (other calls, modes, recording, bad checksums) goes
+through the regular handlers unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from tornado.httputil import (
+    HTTPConnection,
+    HTTPHeaders,
+    HTTPMessageDelegate,
+    RequestStartLine,
+    ResponseStartLine,
+)
+from tornado.iostream import StreamClosedError
+from tornado.web import Application
+
+from b3lb.testing.fakebbb_xml import checksum_is_valid
+
+if TYPE_CHECKING:
+    from b3lb.testing.fakebbb import FakeFleet
+
+XML_TYPE = "text/xml;charset=utf-8"
+
+
+class PollShortcutApplication(Application):
+    """The fleet's Application, with the poll's two documents answered on the connection."""
+
+    fleet: FakeFleet
+
+    def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
+        return PollShortcut(self.fleet, super().start_request(server_conn, request_conn), request_conn)
+
+
+class PollShortcut(HTTPMessageDelegate):
+    def __init__(self, fleet: FakeFleet, regular: HTTPMessageDelegate, connection: HTTPConnection) -> None:
+        self.fleet, self.regular, self.connection = fleet, regular, connection
+        self.answer: tuple[str, bytes] | None = None
+
+    def headers_received(
+        self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
+    ) -> Awaitable[None] | None:
+        assert isinstance(start_line, RequestStartLine)
+        self.answer = self._quick_answer(start_line, headers)
+        return self.regular.headers_received(start_line, headers) if self.answer is None else None
+
+    def _quick_answer(self, start_line: RequestStartLine, headers: HTTPHeaders) -> tuple[str, bytes] | None:
+        if self.fleet.record_requests or start_line.method != "GET":
+            return None
+        node = self.fleet.find_node(headers.get("Host", "").rsplit(":", 1)[0])
+        if node is None or node.mode != "ok":
+            return None
+        path, _, query = start_line.path.partition("?")
+        if path == "/b3lb/load":
+            return "text/plain", f"{node.cpu}\n".encode()
+        if path == "/bigbluebutton/api/getMeetings" and checksum_is_valid("getMeetings", query, node.secret):
+            return XML_TYPE, node.meetings_document()
+        return None
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self.regular.data_received(chunk) if self.answer is None else None
+
+    def finish(self) -> None:
+        if self.answer is None:
+            self.regular.finish()
+            return
+        content_type, body = self.answer
+        headers = HTTPHeaders({"Content-Type": content_type, "Content-Length": str(len(body))})
+        try:
+            self.connection.write_headers(ResponseStartLine("HTTP/1.1", 200, "OK"), headers, body)
+            self.connection.finish()
+        except StreamClosedError:
+            pass
+
+    def on_connection_close(self) -> None:
+        if self.answer is None:
+            self.regular.on_connection_close()
