@@ -282,7 +282,8 @@ class Poller:
                     for row in rows:
                         self.runtime.counters.meeting_ended(row["secret_id"], row["seconds"])
                 if node_lists:
-                    await conn.execute(Q.node_lists_upsert, list(node_lists), [v.decode() for v in node_lists.values()])
+                    texts = [v.decode(errors="replace") for v in node_lists.values()]  # a node's bad byte stays its own
+                    await conn.execute(Q.node_lists_upsert, list(node_lists), texts)
                 if changed_lists:
                     await conn.execute(Q.secret_lists_upsert, list(changed_lists), list(changed_lists.values()))
                 await conn.execute(Q.stats_refresh)
@@ -298,7 +299,7 @@ class Poller:
         stored = self._stored_secret_lists
         changed = [k for k, h in hashes.items() if stored.get(k) != h]
         parts = self.secret_list_parts(set(changed)) if changed else {}
-        result = {k: b"".join(parts.get(k, ())).decode() for k in changed}
+        result = {k: b"".join(parts.get(k, ())).decode(errors="replace") for k in changed}
         result.update({k: "" for k in stored if k not in hashes})
         return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import random
 import shutil
@@ -12,7 +13,7 @@ import struct
 import subprocess
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +27,10 @@ from b3lb.httpclient import HttpClient, HttpError
 
 UA = "b3lb-test/1.0"
 BIG = random.Random(7).randbytes(3 * 1024 * 1024)  # random, so a shifted or repeated piece cannot match
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]  # reader, writer, connection no.
 XML = "".join(f"<meeting><id>m{n}</id><name>Room {n}</name></meeting>" for n in range(2000)).encode()
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+Handler = Callable[["RawServer", Reader, Writer, int], Awaitable[None]]  # server, reader, writer, connection no.
 
 
 # ---------------------------------------------------------------- Tornado server
@@ -59,22 +62,31 @@ class Chunked(RequestHandler):
         self.finish()
 
 
+async def finish_maybe_chunked(handler: RequestHandler, data: bytes, piece: int) -> None:
+    """Send data whole, or with ?chunked=1 in pieces of `piece` bytes (no Content-Length: one chunk per flush)."""
+    if handler.get_argument("chunked", ""):
+        for start in range(0, len(data), piece):
+            handler.write(data[start : start + piece])
+            await handler.flush()
+        handler.finish()
+    else:
+        handler.finish(data)
+
+
 class Big(RequestHandler):
     async def get(self) -> None:
         self.set_header("Content-Type", "application/octet-stream")
-        if self.get_argument("chunked", ""):
-            for start in range(0, len(BIG), 100_000):
-                self.write(BIG[start : start + 100_000])
-                await self.flush()
-            self.finish()
-        else:
-            self.finish(BIG)
+        await finish_maybe_chunked(self, BIG, 100_000)
 
 
-class Gzipped(RequestHandler):
+class Counting(RequestHandler):
+    """A handler that records what it sees in the Server's counters."""
+
     def initialize(self, counters: Server) -> None:
         self.counters = counters
 
+
+class Gzipped(Counting):
     async def get(self) -> None:
         accept = self.request.headers.get("Accept-Encoding", "")
         self.counters.accept_encodings.append(accept)
@@ -83,21 +95,11 @@ class Gzipped(RequestHandler):
             self.finish(XML)
             return
         self.set_header("Content-Encoding", "gzip")
-        packed = gzip.compress(XML)
-        if self.get_argument("chunked", ""):
-            for start in range(0, len(packed), 1000):
-                self.write(packed[start : start + 1000])
-                await self.flush()
-            self.finish()
-        else:
-            self.finish(packed)
+        await finish_maybe_chunked(self, gzip.compress(XML), 1000)
 
 
-class Sleepy(RequestHandler):
+class Sleepy(Counting):
     """Sleeps ?t= seconds (0.3 by default), tracking how many requests run at once."""
-
-    def initialize(self, counters: Server) -> None:
-        self.counters = counters
 
     async def get(self) -> None:
         counters = self.counters
@@ -150,6 +152,12 @@ class Server:
     def stop(self) -> None:
         self.http.stop()
 
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
 
 # ---------------------------------------------------------------- raw asyncio server
 
@@ -171,7 +179,7 @@ class RawServer:
     requests: list[Request] = field(default_factory=list)
     eofs: int = 0  # connections the client closed while the handler waited in wait_for_eof()
     eof_seen: asyncio.Event = field(default_factory=asyncio.Event)
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
+    writers: list[Writer] = field(default_factory=list)
     port: int = 0
     server: asyncio.Server | None = None
 
@@ -183,17 +191,17 @@ class RawServer:
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: Reader, writer: Writer) -> None:
         self.connections += 1
         self.writers.append(writer)
         try:
-            await self.handler(reader, writer, self.connections)
+            await self.handler(self, reader, writer, self.connections)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             writer.close()
 
-    async def read_request(self, reader: asyncio.StreamReader) -> Request | None:
+    async def read_request(self, reader: Reader) -> Request | None:
         """The next request on a connection, or None at end of stream."""
         try:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -216,17 +224,24 @@ class RawServer:
         self.requests.append(request)
         return request
 
-    async def wait_for_eof(self, reader: asyncio.StreamReader) -> None:
+    async def wait_for_eof(self, reader: Reader) -> None:
         """Hold the connection open, without answering, until the client closes it."""
         while await reader.read(65536):
             pass
         self.eofs += 1
         self.eof_seen.set()
 
-    async def answer_forever(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes) -> None:
-        while await self.read_request(reader) is not None:
-            writer.write(answer)
-            await writer.drain()
+    async def answer_each(
+        self, reader: Reader, writer: Writer, respond: bytes | Callable[[Request], bytes], *, trickled: bool = False
+    ) -> None:
+        """Answer every request on the connection with respond (bytes, or a function of the request)."""
+        while (request := await self.read_request(reader)) is not None:
+            data = respond if isinstance(respond, bytes) else respond(request)
+            if trickled:
+                await trickle(writer, data)
+            else:
+                writer.write(data)
+                await writer.drain()
 
     async def stop(self) -> None:
         if self.server is not None:
@@ -236,13 +251,38 @@ class RawServer:
         await asyncio.sleep(0.01)  # let the handlers see their connections end
 
 
+def replying(respond: bytes | Callable[[Request], bytes], *, trickled: bool = False) -> Handler:
+    """A handler that answers every request (see RawServer.answer_each)."""
+
+    async def handler(server: RawServer, reader: Reader, writer: Writer, number: int) -> None:
+        await server.answer_each(reader, writer, respond, trickled=trickled)
+
+    return handler
+
+
+def replying_once(data: bytes | Callable[[int], bytes], *, close: bool = False) -> Handler:
+    """A handler that reads one request and writes data (bytes, or a function of the connection number), then
+    closes the connection (close=True) or holds it open, reading no more requests, until the client closes it."""
+
+    async def handler(server: RawServer, reader: Reader, writer: Writer, number: int) -> None:
+        await server.read_request(reader)
+        writer.write(data if isinstance(data, bytes) else data(number))
+        await writer.drain()
+        if close:
+            writer.close()
+        else:
+            await server.wait_for_eof(reader)
+
+    return handler
+
+
 def answer(body: bytes, *, status: str = "200 OK", headers: tuple[str, ...] = ("Content-Type: text/plain",)) -> bytes:
     """A complete HTTP/1.1 answer with Content-Length."""
     head = [f"HTTP/1.1 {status}", *headers, f"Content-Length: {len(body)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-async def trickle(writer: asyncio.StreamWriter, data: bytes) -> None:
+async def trickle(writer: Writer, data: bytes) -> None:
     """Write data 1-7 bytes at a time with small pauses, so it arrives in many tiny reads."""
     sizes = [1, 7, 3, 5, 2, 6, 4]
     position = 0
@@ -256,8 +296,7 @@ async def trickle(writer: asyncio.StreamWriter, data: bytes) -> None:
         index += 1
 
 
-async def raw_server(handler: Handler) -> RawServer:
-    return await RawServer(handler).start()
+# ---------------------------------------------------------------- sessions and checks
 
 
 def closed_port() -> int:
@@ -271,21 +310,72 @@ def new_client(max_connections: int = 4, **kwargs: object) -> HttpClient:
     return HttpClient(max_connections=max_connections, user_agent=UA, **kwargs)  # type: ignore[arg-type]
 
 
+def closing_client(**kwargs: object) -> contextlib.closing[HttpClient]:
+    return contextlib.closing(new_client(**kwargs))  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def raw_session(handler: Handler, **client_kwargs: object) -> AsyncIterator[tuple[RawServer, HttpClient]]:
+    """A RawServer running handler and a new client; afterwards the client is closed and the server stopped."""
+    server = await RawServer(handler).start()
+    client = new_client(**client_kwargs)  # type: ignore[arg-type]
+    try:
+        yield server, client
+    finally:
+        client.close()
+        await server.stop()
+
+
+@contextlib.contextmanager
+def tornado_session(**client_kwargs: object) -> Iterator[tuple[Server, HttpClient]]:
+    """A Tornado Server and a new client; afterwards the client is closed and the server stopped."""
+    with Server() as server, closing_client(**client_kwargs) as client:
+        yield server, client
+
+
 async def get(client: HttpClient, url: str, timeout: float = 5) -> tuple[int, bytes, str]:
     return await client.fetch(url, connect_timeout=1, timeout=timeout)
 
 
-async def assert_usable(client: HttpClient) -> None:
-    """The client still completes a good request (after an error, a cancellation...)."""
-    server = Server()
-    try:
-        assert await get(client, server.url("/echo?still=ok")) == (
-            200,
-            f"<r>still=ok|{UA}</r>".encode(),
-            "text/xml;charset=utf-8",
-        )
-    finally:
-        server.stop()
+async def post(
+    client: HttpClient, url: str, body: bytes, headers: list[str] | None = None, timeout: float = 5
+) -> tuple[int, bytes, str]:
+    return await client.fetch(url, method="POST", body=body, headers=headers, connect_timeout=1, timeout=timeout)
+
+
+async def get_fails(client: HttpClient, url: str, timeout: float = 5) -> tuple[str, float]:
+    """A GET that must raise HttpError: the error's message in lower case, and the seconds it took."""
+    started = time.monotonic()
+    with pytest.raises(HttpError) as error:
+        await get(client, url, timeout=timeout)
+    return str(error.value).lower(), time.monotonic() - started
+
+
+def echoed(query: str) -> tuple[int, bytes, str]:
+    """What the Tornado server's /echo answers to a GET with this query."""
+    return 200, f"<r>{query}|{UA}</r>".encode(), "text/xml;charset=utf-8"
+
+
+async def assert_recovered(client: HttpClient) -> None:
+    """After an error or a cancellation the client keeps no connection, and still completes a good request."""
+    assert client.idle_connections == 0
+    with Server() as server:
+        assert await get(client, server.url("/echo?still=ok")) == echoed("still=ok")
+
+
+async def assert_broken_answer_fails_fast(data: bytes, *, close: bool, within: float, eof: bool = False) -> None:
+    """The server answers the first request with data and then closes the connection or (close=False) holds it
+    open: the client must notice the broken answer itself, in less than `within` seconds, not at its timeout.
+    eof: also wait until the held connection is closed by the client (only where the server's write of data
+    can complete: a write larger than what the client reads fails in drain() before the server waits for EOF)."""
+    async with raw_session(replying_once(data, close=close)) as (server, client):
+        message, elapsed = await get_fails(client, server.url("/x"), timeout=5)
+        assert elapsed < within
+        assert "timed out" not in message
+        if eof:
+            await asyncio.wait_for(server.eof_seen.wait(), 1)  # the broken connection was closed, not kept
+        assert server.connections == 1  # bytes of the answer had arrived: no retry
+        await assert_recovered(client)
 
 
 # ---------------------------------------------------------------- 1. requests and answers
@@ -293,12 +383,7 @@ async def assert_usable(client: HttpClient) -> None:
 
 @pytest.mark.gen_test(timeout=30)
 async def test_request_bytes_path_query_host_and_user_agent():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.answer_forever(reader, writer, answer(b"ok"))
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    async with raw_session(replying(answer(b"ok"))) as (server, client):
         for path in ("/echo?a=1%2B0&b", "/bigbluebutton/api/getMeetings?checksum=ab%20c&x=%7E~'&=v", "/p/a%2Fb;x=1"):
             assert await get(client, server.url(path)) == (200, b"ok", "text/plain")
         assert await get(client, f"http://127.0.0.1:{server.port}") == (200, b"ok", "text/plain")
@@ -318,111 +403,59 @@ async def test_request_bytes_path_query_host_and_user_agent():
             assert request.body == b""
             assert request.headers.get("content-length", "0") == "0"
         assert server.connections == 1
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_post_sends_body_and_given_headers():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.answer_forever(reader, writer, answer(b"<response/>", headers=("Content-Type: text/xml",)))
-
-    server = await raw_server(handler)
-    client = new_client()
     body = b"<modules><module name='presentation'/></modules>" * 50
-    try:
-        result = await client.fetch(
-            server.url("/api/create?meetingID=m%201"),
-            method="POST",
-            body=body,
-            headers=["Content-Type: application/xml", "X-Checksum: a:b c"],
-            connect_timeout=1,
-            timeout=5,
-        )
+    async with raw_session(replying(answer(b"<response/>", headers=("Content-Type: text/xml",)))) as (server, client):
+        headers = ["Content-Type: application/xml", "X-Checksum: a:b c"]
+        result = await post(client, server.url("/api/create?meetingID=m%201"), body, headers)
         assert result == (200, b"<response/>", "text/xml")
         assert await get(client, server.url("/after")) == (200, b"<response/>", "text/xml")
-        post, after = server.requests
-        assert post.line == "POST /api/create?meetingID=m%201 HTTP/1.1"
-        assert post.body == body
-        assert post.headers["content-type"] == "application/xml"
-        assert post.headers["x-checksum"] == "a:b c"
-        assert post.headers["user-agent"] == UA
-        assert post.headers["host"] == f"127.0.0.1:{server.port}"
+        post_request, after = server.requests
+        assert post_request.line == "POST /api/create?meetingID=m%201 HTTP/1.1"
+        assert post_request.body == body
+        assert post_request.headers["content-type"] == "application/xml"
+        assert post_request.headers["x-checksum"] == "a:b c"
+        assert post_request.headers["user-agent"] == UA
+        assert post_request.headers["host"] == f"127.0.0.1:{server.port}"
         assert after.line == "GET /after HTTP/1.1"  # the POST body was framed exactly
         assert "content-type" not in after.headers  # headers of one request do not leak into the next
         assert server.connections == 1
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_get_post_and_error_statuses_against_tornado():
-    server = Server()
-    client = new_client()
-    try:
+    with tornado_session() as (server, client):
         for n in range(3):
-            assert await get(client, server.url(f"/echo?a=1%2B{n}&b")) == (
-                200,
-                f"<r>a=1%2B{n}&b|{UA}</r>".encode(),
-                "text/xml;charset=utf-8",
-            )
-        result = await client.fetch(
-            server.url("/echo"),
-            method="POST",
-            body=b"<x/>",
-            headers=["Content-Type: application/xml"],
-            connect_timeout=1,
-            timeout=5,
-        )
+            assert await get(client, server.url(f"/echo?a=1%2B{n}&b")) == echoed(f"a=1%2B{n}&b")
+        result = await post(client, server.url("/echo"), b"<x/>", ["Content-Type: application/xml"])
         assert result == (200, b"application/xml|<x/>", "application/octet-stream")
-        result = await client.fetch(
-            server.url("/echo"),
-            method="POST",
-            body=BIG,
-            headers=["Content-Type: application/octet-stream"],
-            connect_timeout=1,
-            timeout=20,
-        )
+        result = await post(client, server.url("/echo"), BIG, ["Content-Type: application/octet-stream"], timeout=20)
         assert result == (200, b"application/octet-stream|" + BIG, "application/octet-stream")
         status, body, kind = await get(client, server.url("/missing"))
         assert status == 404
         assert kind.startswith("text/html")
-        assert await get(client, server.url("/status/500")) == (500, b"status 500", "text/plain")
-        assert await get(client, server.url("/status/503")) == (503, b"status 503", "text/plain")
-        assert await get(client, server.url("/status/200")) == (200, b"status 200", "text/plain")
+        for code in (500, 503, 200):
+            assert await get(client, server.url(f"/status/{code}")) == (code, f"status {code}".encode(), "text/plain")
         assert server.connections == 1  # error statuses do not cost the connection
-    finally:
-        client.close()
-        server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_content_type_absent_lowercase_headers_and_whitespace():
-    answers = [
-        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-        b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
-        b"HTTP/1.1 200 OK\r\nCONTENT-TYPE:   text/html; charset=utf-8  \r\nContent-Length: 3\r\n\r\nabc",
-    ]
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        for data in answers:
-            await server.read_request(reader)
-            writer.write(data)
-            await writer.drain()
-        await server.wait_for_eof(reader)
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    answers = iter(
+        [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nCONTENT-TYPE:   text/html; charset=utf-8  \r\nContent-Length: 3\r\n\r\nabc",
+        ]
+    )
+    async with raw_session(replying(lambda request: next(answers))) as (server, client):
         assert await get(client, server.url("/1")) == (200, b"ok", "")
         assert await get(client, server.url("/2")) == (201, b"{}", "application/json")
         assert await get(client, server.url("/3")) == (200, b"abc", "text/html; charset=utf-8")
         assert server.connections == 1  # lower-case content-length still frames the answer
-    finally:
-        client.close()
-        await server.stop()
 
 
 # ---------------------------------------------------------------- 2. keep-alive
@@ -430,13 +463,10 @@ async def test_content_type_absent_lowercase_headers_and_whitespace():
 
 @pytest.mark.gen_test(timeout=30)
 async def test_keep_alive_one_connection_per_server():
-    first, second = Server(), Server()
-    client = new_client()
-    try:
+    with Server() as first, Server() as second, closing_client() as client:
         assert client.idle_connections == 0
         for n in range(4):
-            status, body, _ = await get(client, first.url(f"/echo?n={n}"))
-            assert (status, body) == (200, f"<r>n={n}|{UA}</r>".encode())
+            assert await get(client, first.url(f"/echo?n={n}")) == echoed(f"n={n}")
         assert first.connections == 1
         assert client.idle_connections == 1
         for _ in range(3):
@@ -446,24 +476,16 @@ async def test_keep_alive_one_connection_per_server():
         assert (await get(client, first.url("/echo")))[0] == 200
         assert (first.connections, second.connections) == (1, 1)
         assert client.idle_connections == 2
-    finally:
-        client.close()
-        first.stop()
-        second.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_keep_connections_caps_idle_connections():
-    servers = [Server() for _ in range(3)]
-    client = new_client(keep_connections=1)
-    try:
+    with contextlib.ExitStack() as stack:
+        servers = [stack.enter_context(Server()) for _ in range(3)]
+        client = stack.enter_context(closing_client(keep_connections=1))
         for server in servers:
             assert (await get(client, server.url("/echo")))[0] == 200
         assert client.idle_connections == 1
-    finally:
-        client.close()
-        for server in servers:
-            server.stop()
 
 
 # ---------------------------------------------------------------- 3. response framing
@@ -471,20 +493,11 @@ async def test_keep_connections_caps_idle_connections():
 
 @pytest.mark.gen_test(timeout=30)
 async def test_chunked_answers_reuse_the_connection():
-    server = Server()
-    client = new_client()
-    try:
+    with tornado_session() as (server, client):
         for _ in range(3):
-            assert await get(client, server.url("/chunked")) == (
-                200,
-                b"part0;part1;part2;part3;part4;",
-                "text/plain",
-            )
+            assert await get(client, server.url("/chunked")) == (200, b"part0;part1;part2;part3;part4;", "text/plain")
         assert server.connections == 1
         assert client.idle_connections == 1
-    finally:
-        client.close()
-        server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -497,28 +510,19 @@ async def test_chunk_extensions_and_trailers():
         b"a\r\n0123456789\r\n"
         b"0;last=1\r\nExpires: never\r\nX-Trailer: yes\r\n\r\n"
     )
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.answer_forever(reader, writer, chunked)
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    async with raw_session(replying(chunked)) as (server, client):
         for _ in range(3):  # the trailers were consumed: the next answer parses on the same connection
             assert await get(client, server.url("/c")) == (200, b"Wikipedia in\r\n\r\nchunks.0123456789", "text/plain")
         assert server.connections == 1
         assert len(server.requests) == 3
         assert client.idle_connections == 1
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_close_delimited_body_is_complete_and_not_reused():
     parts = [b"first part, ", b"second part, ", b"x" * 100_000, b" last part"]
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+    async def handler(server: RawServer, reader: Reader, writer: Writer, number: int) -> None:
         await server.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
         for part in parts:
@@ -527,77 +531,52 @@ async def test_close_delimited_body_is_complete_and_not_reused():
             await asyncio.sleep(0.05)
         writer.close()
 
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    async with raw_session(handler) as (server, client):
         for expected_connections in (1, 2):
             assert await get(client, server.url("/stream")) == (200, b"".join(parts), "text/plain")
             assert server.connections == expected_connections
             assert client.idle_connections == 0
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_connection_close_header_is_honoured_even_if_server_keeps_the_socket_open():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.read_request(reader)
-        writer.write(answer(f"answer {number}".encode(), headers=("Connection: close", "Content-Type: text/plain")))
-        await writer.drain()
-        await server.wait_for_eof(reader)  # a lazy server: it never closes; the client must not reuse this
+    def closing_answer(number: int) -> bytes:
+        return answer(f"answer {number}".encode(), headers=("Connection: close", "Content-Type: text/plain"))
 
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    # a lazy server: it never closes; the client must not reuse this
+    async with raw_session(replying_once(closing_answer)) as (server, client):
         assert await get(client, server.url("/a"), timeout=2) == (200, b"answer 1", "text/plain")
         assert client.idle_connections == 0
         assert await get(client, server.url("/b"), timeout=2) == (200, b"answer 2", "text/plain")
         assert server.connections == 2
         assert client.idle_connections == 0
         await asyncio.wait_for(server.eof_seen.wait(), 1)  # the client closed the connection it will not reuse
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_204_has_no_body_and_keeps_the_connection():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        while (request := await server.read_request(reader)) is not None:
-            if request.line.startswith("GET /empty "):
-                writer.write(b"HTTP/1.1 204 No Content\r\nServer: raw\r\n\r\n")
-            else:
-                writer.write(answer(b"full"))
-            await writer.drain()
+    def respond(request: Request) -> bytes:
+        if request.line.startswith("GET /empty "):
+            return b"HTTP/1.1 204 No Content\r\nServer: raw\r\n\r\n"
+        return answer(b"full")
 
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    async with raw_session(replying(respond)) as (server, client):
         started = time.monotonic()
         assert await get(client, server.url("/empty"), timeout=3) == (204, b"", "")
         assert time.monotonic() - started < 1  # did not wait for a body that never comes
         assert await get(client, server.url("/full")) == (200, b"full", "text/plain")
         assert await get(client, server.url("/empty"), timeout=3) == (204, b"", "")
         assert server.connections == 1
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_head_answer_has_no_body():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        while (request := await server.read_request(reader)) is not None:
-            if request.line.startswith("HEAD "):
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 1234\r\n\r\n")
-            else:
-                writer.write(answer(b"got"))
-            await writer.drain()
+    def respond(request: Request) -> bytes:
+        if request.line.startswith("HEAD "):
+            return b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 1234\r\n\r\n"
+        return answer(b"got")
 
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    async with raw_session(replying(respond)) as (server, client):
         started = time.monotonic()
         result = await client.fetch(server.url("/h"), method="HEAD", connect_timeout=1, timeout=3)
         assert result == (200, b"", "text/xml")
@@ -605,9 +584,6 @@ async def test_head_answer_has_no_body():
         assert await get(client, server.url("/g")) == (200, b"got", "text/plain")
         assert server.requests[0].line == "HEAD /h HTTP/1.1"
         assert server.connections == 1
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -623,14 +599,8 @@ async def test_answers_in_tiny_pieces():
         b"1\r\n!\r\n"
         b"0\r\nX-Trailer: t\r\n\r\n"
     )
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        while (request := await server.read_request(reader)) is not None:
-            await trickle(writer, chunked if "chunked" in request.line else sized)
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    handler = replying(lambda request: chunked if "chunked" in request.line else sized, trickled=True)
+    async with raw_session(handler) as (server, client):
         for _ in range(2):
             assert await get(client, server.url("/sized")) == (
                 200,
@@ -643,24 +613,16 @@ async def test_answers_in_tiny_pieces():
                 "application/json",
             )
         assert server.connections == 1
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_large_bodies():
-    server = Server()
-    client = new_client()
-    try:
+    with tornado_session() as (server, client):
         for path in ("/big", "/big?chunked=1", "/big"):
             status, body, kind = await get(client, server.url(path), timeout=20)
             assert (status, len(body), kind) == (200, len(BIG), "application/octet-stream")
             assert body == BIG
         assert server.connections == 1
-    finally:
-        client.close()
-        server.stop()
 
 
 # ---------------------------------------------------------------- 4. gzip, 5. 100 Continue
@@ -668,64 +630,38 @@ async def test_large_bodies():
 
 @pytest.mark.gen_test(timeout=30)
 async def test_gzip_answers_are_decoded():
-    server = Server()
-    client = new_client()
-    try:
+    with tornado_session() as (server, client):
         for path in ("/gzip", "/gzip?chunked=1", "/gzip"):
             assert await get(client, server.url(path)) == (200, XML, "application/xml")
         assert len(server.accept_encodings) == 3
         assert all("gzip" in accept for accept in server.accept_encodings)
         assert server.connections == 1
-    finally:
-        client.close()
-        server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_deflate_answers_are_decoded_when_accepted():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        while (request := await server.read_request(reader)) is not None:
-            if "deflate" in request.headers.get("accept-encoding", ""):
-                packed = zlib.compress(XML)
-                writer.write(answer(packed, headers=("Content-Type: text/xml", "Content-Encoding: deflate")))
-            else:
-                writer.write(answer(XML, headers=("Content-Type: text/xml",)))
-            await writer.drain()
+    def respond(request: Request) -> bytes:
+        if "deflate" in request.headers.get("accept-encoding", ""):
+            return answer(zlib.compress(XML), headers=("Content-Type: text/xml", "Content-Encoding: deflate"))
+        return answer(XML, headers=("Content-Type: text/xml",))
 
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    async with raw_session(replying(respond)) as (server, client):
         assert await get(client, server.url("/d")) == (200, XML, "text/xml")
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_undecodable_gzip_is_an_error():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.read_request(reader)
-        packed = gzip.compress(XML)
-        broken = packed[: len(packed) // 2]  # a truncated gzip stream, correctly framed by Content-Length
-        writer.write(answer(broken, headers=("Content-Type: text/xml", "Content-Encoding: gzip")))
-        await writer.drain()
-        await server.wait_for_eof(reader)
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
-        with pytest.raises(HttpError):
-            await get(client, server.url("/g"))
-        assert client.idle_connections == 0
-        await assert_usable(client)
-    finally:
-        client.close()
-        await server.stop()
+    packed = gzip.compress(XML)
+    broken = packed[: len(packed) // 2]  # a truncated gzip stream, correctly framed by Content-Length
+    broken_answer = answer(broken, headers=("Content-Type: text/xml", "Content-Encoding: gzip"))
+    async with raw_session(replying_once(broken_answer)) as (server, client):
+        await get_fails(client, server.url("/g"))
+        await assert_recovered(client)
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_100_continue_is_skipped():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+    async def handler(server: RawServer, reader: Reader, writer: Writer, number: int) -> None:
         while await server.read_request(reader) is not None:
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await writer.drain()
@@ -733,19 +669,11 @@ async def test_100_continue_is_skipped():
             writer.write(b"HTTP/1.1 100 Continue\r\nX-Interim: yes\r\n\r\n" + answer(b"done"))
             await writer.drain()
 
-    server = await raw_server(handler)
-    client = new_client()
-    try:
-        result = await client.fetch(
-            server.url("/upload"), method="POST", body=b"payload", connect_timeout=1, timeout=5
-        )
-        assert result == (200, b"done", "text/plain")
+    async with raw_session(handler) as (server, client):
+        assert await post(client, server.url("/upload"), b"payload") == (200, b"done", "text/plain")
         assert await get(client, server.url("/next")) == (200, b"done", "text/plain")
         assert server.requests[0].body == b"payload"
         assert server.connections == 1
-    finally:
-        client.close()
-        await server.stop()
 
 
 # ---------------------------------------------------------------- 6. stale keep-alive connections
@@ -753,29 +681,20 @@ async def test_100_continue_is_skipped():
 
 @pytest.mark.gen_test(timeout=30)
 async def test_server_closing_a_kept_alive_connection_after_its_answer():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.read_request(reader)
-        writer.write(answer(f"answer {number}".encode()))  # keep-alive by default in HTTP/1.1
-        await writer.drain()
-        writer.close()  # and then close without reading more
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    # keep-alive by default in HTTP/1.1, and then the server closes without reading more
+    handler = replying_once(lambda number: answer(f"answer {number}".encode()), close=True)
+    async with raw_session(handler) as (server, client):
         assert await get(client, server.url("/1")) == (200, b"answer 1", "text/plain")
         assert (await get(client, server.url("/2")))[:2] == (200, b"answer 2")  # right away: a race with the FIN
         await asyncio.sleep(0.1)
         assert client.idle_connections == 0  # the closed connection is no longer counted as reusable
         assert (await get(client, server.url("/3")))[:2] == (200, b"answer 3")  # the FIN surely arrived by now
         assert server.connections == 3
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_reused_connection_closed_before_any_answer_byte_is_retried_once():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+    async def handler(server: RawServer, reader: Reader, writer: Writer, number: int) -> None:
         if number == 1:
             await server.read_request(reader)
             writer.write(answer(b"first"))
@@ -783,65 +702,40 @@ async def test_reused_connection_closed_before_any_answer_byte_is_retried_once()
             await server.read_request(reader)  # the next request arrives on the kept connection...
             writer.close()  # ...and the server closes it without a byte of answer
             return
-        await server.answer_forever(reader, writer, answer(b"fresh"))
+        await server.answer_each(reader, writer, answer(b"fresh"))
 
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    async with raw_session(handler) as (server, client):
         assert await get(client, server.url("/a")) == (200, b"first", "text/plain")
         assert await get(client, server.url("/b")) == (200, b"fresh", "text/plain")
         assert server.connections == 2
         assert [r.line for r in server.requests] == ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /b HTTP/1.1"]
         assert await get(client, server.url("/c")) == (200, b"fresh", "text/plain")
         assert server.connections == 2  # the fresh connection is kept
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_fresh_connection_closed_without_answer_is_an_error():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.read_request(reader)
-        writer.close()
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
-        started = time.monotonic()
-        with pytest.raises(HttpError):
-            await get(client, server.url("/x"))
-        assert time.monotonic() - started < 2
+    async with raw_session(replying_once(b"", close=True)) as (server, client):
+        _, elapsed = await get_fails(client, server.url("/x"))
+        assert elapsed < 2
         assert server.connections <= 2  # no endless retrying
-        assert client.idle_connections == 0
-        await assert_usable(client)
-    finally:
-        client.close()
-        await server.stop()
+        await assert_recovered(client)
 
 
 @pytest.mark.parametrize("how", ["fin", "rst"])
 @pytest.mark.gen_test(timeout=30)
 async def test_server_closing_right_after_accept_is_a_prompt_error(how: str):
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+    async def handler(server: RawServer, reader: Reader, writer: Writer, number: int) -> None:
         if how == "rst":
             writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()  # before the request arrives
 
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    async with raw_session(handler) as (server, client):
         for _ in range(5):  # the close may overtake the request or follow it: both must fail fast
-            started = time.monotonic()
-            with pytest.raises(HttpError) as error:
-                await get(client, server.url("/x"), timeout=3)
-            assert time.monotonic() - started < 1.5, f"took until the timeout: {error.value}"
-            assert "timed out" not in str(error.value).lower()
-        assert client.idle_connections == 0
-        await assert_usable(client)
-    finally:
-        client.close()
-        await server.stop()
+            message, elapsed = await get_fails(client, server.url("/x"), timeout=3)
+            assert elapsed < 1.5, f"took until the timeout: {message}"
+            assert "timed out" not in message
+        await assert_recovered(client)
 
 
 # ---------------------------------------------------------------- 7. errors
@@ -849,44 +743,25 @@ async def test_server_closing_right_after_accept_is_a_prompt_error(how: str):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_connection_refused():
-    client = new_client()
-    try:
-        started = time.monotonic()
-        with pytest.raises(HttpError):
-            await get(client, f"http://127.0.0.1:{closed_port()}/x")
-        assert time.monotonic() - started < 1
-        assert client.idle_connections == 0
-        await assert_usable(client)
-    finally:
-        client.close()
+    with closing_client() as client:
+        _, elapsed = await get_fails(client, f"http://127.0.0.1:{closed_port()}/x")
+        assert elapsed < 1
+        await assert_recovered(client)
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_timeout_when_the_server_never_answers():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.read_request(reader)
-        await server.wait_for_eof(reader)
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
-        started = time.monotonic()
-        with pytest.raises(HttpError) as error:
-            await get(client, server.url("/never"), timeout=0.5)
-        elapsed = time.monotonic() - started
+    async with raw_session(replying_once(b"")) as (server, client):  # reads the request, never answers
+        message, elapsed = await get_fails(client, server.url("/never"), timeout=0.5)
         assert 0.45 <= elapsed < 0.5 + 1.5
-        assert "timed out" in str(error.value).lower()
+        assert "timed out" in message
         await asyncio.wait_for(server.eof_seen.wait(), 1)  # the timed-out connection was closed
-        assert client.idle_connections == 0
-        await assert_usable(client)
-    finally:
-        client.close()
-        await server.stop()
+        await assert_recovered(client)
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_timeout_covers_a_body_that_trickles_forever():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+    async def handler(server: RawServer, reader: Reader, writer: Writer, number: int) -> None:
         await server.read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
         for _ in range(100):  # 1 byte every 0.1 s: always active, never complete within the timeout
@@ -894,18 +769,11 @@ async def test_timeout_covers_a_body_that_trickles_forever():
             await writer.drain()
             await asyncio.sleep(0.1)
 
-    server = await raw_server(handler)
-    client = new_client()
-    try:
-        started = time.monotonic()
-        with pytest.raises(HttpError) as error:
-            await get(client, server.url("/trickle"), timeout=0.5)
-        assert time.monotonic() - started < 0.5 + 1.5
-        assert "timed out" in str(error.value).lower()
-        await assert_usable(client)
-    finally:
-        client.close()
-        await server.stop()
+    async with raw_session(handler) as (server, client):
+        message, elapsed = await get_fails(client, server.url("/trickle"), timeout=0.5)
+        assert elapsed < 0.5 + 1.5
+        assert "timed out" in message
+        await assert_recovered(client)
 
 
 MALFORMED = [
@@ -926,54 +794,20 @@ MALFORMED = [
 )
 @pytest.mark.gen_test(timeout=30)
 async def test_malformed_answer(garbage: bytes):
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.read_request(reader)
-        writer.write(garbage)
-        await writer.drain()
-        await server.wait_for_eof(reader)  # keep the socket open: the client must notice the garbage itself
+    # the server keeps the socket open: the client must notice the garbage itself
+    await assert_broken_answer_fails_fast(garbage, close=False, within=1.5, eof=True)
 
-    server = await raw_server(handler)
-    client = new_client()
-    try:
-        started = time.monotonic()
-        with pytest.raises(HttpError) as error:
-            await get(client, server.url("/x"), timeout=5)
-        assert time.monotonic() - started < 1.5
-        assert "timed out" not in str(error.value).lower()
-        await asyncio.wait_for(server.eof_seen.wait(), 1)  # the broken connection was closed, not kept
-        assert client.idle_connections == 0
-        await assert_usable(client)
-    finally:
-        client.close()
-        await server.stop()
+
+HUGE_HEADER_BLOCKS = {  # never ended by an empty line
+    "many-lines": b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-Pad-%d: %s\r\n" % (n, b"p" * 100) for n in range(2000)),  # 230K
+    "one-line": b"HTTP/1.1 200 OK\r\nX-Huge: " + b"h" * 300_000,
+}
 
 
 @pytest.mark.parametrize("shape", ["many-lines", "one-line"])
 @pytest.mark.gen_test(timeout=30)
 async def test_header_block_larger_than_64k(shape: str):
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\n")
-        if shape == "many-lines":
-            writer.write(b"".join(b"X-Pad-%d: %s\r\n" % (n, b"p" * 100) for n in range(2000)))  # ~230 KB
-        else:
-            writer.write(b"X-Huge: " + b"h" * 300_000)
-        await writer.drain()
-        await server.wait_for_eof(reader)  # never ends the header block
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
-        started = time.monotonic()
-        with pytest.raises(HttpError) as error:
-            await get(client, server.url("/x"), timeout=5)
-        assert time.monotonic() - started < 2
-        assert "timed out" not in str(error.value).lower()
-        assert client.idle_connections == 0
-        await assert_usable(client)
-    finally:
-        client.close()
-        await server.stop()
+    await assert_broken_answer_fails_fast(HUGE_HEADER_BLOCKS[shape], close=False, within=2)
 
 
 @pytest.mark.parametrize(
@@ -987,25 +821,7 @@ async def test_header_block_larger_than_64k(shape: str):
 )
 @pytest.mark.gen_test(timeout=30)
 async def test_server_closes_in_the_middle_of_an_answer(truncated: bytes):
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.read_request(reader)
-        writer.write(truncated)
-        await writer.drain()
-        writer.close()
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
-        started = time.monotonic()
-        with pytest.raises(HttpError):
-            await get(client, server.url("/x"), timeout=5)
-        assert time.monotonic() - started < 1.5
-        assert server.connections == 1  # bytes of the answer had arrived: no retry
-        assert client.idle_connections == 0
-        await assert_usable(client)
-    finally:
-        client.close()
-        await server.stop()
+    await assert_broken_answer_fails_fast(truncated, close=True, within=1.5)
 
 
 @pytest.mark.parametrize(
@@ -1026,14 +842,9 @@ async def test_server_closes_in_the_middle_of_an_answer(truncated: bytes):
 )
 @pytest.mark.gen_test(timeout=30)
 async def test_bad_urls(url: str):
-    client = new_client()
-    try:
-        with pytest.raises(HttpError):
-            await get(client, url)
-        assert client.idle_connections == 0
-        await assert_usable(client)
-    finally:
-        client.close()
+    with closing_client() as client:
+        await get_fails(client, url)
+        await assert_recovered(client)
 
 
 # ---------------------------------------------------------------- 8. max_connections
@@ -1041,9 +852,7 @@ async def test_bad_urls(url: str):
 
 @pytest.mark.gen_test(timeout=30)
 async def test_max_connections_limits_concurrent_requests():
-    server = Server()
-    client = new_client(max_connections=2)
-    try:
+    with tornado_session(max_connections=2) as (server, client):
         started = time.monotonic()
         results = await asyncio.gather(*(get(client, server.url(f"/sleep?t=0.3&n={n}")) for n in range(6)))
         elapsed = time.monotonic() - started
@@ -1053,9 +862,6 @@ async def test_max_connections_limits_concurrent_requests():
         assert server.connections <= 2
         assert elapsed >= 0.85  # three rounds of 0.3 s
         assert client.idle_connections == server.connections
-    finally:
-        client.close()
-        server.stop()
 
 
 # ---------------------------------------------------------------- 9. cancellation
@@ -1063,16 +869,14 @@ async def test_max_connections_limits_concurrent_requests():
 
 @pytest.mark.gen_test(timeout=30)
 async def test_cancelled_fetch_closes_its_connection():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
+    async def handler(server: RawServer, reader: Reader, writer: Writer, number: int) -> None:
         if number == 1:
             await server.read_request(reader)
             await server.wait_for_eof(reader)  # slow: never answers the first connection
             return
-        await server.answer_forever(reader, writer, answer(b"fine"))
+        await server.answer_each(reader, writer, answer(b"fine"))
 
-    server = await raw_server(handler)
-    client = new_client(max_connections=1)
-    try:
+    async with raw_session(handler, max_connections=1) as (server, client):
         task = asyncio.ensure_future(get(client, server.url("/slow"), timeout=10))
         await asyncio.sleep(0.1)
         assert len(server.requests) == 1
@@ -1085,32 +889,21 @@ async def test_cancelled_fetch_closes_its_connection():
         assert await asyncio.wait_for(get(client, server.url("/ok")), 3) == (200, b"fine", "text/plain")
         assert server.connections == 2
         assert client.idle_connections == 1
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_wait_for_timeout_around_fetch():
-    server = Server()
-    client = new_client(max_connections=1)
-    try:
+    with tornado_session(max_connections=1) as (server, client):
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(get(client, server.url("/sleep?t=2")), 0.2)
         assert client.idle_connections == 0
-        status, body, _ = await asyncio.wait_for(get(client, server.url("/echo?x=1")), 3)
-        assert (status, body) == (200, f"<r>x=1|{UA}</r>".encode())
+        assert await asyncio.wait_for(get(client, server.url("/echo?x=1")), 3) == echoed("x=1")
         assert server.connections == 2
-    finally:
-        client.close()
-        server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_cancel_while_waiting_for_a_connection_slot():
-    server = Server()
-    client = new_client(max_connections=1)
-    try:
+    with tornado_session(max_connections=1) as (server, client):
         running = asyncio.ensure_future(get(client, server.url("/sleep?t=0.4&n=a")))
         await asyncio.sleep(0.05)
         waiting = asyncio.ensure_future(get(client, server.url("/sleep?t=0&n=b")))
@@ -1121,9 +914,6 @@ async def test_cancel_while_waiting_for_a_connection_slot():
         assert await running == (200, b"slept a", "text/plain")
         assert await asyncio.wait_for(get(client, server.url("/sleep?t=0&n=c")), 3) == (200, b"slept c", "text/plain")
         assert server.requests == 2  # the cancelled request never reached the server
-    finally:
-        client.close()
-        server.stop()
 
 
 # ---------------------------------------------------------------- 10. close()
@@ -1131,9 +921,7 @@ async def test_cancel_while_waiting_for_a_connection_slot():
 
 @pytest.mark.gen_test(timeout=30)
 async def test_close_fails_a_fetch_in_progress_and_later_fetches():
-    server = Server()
-    client = new_client()
-    try:
+    with tornado_session() as (server, client):
         task = asyncio.ensure_future(get(client, server.url("/sleep?t=3")))
         await asyncio.sleep(0.1)
         started = time.monotonic()
@@ -1141,36 +929,20 @@ async def test_close_fails_a_fetch_in_progress_and_later_fetches():
         with pytest.raises(HttpError):
             await asyncio.wait_for(task, 2)
         assert time.monotonic() - started < 1
-        with pytest.raises(HttpError):
-            await get(client, server.url("/echo"))
+        await get_fails(client, server.url("/echo"))
         client.close()  # twice is fine
-        with pytest.raises(HttpError):
-            await get(client, server.url("/echo"))
+        await get_fails(client, server.url("/echo"))
         assert server.requests == 1
-    finally:
-        client.close()
-        server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_close_closes_idle_connections():
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-        await server.read_request(reader)
-        writer.write(answer(b"kept"))
-        await writer.drain()
-        await server.wait_for_eof(reader)
-
-    server = await raw_server(handler)
-    client = new_client()
-    try:
+    async with raw_session(replying_once(answer(b"kept"))) as (server, client):
         assert await get(client, server.url("/x")) == (200, b"kept", "text/plain")
         assert client.idle_connections == 1
         client.close()
         await asyncio.wait_for(server.eof_seen.wait(), 1)
         assert client.idle_connections == 0
-    finally:
-        client.close()
-        await server.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -1178,8 +950,7 @@ async def test_close_before_first_use():
     client = new_client()
     client.close()
     client.close()
-    with pytest.raises(HttpError):
-        await get(client, f"http://127.0.0.1:{closed_port()}/x")
+    await get_fails(client, f"http://127.0.0.1:{closed_port()}/x")
     assert client.idle_connections == 0
 
 
@@ -1207,56 +978,45 @@ async def test_https_with_ssl_context(tls_files: tuple[str, str]):
     cert, key = tls_files
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(cert, key)
-    server = Server(ssl_options=server_context)
-    trusting = new_client(ssl_context=ssl.create_default_context(cafile=cert))
-    default = new_client()
-    try:
+    with (
+        Server(ssl_options=server_context) as server,
+        closing_client(ssl_context=ssl.create_default_context(cafile=cert)) as trusting,
+        closing_client() as default,
+    ):
         for n in range(3):
-            assert await get(trusting, server.url(f"/echo?n={n}")) == (
-                200,
-                f"<r>n={n}|{UA}</r>".encode(),
-                "text/xml;charset=utf-8",
-            )
+            assert await get(trusting, server.url(f"/echo?n={n}")) == echoed(f"n={n}")
         assert server.connections == 1
         assert trusting.idle_connections == 1
-        with pytest.raises(HttpError):  # the self-signed certificate is not trusted by default
-            await get(default, server.url("/echo"))
+        await get_fails(default, server.url("/echo"))  # the self-signed certificate is not trusted by default
         assert default.idle_connections == 0
-    finally:
-        trusting.close()
-        default.close()
-        server.stop()
 
 
 # ---------------------------------------------------------------- uvloop, as in production
 
 
 def test_under_uvloop():
-    async def scenario() -> None:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int) -> None:
-            if number == 1:
-                await server.read_request(reader)
-                writer.write(answer(b"one"))
-                await writer.drain()
-                await server.read_request(reader)
-                writer.close()  # stale: closes a reused connection before answering
+    async def handler(server: RawServer, reader: Reader, writer: Writer, number: int) -> None:
+        if number == 1:
+            await server.read_request(reader)
+            writer.write(answer(b"one"))
+            await writer.drain()
+            await server.read_request(reader)
+            writer.close()  # stale: closes a reused connection before answering
+            return
+        while (request := await server.read_request(reader)) is not None:
+            if "slow" in request.line:
+                await server.wait_for_eof(reader)
                 return
-            while (request := await server.read_request(reader)) is not None:
-                if "slow" in request.line:
-                    await server.wait_for_eof(reader)
-                    return
-                await trickle(writer, answer(b"two", headers=("Content-Type: text/plain", "X-Pad: " + "p" * 30)))
+            await trickle(writer, answer(b"two", headers=("Content-Type: text/plain", "X-Pad: " + "p" * 30)))
 
-        server = await raw_server(handler)
-        client = new_client(max_connections=1)
-        try:
+    async def scenario() -> None:
+        async with raw_session(handler, max_connections=1) as (server, client):
             assert await get(client, server.url("/1")) == (200, b"one", "text/plain")
             assert await get(client, server.url("/2")) == (200, b"two", "text/plain")
             assert await get(client, server.url("/3")) == (200, b"two", "text/plain")
             assert server.connections == 2
             assert client.idle_connections == 1
-            with pytest.raises(HttpError):
-                await get(client, f"http://127.0.0.1:{closed_port()}/x")
+            await get_fails(client, f"http://127.0.0.1:{closed_port()}/x")
             task = asyncio.ensure_future(get(client, server.url("/slow")))
             await asyncio.sleep(0.1)
             task.cancel()
@@ -1265,11 +1025,7 @@ def test_under_uvloop():
             await asyncio.wait_for(server.eof_seen.wait(), 1)
             assert await asyncio.wait_for(get(client, server.url("/4")), 3) == (200, b"two", "text/plain")
             client.close()
-            with pytest.raises(HttpError):
-                await get(client, server.url("/5"))
-        finally:
-            client.close()
-            await server.stop()
+            await get_fails(client, server.url("/5"))
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert isinstance(runner.get_loop(), uvloop.Loop)
