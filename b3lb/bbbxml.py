@@ -16,6 +16,13 @@ from dataclasses import dataclass
 OPEN, CLOSE = b"<meeting>", b"</meeting>"
 _FIELDS = ("participantCount", "listenerCount", "voiceParticipantCount", "videoCount", "moderatorCount")
 _TAGS = {name: (f"<{name}>".encode(), f"</{name}>".encode()) for name in ("meetingID", "isBreakout", *_FIELDS)}
+_CLOSE_LEN = len(CLOSE)
+_ID_OPEN, _ID_CLOSE = _TAGS["meetingID"]
+_ID_OPEN_LEN = len(_ID_OPEN)
+_BREAKOUT_OPEN = _TAGS["isBreakout"][0]
+_BREAKOUT_OPEN_LEN = len(_BREAKOUT_OPEN)
+_COUNT_OPEN, _COUNT_CLOSE = _TAGS["participantCount"]
+_COUNT_OPEN_LEN = len(_COUNT_OPEN)
 _META = {name: (f"<{name}>".encode(), f"</{name}>".encode()) for name in ("bbb-origin", "bbb-origin-server-name")}
 
 
@@ -75,23 +82,35 @@ def scan(body: bytes) -> list[ScannedMeeting] | None:
         raise ValueError("not a SUCCESS getMeetings document")
     if b"<![CDATA[" in body:
         return None
-    id_tags, breakout_tags, participant_tags = _TAGS["meetingID"], _TAGS["isBreakout"], _TAGS["participantCount"]
+    # The loop is written out (no helper calls): it runs for every meeting of every node each cycle.
+    find, rfind = body.find, body.rfind
     meetings: list[ScannedMeeting] = []
-    find = body.find
     position = find(OPEN)
     while position >= 0:
         end = find(CLOSE, position)
         if end < 0:
             return None
-        end += len(CLOSE)
-        meeting_id = _text(body, id_tags, position, end)
-        if meeting_id is None:
+        end += _CLOSE_LEN
+        id_start = find(_ID_OPEN, position, end)
+        id_end = find(_ID_CLOSE, id_start, end) if id_start >= 0 else -1
+        if id_end < 0:
             return None
-        # isBreakout and metadata follow the attendees, whose customdata may use any name:
-        # the meeting's own are the last ones
-        is_breakout = _text(body, breakout_tags, position, end, last=True) == b"true"
-        participants = _int(_text(body, participant_tags, position, end))
-        meetings.append(ScannedMeeting(_str(meeting_id), is_breakout, participants, body, position, end))
+        raw_id = body[id_start + _ID_OPEN_LEN : id_end]
+        # isBreakout follows the attendees, whose customdata may use any name: the meeting's own is the last
+        flag = rfind(_BREAKOUT_OPEN, position, end)
+        is_breakout = flag >= 0 and body.startswith(b"true</isBreakout>", flag + _BREAKOUT_OPEN_LEN)
+        participants = 0
+        count_start = find(_COUNT_OPEN, position, end)
+        if count_start >= 0:
+            count_start += _COUNT_OPEN_LEN
+            try:
+                participants = int(body[count_start : find(_COUNT_CLOSE, count_start, end)])
+            except ValueError:
+                pass
+        meeting_id = raw_id.decode("utf-8", "replace")
+        if "&" in meeting_id:
+            meeting_id = html.unescape(meeting_id)
+        meetings.append(ScannedMeeting(meeting_id, is_breakout, participants, body, position, end))
         position = find(OPEN, end)
     # Every <meeting> and </meeting> must be one found above: a nested element, an element with
     # attributes or a stray tag means this is not the template, and lxml reads it instead.

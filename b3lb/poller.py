@@ -23,7 +23,7 @@ from b3lb.balancer import NodeEntry
 from b3lb.db import Q
 from b3lb.meetings import MeetingRef
 from b3lb.memory import release_free_memory
-from b3lb.nodeclient import NodeRequestError
+from b3lb.nodeclient import NodeRequestError, NodeResponse
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.poller")
@@ -81,6 +81,11 @@ def _count(meeting: etree._Element, tag: str) -> int:
         return 0
 
 
+def _parts_key(parts: list[bytes]) -> int:
+    """Identifies a list of XML parts by their (cached) hashes: no joining, no rehashing."""
+    return hash(tuple(map(hash, parts)))
+
+
 class Poller:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -98,9 +103,18 @@ class Poller:
     async def poll_once(self) -> list[NodePoll]:
         """One full cycle over every node; returns the per-node results."""
         started, cpu_started = time.perf_counter(), time.process_time()
-        semaphore = asyncio.Semaphore(self.config.concurrency)
         entries = list(self.runtime.loads.nodes.values())
-        results = await asyncio.gather(*(self._poll_guarded(semaphore, e) for e in entries))
+        polls: list[NodePoll | None] = [None] * len(entries)
+        queue = iter(range(len(entries)))  # shared by the workers: each node is taken once
+
+        async def worker() -> None:
+            for index in queue:
+                polls[index] = await self._poll_timed(entries[index])
+
+        # `concurrency` workers rather than a task per node: a thousand tasks and semaphore
+        # hand-overs cost more than the polls' own Python work
+        await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(entries)))))
+        results = [poll for poll in polls if poll is not None]
         self._written = 0
         await self._apply(results)
         if self._written >= TRIM_AFTER_BYTES:  # the lists' buffers are free now
@@ -111,25 +125,36 @@ class Poller:
         log.debug("poll cycle", extra={"nodes": len(entries), "seconds": round(self.last_duration, 3)})
         return results
 
-    async def _poll_guarded(self, semaphore: asyncio.Semaphore, entry: NodeEntry) -> NodePoll:
-        async with semaphore:
-            started = time.perf_counter()
-            try:
-                return await self._poll_node(entry)
-            finally:
-                self.poll_seconds[entry.node.id] = time.perf_counter() - started
+    async def _poll_timed(self, entry: NodeEntry) -> NodePoll:
+        started = time.perf_counter()
+        try:
+            return await self._poll_node(entry)
+        except Exception as exc:  # a bug must cost one node's poll, not the cycle
+            log.exception("poll of node %s failed unexpectedly", entry.node.slug)
+            return NodePoll(entry, error=repr(exc))
+        finally:
+            self.poll_seconds[entry.node.id] = time.perf_counter() - started
 
     async def _poll_node(self, entry: NodeEntry) -> NodePoll:
         result = NodePoll(entry)
         timeout = self.config.timeout
         fetch = self.runtime.nodes.fetch
-        load_call = fetch(entry.node.load_url, timeout=timeout)
-        meetings_call = fetch(node_url(entry, "getMeetings", []), timeout=timeout)
-        load, meetings = await asyncio.gather(load_call, meetings_call, return_exceptions=True)
-        if not isinstance(load, BaseException) and load.code == 200:
-            result.cpu_load = parse_load(load.body)
-        if isinstance(meetings, BaseException):
-            result.error = str(meetings) if isinstance(meetings, NodeRequestError) else repr(meetings)
+        load_call = asyncio.ensure_future(fetch(entry.node.load_url, timeout=timeout))  # runs alongside
+        try:
+            meetings: NodeResponse | NodeRequestError = await fetch(node_url(entry, "getMeetings", []), timeout=timeout)
+        except NodeRequestError as exc:
+            meetings = exc
+        except BaseException:  # cancelled (shutdown): so is the load request
+            load_call.cancel()
+            raise
+        try:
+            load = await load_call
+            if load.code == 200:
+                result.cpu_load = parse_load(load.body)
+        except NodeRequestError:
+            pass
+        if isinstance(meetings, NodeRequestError):
+            result.error = str(meetings)
             return result
         if meetings.code != 200:
             result.error = f"HTTP {meetings.code}"
@@ -218,7 +243,7 @@ class Poller:
         grace = self.config.meeting_grace
         now = time.monotonic()
         node_rows, meeting_rows, vanished = [], [], []
-        changed_nodes: dict[int, bytes] = {}
+        changed_nodes: dict[int, tuple[int, bytes]] = {}
         for result in results:
             entry, node = result.entry, result.entry.node
             if result.cpu_load is not None:
@@ -229,13 +254,15 @@ class Poller:
                 entry.pending_meetings = 0  # the poll now sees what we placed
                 entry.last_error = ""
                 vanished.extend(self._update_meetings(result, now, grace, meeting_rows))
-                node_list: bytes | None = b"".join(s.xml for s in result.samples)
+                node_list: list[bytes] | None = [s.xml for s in result.samples]
             else:
                 loads.record_failure(node.id, result.error)
                 log.info("poll of node %s failed: %s", node.slug, result.error)
-                node_list = b"" if node.has_errors else None  # None: keep the stored list
-            if node_list is not None and self._stored_node_lists.get(node.id) != hash(node_list):
-                changed_nodes[node.id] = node_list
+                node_list = [] if node.has_errors else None  # None: keep the stored list
+            # Unchanged elements are the very objects of the last cycle, whose hashes are cached:
+            # comparing this way joins and hashes no XML for the nodes whose list stays the same.
+            if node_list is not None and self._stored_node_lists.get(node.id) != (key := _parts_key(node_list)):
+                changed_nodes[node.id] = (key, b"".join(node_list))
             entry.recompute()
             node_rows.append((node.id, node.cpu_load, node.attendees, node.meetings, node.has_errors,
                               result.ok, result.error[:500]))
@@ -265,11 +292,11 @@ class Poller:
         node_rows: list[tuple[object, ...]],
         meeting_rows: list[tuple[object, ...]],
         vanished: list[MeetingRef],
-        node_lists: dict[int, bytes],
+        node_lists: dict[int, tuple[int, bytes]],  # node id -> (key of its parts, the list)
     ) -> None:
         pool = self.runtime.pool
         # bytes cache their hash, so this costs no copying of the XML
-        lists = {k: hash(tuple(map(hash, parts))) for k, parts in self.secret_list_parts().items()}
+        lists = {k: _parts_key(parts) for k, parts in self.secret_list_parts().items()}
         changed_lists = self._changed_secret_lists(lists)
         try:
             async with pool.acquire() as conn, conn.transaction():
@@ -282,7 +309,7 @@ class Poller:
                     for row in rows:
                         self.runtime.counters.meeting_ended(row["secret_id"], row["seconds"])
                 if node_lists:
-                    texts = [v.decode(errors="replace") for v in node_lists.values()]  # a node's bad byte stays its own
+                    texts = [v.decode(errors="replace") for _, v in node_lists.values()]  # a bad byte stays its own
                     await conn.execute(Q.node_lists_upsert, list(node_lists), texts)
                 if changed_lists:
                     await conn.execute(Q.secret_lists_upsert, list(changed_lists), list(changed_lists.values()))
@@ -290,9 +317,9 @@ class Poller:
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("cannot store poll results: %s", exc)
             return
-        self._stored_node_lists.update((k, hash(v)) for k, v in node_lists.items())
+        self._stored_node_lists.update((k, key) for k, (key, _) in node_lists.items())
         self._stored_secret_lists = lists
-        self._written = sum(map(len, node_lists.values())) + sum(map(len, changed_lists.values()))
+        self._written = sum(len(v) for _, v in node_lists.values()) + sum(map(len, changed_lists.values()))
 
     def _changed_secret_lists(self, hashes: dict[int, int]) -> dict[int, str]:
         """The lists whose content differs from what the database holds ('' for emptied ones)."""

@@ -16,6 +16,7 @@ from b3lb.db import Database, DatabaseUnavailable
 from b3lb.events import MeetingEvents
 from b3lb.leader import Leadership
 from b3lb.logs import setup_logging
+from b3lb.memory import tune_garbage_collector
 from b3lb.poller import Poller
 from b3lb.runtime import Runtime
 
@@ -53,6 +54,7 @@ async def run_server(config: Config, *, ready: asyncio.Event | None = None) -> N
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        tune_garbage_collector()
         if ready is not None:
             ready.set()
         await stop.wait()

@@ -29,6 +29,7 @@ import asyncpg
 import uvloop
 
 from b3lb.config import load_config
+from b3lb.memory import tune_garbage_collector
 from b3lb.poller import Poller
 from b3lb.runtime import Runtime
 from benchmarks.common import REPO, peak_rss_mb, rss_mb
@@ -83,6 +84,7 @@ async def measure(db_url: str, fleet: FleetInfo, cycles: int, owned: int) -> lis
         await runtime.refresh_meetings()
         poller = Poller(runtime)
         runtime.poller, runtime.polling = poller, True
+        tune_garbage_collector()  # as `b3lb serve` does once it is up
         rows.append({"scenario": "poll", **await _cycles(runtime, poller, cycles)})
         if owned > 0:
             secret_id = await pool.fetchval("SELECT id FROM secret WHERE secret = $1", secrets["POLL"])
