@@ -18,6 +18,7 @@ from b3lb.balancer import LoadTable
 from b3lb.config import Config
 from b3lb.counters import Counters
 from b3lb.db import Q
+from b3lb.inserts import MeetingInserts
 from b3lb.meetings import MeetingRef, MeetingTable
 from b3lb.models import Cluster, Node, Parameter, Secret, Tenant
 from b3lb.nodeclient import NodeClient
@@ -34,6 +35,7 @@ class Runtime:
         self.loads = LoadTable(error_after=config.poller.error_after, recover_after=config.poller.recover_after)
         self.meetings = MeetingTable()
         self.counters = Counters()
+        self.meeting_inserts = MeetingInserts(pool)
         self.nodes = NodeClient(config.api)
         self.hosts = HostResolver(config.server.api_base_domain)
         self.allowed_algorithms = frozenset(config.api.allowed_sha_algorithms)

@@ -108,9 +108,7 @@ async def _store(
     ready_url = (p.first(req.params, READY_URL) or "") if ctx.recording_enabled else ""
     args = (name, callback[1] if callback else "", ready_url)
     if stale is None:
-        row = await runtime.pool.fetchrow(
-            Q.meeting_insert, ctx.secret.id, meeting_id, name, entry.node.id, args[1], args[2]
-        )
+        row = await runtime.meeting_inserts.insert((ctx.secret.id, meeting_id, name, entry.node.id, args[1], args[2]))
     else:  # its node is in error: restart the room elsewhere with a fresh nonce
         runtime.meetings.remove(stale)
         row = await runtime.pool.fetchrow(Q.meeting_move, stale.id, entry.node.id, *args, stale.node_id)

@@ -39,12 +39,12 @@ FROM meeting
 SELECT id, secret_id, meeting_id, node_id, nonce, create_time, attendees
 FROM meeting WHERE secret_id = $1 AND meeting_id = $2
 
--- name: meeting_insert
--- New meeting, or nothing when another create won the race (the caller then reads the winner).
+-- name: meetings_insert
+-- The new meetings of several creates at once (b3lb/inserts.py); existing ones are left out.
 INSERT INTO meeting (secret_id, meeting_id, meeting_name, node_id, end_callback_url, recording_ready_url)
-VALUES ($1, $2, $3, $4, $5, $6)
+SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[])
 ON CONFLICT (secret_id, meeting_id) DO NOTHING
-RETURNING id, secret_id, meeting_id, node_id, nonce, create_time, attendees
+RETURNING id, secret_id, meeting_id, node_id, nonce, attendees
 
 -- name: meeting_move
 -- Restart a room whose node ($6) is in error on a new node, with a fresh nonce. Nothing when a
