@@ -391,7 +391,14 @@ def test_poll_shortcut_of_a_non_recording_fleet_answers_like_the_handlers() -> N
             for fleet in (recording, quick):
                 node = fleet.nodes[0]
                 node.cpu = 4200
-                await call(node, "create", "meetingID=m-1&name=Room+%C3%A4")
+                query = "meetingID=m-1&name=Room+%C3%A4&attendeePW=ap&moderatorPW=mp"
+                created = await fetch(node.api_url("create", query))
+                assert ("Server" in created.headers) is (fleet is recording)
+                assert etree.fromstring(created.body).findtext("returncode") == "SUCCESS"
+                repeat = etree.fromstring((await fetch(node.api_url("create", query))).body)
+                assert repeat.findtext("messageKey") == "duplicateWarning"
+                clash = await fetch(node.api_url("create", "meetingID=m-1&name=Room&attendeePW=other"))
+                assert etree.fromstring(clash.body).findtext("messageKey") == "idNotUnique"
                 loaded = await fetch(node.load_url)
                 listed = await fetch(node.api_url("getMeetings"))
                 # RequestHandlers send a Server header, the shortcut does not: each fleet took its path

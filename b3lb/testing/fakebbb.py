@@ -154,6 +154,19 @@ class FakeNode:
         self._meetings_document = None
         return meeting
 
+    def create_answer(self, params: dict[str, str]) -> bytes:
+        """BBB's answer to a checked create: new meeting, idempotent repeat, or an error document."""
+        meeting_id = params.get("meetingID", "")
+        error = create_validation_error(meeting_id, params.get("name"))
+        if error is not None:
+            return error
+        existing = self.meetings.get(meeting_id)
+        if existing is None:
+            return bbb_xml.create_success(self.add_meeting(meeting_from_params(params)), False)
+        if passwords_match(existing, params):  # idempotent create, same internalMeetingID
+            return bbb_xml.create_success(existing, True)
+        return bbb_xml.failed("idNotUnique", bbb_xml.MESSAGE_ID_NOT_UNIQUE)
+
     def remove_meeting(self, meeting_id: str) -> FakeMeeting:
         meeting = self.meetings.pop(meeting_id)
         self._meetings_document = None
@@ -476,18 +489,7 @@ class FakeApiHandler(FakeNodeHandler):
         return meeting
 
     def create(self, params: dict[str, str]) -> None:
-        meeting_id = params.get("meetingID", "")
-        error = create_validation_error(meeting_id, params.get("name"))
-        if error is not None:
-            self.send_xml(error)
-            return
-        existing = self.node.meetings.get(meeting_id)
-        if existing is None:
-            self.send_xml(bbb_xml.create_success(self.node.add_meeting(meeting_from_params(params)), False))
-        elif passwords_match(existing, params):  # idempotent create, same internalMeetingID
-            self.send_xml(bbb_xml.create_success(existing, True))
-        else:
-            self.send_xml(bbb_xml.failed("idNotUnique", bbb_xml.MESSAGE_ID_NOT_UNIQUE))
+        self.send_xml(self.node.create_answer(params))
 
     def join(self, params: dict[str, str]) -> None:
         meeting = self._meeting_or_fail(params, "invalidMeetingIdentifier")

@@ -1,11 +1,12 @@
-"""The two documents a poll reads, answered without a RequestHandler.
+"""The poll's two documents and create, answered without a RequestHandler.
 
-In the poll benchmark one fleet process stands in for 1,000 machines. Through Tornado's
-RequestHandler its 2,000 answers per cycle took the fleet's core longer than b3lb took for the
-whole cycle, so the cycle's wall time measured the fake rather than b3lb. Only a GET of the load
-file or of a correctly signed getMeetings, for a node in mode "ok" of a fleet that records
-nothing, takes this path; anything else (other calls, modes, recording, bad checksums) goes
-through the regular handlers unchanged.
+In the benchmarks one fleet process stands in for many machines. Through Tornado's
+RequestHandler its 2,000 answers per poll cycle took the fleet's core longer than b3lb took for
+the whole cycle, and during the create scenario the fake node's handlers, not b3lb, set the pace.
+Only a GET of the load file, or of a correctly signed getMeetings or create, for a node in mode
+"ok" of a fleet that records nothing, takes this path (with the same answer code as the
+handlers); anything else (other calls, modes, recording, bad checksums) goes through the regular
+handlers unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tornado.httputil import (
 from tornado.iostream import StreamClosedError
 from tornado.web import Application
 
-from b3lb.testing.fakebbb_xml import checksum_is_valid
+from b3lb.testing.fakebbb_xml import checksum_is_valid, parse_query
 
 if TYPE_CHECKING:
     from b3lb.testing.fakebbb import FakeFleet
@@ -32,7 +33,7 @@ XML_TYPE = "text/xml;charset=utf-8"
 
 
 class PollShortcutApplication(Application):
-    """The fleet's Application, with the poll's two documents answered on the connection."""
+    """The fleet's Application, with the poll's documents and create answered on the connection."""
 
     fleet: FakeFleet
 
@@ -63,6 +64,8 @@ class PollShortcut(HTTPMessageDelegate):
             return "text/plain", f"{node.cpu}\n".encode()
         if path == "/bigbluebutton/api/getMeetings" and checksum_is_valid("getMeetings", query, node.secret):
             return XML_TYPE, node.meetings_document()
+        if path == "/bigbluebutton/api/create" and checksum_is_valid("create", query, node.secret):
+            return XML_TYPE, node.create_answer(parse_query(query))
         return None
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
