@@ -15,13 +15,11 @@ Run ``python -m b3lb.testing.fakebbb --nodes 10`` for a standalone fleet.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import errno
 import logging
 import resource
 import secrets
-import signal
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, Self
@@ -591,47 +589,7 @@ def _raise_open_file_limit(needed: int) -> None:
             log.warning("fake BBB: could not raise the open file limit to %d", target)
 
 
-def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run a fleet of fake BigBlueButton nodes on loopback.")
-    parser.add_argument("--nodes", type=int, default=1, help="number of fake nodes")
-    parser.add_argument("--port", type=int, default=0, help="shared port (default: any free port)")
-    parser.add_argument("--secret", default=None, help="secret for all nodes (default: random per node)")
-    parser.add_argument("--cluster", default="fake", help="cluster name used in the printed hints")
-    parser.add_argument("--meetings", type=int, default=0, help="meetings to pre-populate per node")
-    parser.add_argument("--attendees", type=int, default=0, help="attendees per pre-populated meeting")
-    return parser.parse_args(argv)
+if __name__ == "__main__":  # `python -m b3lb.testing.fakebbb` (bin/fake-fleet, the benchmarks)
+    from b3lb.testing.fakebbb_cli import main
 
-
-async def _run_fleet(args: argparse.Namespace) -> None:
-    fleet = FakeFleet(args.nodes, secret=args.secret, port=args.port, record_requests=False)
-    await fleet.start()
-    for node in fleet.nodes:
-        node.populate(args.meetings, args.attendees)
-        print(f"{node.name} {node.domain} {node.port} {node.secret}", flush=True)
-    for node in fleet.nodes:
-        print(
-            f"b3lb node add --cluster {args.cluster} --slug {node.name} --domain {node.domain}"
-            f" --port {node.port} --protocol http --secret {node.secret}",
-            flush=True,
-        )
-    stop_requested = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signal_number, stop_requested.set)
-    await stop_requested.wait()
-    await fleet.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_arguments(argv)
-    try:
-        import uvloop  # optional speed-up
-    except ImportError:
-        asyncio.run(_run_fleet(args))
-    else:
-        uvloop.run(_run_fleet(args))
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())
