@@ -45,15 +45,13 @@ class ScannedMeeting:
         return xml is not None and len(xml) == self.end - self.start and self.body.startswith(xml, self.start)
 
 
-def _text(chunk: bytes, tags: tuple[bytes, bytes], start: int = 0, end: int | None = None, *,
-          last: bool = False) -> bytes | None:
-    """The text of the first (or last) element with these tags within chunk[start:end]."""
-    end = len(chunk) if end is None else end
-    opened = chunk.rfind(tags[0], start, end) if last else chunk.find(tags[0], start, end)
+def _text(chunk: bytes, tags: tuple[bytes, bytes]) -> bytes | None:
+    """The text of the first element with these tags."""
+    opened = chunk.find(tags[0])
     if opened < 0:
         return None
     opened += len(tags[0])
-    closed = chunk.find(tags[1], opened, end)
+    closed = chunk.find(tags[1], opened)
     return chunk[opened:closed] if closed >= 0 else None
 
 
@@ -107,10 +105,7 @@ def scan(body: bytes) -> list[ScannedMeeting] | None:
                 participants = int(body[count_start : find(_COUNT_CLOSE, count_start, end)])
             except ValueError:
                 pass
-        meeting_id = raw_id.decode("utf-8", "replace")
-        if "&" in meeting_id:
-            meeting_id = html.unescape(meeting_id)
-        meetings.append(ScannedMeeting(meeting_id, is_breakout, participants, body, position, end))
+        meetings.append(ScannedMeeting(_str(raw_id), is_breakout, participants, body, position, end))
         position = find(OPEN, end)
     # Every <meeting> and </meeting> must be one found above: a nested element, an element with
     # attributes or a stray tag means this is not the template, and lxml reads it instead.

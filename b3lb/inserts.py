@@ -47,6 +47,8 @@ class MeetingInserts:
     async def _write(self, batch: list[tuple[InsertArgs, asyncio.Future[Any]]]) -> None:
         try:
             await self._settle(batch)
+        except Exception as exc:  # a bug here must still answer every waiting create
+            _fail(batch, exc)
         except BaseException:  # cancelled (shutdown): so are the creates waiting here
             for _, future in batch:
                 future.cancel()
