@@ -1,4 +1,45 @@
+import shutil
+from pathlib import Path
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+# Top-level files the code needs at run time -> their place inside the built package (b3lb/resources.py).
+PACKAGE_DATA = {"sql": "b3lb/_data/sql", "conf/b3lb.conf": "b3lb/_data/conf/b3lb.conf"}
+
+
+class BuildWithData(build_py):
+    """build_py that also copies sql/ and conf/b3lb.conf into the built package as b3lb/_data.
+
+    The checkout keeps its layout (sql/ and conf/ at the top); a wheel carries copies. An editable
+    install copies nothing, so it keeps reading the checkout's files and edits take effect at once.
+    """
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        for source, target in PACKAGE_DATA.items():
+            origin, built = HERE / source, Path(self.build_lib) / target
+            if not origin.exists():
+                raise SystemExit(f"error: {origin} is missing: a wheel without it cannot run")
+            if origin.is_dir():
+                shutil.rmtree(built, ignore_errors=True)  # no stale files from an earlier build
+                shutil.copytree(origin, built, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            else:
+                built.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(origin, built)
+
+    def get_outputs(self, include_bytecode: bool = True) -> list[str]:
+        outputs = list(super().get_outputs(include_bytecode))
+        if not getattr(self, "editable_mode", False):
+            for target in PACKAGE_DATA.values():
+                built = Path(self.build_lib) / target
+                files = built.rglob("*") if built.is_dir() else [built]
+                outputs.extend(str(path) for path in files if path.is_file())
+        return outputs
+
 
 setup(
     name="b3lb",
@@ -14,6 +55,9 @@ setup(
         "lxml>=5.0",
         "uvloop>=0.19",
         "prometheus-client>=0.20",
+        # HTTP client for nodes and tenant callbacks (b3lb/nodeclient.py): C parser, per-host keep-alive pools,
+        # timeouts, bounded gzip/deflate inflation. 3.14.4 fixes the zip-bomb and many-member DoS advisories.
+        "aiohttp>=3.14.4",
         # Embedded PostgreSQL for machines without a configured database: it ships
         # real PostgreSQL binaries in a wheel, which no hand-written code can replace.
         "pgserver>=0.1.4",
@@ -23,7 +67,12 @@ setup(
             "pytest>=8",
             "pytest-tornado>=0.8",
             "ruff>=0.5",
+            # TLS certificates from a throw-away CA for the node client's https tests (tests/test_nodeclient.py).
+            "trustme>=1.1",
+            # tests/test_packaging.py builds a wheel without build isolation; setuptools < 70.1 needs it.
+            "wheel>=0.40",
         ],
     },
     entry_points={"console_scripts": ["b3lb=b3lb.cli:main"]},
+    cmdclass={"build_py": BuildWithData},
 )

@@ -2,9 +2,9 @@
 
 Every command is an async function taking an asyncpg connection (the CLI wraps each command in
 one transaction) and returning the rows to show as plain dicts. Problems an operator must fix
-raise AdminError with a one-line message; malformed input raises ValueError from the `parse_*`
-validators before anything touches the database. Tenants, secrets, parameter rules, assets and
-recording profiles live in b3lb/admin_tenant.py.
+raise AdminError with a one-line message; every value is checked against the rules of
+b3lb/validation.py (ValueError naming the field) before anything touches the database.
+Tenants, secrets, parameter rules, assets and recording profiles live in b3lb/admin_tenant.py.
 """
 
 from __future__ import annotations
@@ -17,136 +17,15 @@ from typing import Any
 
 import asyncpg
 
+from b3lb import validation as V
 from b3lb.db import Q
 from b3lb.loadscore import load_score
 
 Row = dict[str, Any]
 
-TENANT_SLUG = re.compile(r"^[A-Z]{2,10}$")
-NODE_SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
-SECRET_LABEL = re.compile(r"^([A-Za-z]{2,10})(?:-(\d{1,3}))?$")
-SHA_CHOICES = ("SHA256", "SHA384", "SHA512")
-PROTOCOLS = ("http", "https")
-MAX_INT = 2**31 - 1
-MAX_TEXT = 200
-
 
 class AdminError(Exception):
     """A command cannot be carried out with the database as it is; the message says why."""
-
-
-# Validators: text in, clean value out, ValueError with a friendly message otherwise ----------
-
-
-def parse_tenant_slug(text: str) -> str:
-    slug = text.strip().upper()
-    if not TENANT_SLUG.match(slug):
-        raise ValueError(f"invalid tenant slug {text!r}: 2 to 10 letters A-Z required")
-    return slug
-
-
-def parse_node_slug(text: str) -> str:
-    if not NODE_SLUG.match(text) or len(text) > MAX_TEXT:
-        raise ValueError(f"invalid node slug {text!r}: letters, digits, '-' and '_' only")
-    return text
-
-
-def parse_name(text: str) -> str:
-    name = text.strip()
-    if not name or len(name) > MAX_TEXT:
-        raise ValueError(f"invalid name {text!r}: 1 to {MAX_TEXT} characters required")
-    return name
-
-
-def parse_text(text: str) -> str:
-    """A non-empty value without whitespace of at most 200 characters (domain, node secret)."""
-    if not text or len(text) > MAX_TEXT or any(c.isspace() for c in text):
-        raise ValueError(f"invalid value {text!r}: 1 to {MAX_TEXT} characters without spaces required")
-    return text
-
-
-def parse_endpoint(text: str) -> str:
-    if len(text) > MAX_TEXT or any(c.isspace() for c in text):
-        raise ValueError(f"invalid path {text!r}: at most {MAX_TEXT} characters without spaces")
-    return text.lstrip("/")
-
-
-def parse_count(text: str) -> int:
-    """A non-negative integer (limits, iterations, sizes)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= MAX_INT:
-        raise ValueError(f"must be between 0 and {MAX_INT}: {text!r}")
-    return value
-
-
-def parse_positive(text: str) -> int:
-    value = parse_count(text)
-    if value == 0:
-        raise ValueError("must be greater than 0")
-    return value
-
-
-def parse_factor(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise ValueError(f"must be a non-negative number: {text!r}")
-    return value
-
-
-def parse_port(text: str) -> int:
-    value = parse_count(text)
-    if not 1 <= value <= 65535:
-        raise ValueError(f"port must be between 1 and 65535: {text!r}")
-    return value
-
-
-def parse_sha(text: str) -> str:
-    value = text.strip().upper().replace("-", "")
-    if value not in SHA_CHOICES:
-        raise ValueError(f"unknown algorithm {text!r}: choose from {', '.join(SHA_CHOICES)}")
-    return value
-
-
-def parse_protocol(text: str) -> str:
-    value = text.strip().lower()
-    if value not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {text!r}: choose http or https")
-    return value
-
-
-def parse_sub_id(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"invalid sub-id {text!r}: a number from 0 to 999 required") from None
-    if not 0 <= value <= 999:
-        raise ValueError(f"invalid sub-id {text!r}: must be between 0 and 999")
-    return value
-
-
-def parse_sub_ids(text: str) -> range:
-    """`N` or `N-M` (inclusive, N <= M), each 0..999."""
-    first, dash, last = text.strip().partition("-")
-    start = parse_sub_id(first)
-    end = parse_sub_id(last) if dash else start
-    if end < start:
-        raise ValueError(f"invalid sub-id range {text!r}: {start} is greater than {end}")
-    return range(start, end + 1)
-
-
-def parse_secret_label(text: str) -> tuple[str, int]:
-    """`ABC` (sub-id 0) or `ABC-001` / `ABC-1` → (tenant slug, sub-id)."""
-    match = SECRET_LABEL.match(text.strip())
-    if not match:
-        raise ValueError(f"invalid secret {text!r}: TENANT or TENANT-NNN expected, e.g. ABC-001")
-    slug = parse_tenant_slug(match.group(1))
-    return slug, int(match.group(2) or 0)
 
 
 def parse_node_ref(text: str) -> tuple[str | None, str]:
@@ -154,7 +33,10 @@ def parse_node_ref(text: str) -> tuple[str | None, str]:
     cluster, slash, slug = text.rpartition("/")
     if slash and not cluster.strip():
         raise ValueError(f"invalid node {text!r}: CLUSTER/SLUG or SLUG expected")
-    return (cluster.strip() if slash else None), parse_node_slug(slug)
+    try:
+        return (V.NAME.check(cluster) if slash else None), V.NODE_SLUG.check(slug)
+    except ValueError as exc:
+        raise ValueError(f"invalid node {text[:60]!r}: {exc}") from None
 
 
 # Database errors -------------------------------------------------------------------------
@@ -253,6 +135,8 @@ async def _cluster_apply(conn: asyncpg.Connection, cluster_id: int, settings: Cl
 
 
 async def cluster_add(conn: asyncpg.Connection, name: str, settings: ClusterSettings) -> list[Row]:
+    name = V.check_value("name", V.NAME, name)
+    settings = V.check_fields(settings, V.CLUSTER_FIELDS)
     with expect_unique(f"cluster {name!r} already exists"):
         cluster_id = await conn.fetchval(Q.admin_cluster_insert, name)
     await _cluster_apply(conn, cluster_id, settings)
@@ -260,6 +144,7 @@ async def cluster_add(conn: asyncpg.Connection, name: str, settings: ClusterSett
 
 
 async def cluster_set(conn: asyncpg.Connection, name: str, settings: ClusterSettings) -> list[Row]:
+    settings = V.check_fields(settings, V.CLUSTER_FIELDS)
     cluster = await cluster_by_name(conn, name)
     await _cluster_apply(conn, cluster["id"], settings)
     return [row for row in await cluster_list(conn) if row["name"] == name]
@@ -290,6 +175,7 @@ async def _cluster_group_row(conn: asyncpg.Connection, name: str) -> list[Row]:
 
 
 async def cluster_group_add(conn: asyncpg.Connection, name: str) -> list[Row]:
+    name = V.check_value("name", V.NAME, name)
     with expect_unique(f"cluster group {name!r} already exists"):
         await conn.execute(Q.admin_cluster_group_insert, name)
     return await _cluster_group_row(conn, name)
@@ -389,8 +275,12 @@ async def _node_shown(conn: asyncpg.Connection, cluster: str, slug: str) -> list
 
 
 async def node_add(conn: asyncpg.Connection, cluster: str, slug: str, settings: NodeSettings) -> list[Row]:
+    slug = V.check_value("slug", V.NODE_SLUG, slug)
+    s = V.check_fields(settings, V.NODE_FIELDS)
+    for option, value in (("domain", s.domain), ("secret", s.secret)):
+        if value is None:
+            raise ValueError(f"{option}: required for a new node")
     cluster_row = await cluster_by_name(conn, cluster)
-    s = settings
     with expect_unique(f"node {slug!r} or domain {s.domain!r} already exists in cluster {cluster!r}"):
         await conn.execute(
             Q.admin_node_insert,
@@ -408,8 +298,8 @@ async def node_add(conn: asyncpg.Connection, cluster: str, slug: str, settings: 
 
 
 async def node_set(conn: asyncpg.Connection, ref: str, settings: NodeSettings) -> list[Row]:
+    s = V.check_fields(settings, V.NODE_FIELDS)
     node = await find_node(conn, ref)
-    s = settings
     with expect_unique(f"domain {s.domain!r} is already used in cluster {node['cluster']!r}"):
         await conn.execute(
             Q.admin_node_update,

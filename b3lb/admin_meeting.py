@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from b3lb import validation as V
 from b3lb.admin import AdminError, Row
 from b3lb.admin_tenant import tenant_by_slug
 from b3lb.db import Q
@@ -32,6 +33,7 @@ async def meeting_list(conn: asyncpg.Connection, tenant: str | None) -> list[Row
 
 
 async def meeting_where(conn: asyncpg.Connection, meeting_id: str) -> list[Row]:
+    meeting_id = V.check_value("MEETING_ID", V.MEETING_ID, meeting_id)
     rows = await conn.fetch(Q.admin_meeting_list, None, meeting_id)
     if not rows:
         raise AdminError(f"no meeting with ID {meeting_id!r}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
+from b3lb import validation as V
 from b3lb.admin import AdminError, Row, cluster_group_by_name, expect_unique
 from b3lb.db import Q
 from b3lb.models import secret_label
@@ -20,7 +21,7 @@ from b3lb.parameters import check_rule
 
 ASSET_KINDS = ("logo", "slide", "css")
 MAX_ASSET_SIZE = 16 * 1024 * 1024
-MAX_PARAMETER_VALUE = 200
+MAX_PARAMETER_VALUE = V.MAX_PARAMETER
 CREATE_JOIN = ("CREATE", "JOIN", "BOTH")
 MODES = ("BLOCK", "SET", "OVERRIDE")
 RECORD_FORMATS = ("MP4", "WEBM")
@@ -80,6 +81,8 @@ async def _tenant_shown(conn: asyncpg.Connection, slug: str) -> list[Row]:
 
 
 async def tenant_add(conn: asyncpg.Connection, slug: str, settings: TenantSettings) -> list[Row]:
+    slug = V.parse_tenant_slug(slug)
+    settings = V.check_fields(settings, V.TENANT_FIELDS)
     if settings.cluster_group is None:
         raise AdminError("a tenant needs a cluster group (--clustergroup NAME)")
     group = await cluster_group_by_name(conn, settings.cluster_group)
@@ -90,6 +93,7 @@ async def tenant_add(conn: asyncpg.Connection, slug: str, settings: TenantSettin
 
 
 async def tenant_set(conn: asyncpg.Connection, slug: str, settings: TenantSettings) -> list[Row]:
+    settings = V.check_fields(settings, V.TENANT_FIELDS)
     tenant = await tenant_by_slug(conn, slug)
     await _tenant_apply(conn, tenant["id"], settings)
     return await _tenant_shown(conn, slug)
@@ -160,6 +164,8 @@ async def secret_list(conn: asyncpg.Connection, slug: str | None = None) -> list
 
 async def secret_add(conn: asyncpg.Connection, slug: str, sub_ids: range, settings: SecretSettings) -> list[Row]:
     """One new secret per sub-id; if any of them exists, none is created."""
+    sub_ids = V.check_sub_ids(sub_ids)
+    settings = V.check_fields(settings, V.LIMIT_FIELDS)
     tenant = await tenant_by_slug(conn, slug)
     taken = await conn.fetch(Q.admin_secret_sub_ids_between, tenant["id"], sub_ids.start, sub_ids.stop - 1)
     if taken:
@@ -212,14 +218,13 @@ class ParameterRule:
             raise ValueError(f"invalid --for {self.create_join!r}: choose {', '.join(CREATE_JOIN)}")
         if self.mode not in MODES:
             raise ValueError(f"invalid --mode {self.mode!r}: choose {', '.join(MODES)}")
-        if not self.name or len(self.name) > 200 or any(c.isspace() for c in self.name):
-            raise ValueError(f"invalid parameter name {self.name!r}")
+        V.check_value("NAME", V.PARAMETER_NAME, self.name)
         if self.mode == "BLOCK" and self.value is not None:
             raise ValueError("a BLOCK rule takes no VALUE")
         if self.mode != "BLOCK" and self.value is None:
             raise ValueError(f"a {self.mode} rule needs a VALUE")
-        if self.value is not None and len(self.value) > MAX_PARAMETER_VALUE:
-            raise ValueError(f"VALUE is longer than {MAX_PARAMETER_VALUE} characters")
+        if self.value is not None:
+            V.check_value("VALUE", V.PARAMETER_VALUE, self.value)
         check_rule(self.create_join, self.mode, self.name, self.value)
 
 
@@ -258,6 +263,7 @@ async def parameter_list(conn: asyncpg.Connection, slug: str | None = None) -> l
 
 
 async def parameter_remove(conn: asyncpg.Connection, rule_id: int) -> list[Row]:
+    rule_id = V.check_value("id", V.ROW_ID, rule_id)
     if await conn.fetchval(Q.admin_parameter_delete, rule_id) is None:
         raise AdminError(f"no parameter rule with id {rule_id}")
     return [{"removed": rule_id}]
@@ -279,8 +285,10 @@ def read_asset(kind: str, path: Path) -> tuple[str, str, bytes]:
         raise AdminError(f"{path}: the file is empty")
     if len(data) > MAX_ASSET_SIZE:
         raise AdminError(f"{path}: larger than 16 MiB")
+    if V.has_control(path.name):
+        raise AdminError(f"{path}: rename the file: its name has control characters")
     mime = "text/css" if kind == "css" else mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return path.name[:200], mime, data
+    return path.name[: V.MAX_TEXT], mime[:100], data
 
 
 async def asset_list(conn: asyncpg.Connection) -> list[Row]:
@@ -326,6 +334,8 @@ async def record_profile_list(conn: asyncpg.Connection) -> list[Row]:
 
 
 async def record_profile_add(conn: asyncpg.Connection, name: str, settings: ProfileSettings) -> list[Row]:
+    name = V.check_value("name", V.NAME, name)
+    settings = V.check_fields(settings, V.PROFILE_FIELDS)
     with expect_unique(f"recording profile {name!r} already exists"):
         profile_id = await conn.fetchval(Q.admin_record_profile_insert, name)
     s = settings

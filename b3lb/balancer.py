@@ -10,13 +10,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from b3lb.loadscore import load_score
 from b3lb.models import Cluster, Node
 
 log = logging.getLogger("b3lb.balancer")
+
+CREATE_BACKOFF = 5.0  # seconds a node is passed over after its first failed create; doubled per failure
+CREATE_BACKOFF_MAX = 300.0
 
 
 @dataclass(slots=True)
@@ -31,6 +34,12 @@ class NodeEntry:
     last_ok: float = 0.0  # time.time() of the last good poll
     load: float = 0.0
     api_url: str = ""  # the node's API base, built once rather than on every forwarded call
+    # Placement back-off after creates the node certainly failed (its polls may look fine):
+    # new meetings go elsewhere until `avoid_until` (monotonic) unless no other node is left.
+    # Local to this process and not health: the poller alone decides has_errors.
+    create_faults: int = 0
+    avoid_until: float = 0.0
+    call_error: str = ""  # the last failed call's reason, so a failing node logs once, not per call
 
     def __post_init__(self) -> None:
         self.api_url = self.node.api_url
@@ -53,6 +62,15 @@ class NodeEntry:
     def available(self) -> bool:
         return not self.node.maintenance and not self.node.has_errors
 
+    def create_failed(self) -> None:
+        self.create_faults += 1
+        backoff = min(CREATE_BACKOFF_MAX, CREATE_BACKOFF * 2 ** min(self.create_faults - 1, 16))
+        self.avoid_until = time.monotonic() + backoff
+
+    def create_succeeded(self) -> None:
+        if self.create_faults:
+            self.create_faults, self.avoid_until = 0, 0.0
+
 
 @dataclass
 class LoadTable:
@@ -69,11 +87,13 @@ class LoadTable:
         group_clusters: Iterable[tuple[int, int]],
         *,
         keep_live: bool = True,
+        keep_health: Container[int] = (),
     ) -> None:
         """Load configuration from the database, keeping the live fields of known nodes.
 
         With keep_live (this process polls or places meetings), pending weight and health
-        counters survive; the database's error flag is still authoritative for has_errors.
+        counters survive. has_errors comes from the database, except for the nodes in keep_health:
+        the poller's verdicts it could not store yet, which a reload must not undo.
         """
         cluster_by_id = {c.id: c for c in clusters}
         entries: dict[int, NodeEntry] = {}
@@ -87,6 +107,10 @@ class LoadTable:
                 entry.pending_meetings = old.pending_meetings
                 entry.failures, entry.successes = old.failures, old.successes
                 entry.last_error, entry.last_ok = old.last_error, old.last_ok
+                entry.create_faults, entry.avoid_until = old.create_faults, old.avoid_until
+                entry.call_error = old.call_error
+                if node.id in keep_health:
+                    node.has_errors = old.node.has_errors
             entry.recompute()
             entries[node.id] = entry
         groups: dict[int, list[int]] = {}
@@ -102,16 +126,23 @@ class LoadTable:
         """The least loaded available node of the group, random among equals; None if none."""
         best: list[NodeEntry] = []
         best_load = 0.0
+        avoided: list[NodeEntry] = []
+        now = 0.0
         for node_id in self.group_nodes.get(cluster_group_id, ()):
             entry = self.nodes[node_id]
             if entry.load < 0 or (exclude and node_id in exclude):
                 continue
+            if entry.avoid_until:
+                now = now or time.monotonic()
+                if entry.avoid_until > now:
+                    avoided.append(entry)
+                    continue
             if not best or entry.load < best_load:
                 best, best_load = [entry], entry.load
             elif entry.load == best_load:
                 best.append(entry)
-        if not best:
-            return None
+        if not best:  # only nodes that failed creates lately: the least loaded of them
+            return min(avoided, key=lambda e: e.load) if avoided else None
         return best[0] if len(best) == 1 else random.choice(best)
 
     def placed(self, node_id: int) -> None:

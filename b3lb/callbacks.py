@@ -14,6 +14,7 @@ from tornado.web import RequestHandler
 from b3lb.db import Q
 from b3lb.nodeclient import NodeRequestError
 from b3lb.runtime import Runtime
+from b3lb.urlguard import URLRefused, loggable
 
 log = logging.getLogger("b3lb.callbacks")
 
@@ -29,16 +30,21 @@ def relay_url(original: str, meeting_id: str, recordingmarks: str) -> str:
 
 
 async def relay(runtime: Runtime, url: str, *, backoff: float = RELAY_BACKOFF) -> bool:
-    """GET the frontend's callback; any HTTP answer below 500 ends the attempts."""
+    """GET the frontend's callback through the URL guard; any HTTP answer below 500 ends the attempts.
+    A URL the guard refuses is logged once and never retried. Logs show the URL without its query."""
+    shown = loggable(url)
     for attempt in range(1, RELAY_ATTEMPTS + 1):
         try:
-            response = await runtime.nodes.fetch(url, timeout=RELAY_TIMEOUT)
-            if response.code < 500:
+            code = await runtime.nodes.fetch_callback(url, timeout=RELAY_TIMEOUT)
+            if code < 500:
                 return True
-            reason = f"HTTP {response.code}"
+            reason = f"HTTP {code}"
+        except URLRefused as exc:
+            log.warning("end callback to %s refused: %s", shown, exc)
+            return False
         except NodeRequestError as exc:
             reason = str(exc)
-        log.warning("end callback relay attempt %d/%d to %s failed: %s", attempt, RELAY_ATTEMPTS, url, reason)
+        log.warning("end callback relay attempt %d/%d to %s failed: %s", attempt, RELAY_ATTEMPTS, shown, reason)
         if attempt < RELAY_ATTEMPTS:
             await asyncio.sleep(backoff * 2 ** (attempt - 1))
     return False
@@ -68,7 +74,7 @@ class EndCallbackHandler(RequestHandler):
         self.finish()
         for row in rows:
             self._forget(row["id"], row["secret_id"], meeting_id, row["seconds"])
-            if row["end_callback_url"].startswith(("http://", "https://")):
+            if row["end_callback_url"]:  # the URL guard in relay() decides what may be fetched
                 url = relay_url(row["end_callback_url"], meeting_id, marks)
                 self.runtime.add_task("end callback relay", relay(self.runtime, url))
 

@@ -1,9 +1,10 @@
 """The `b3lb` console script: the server, migrations and every admin command.
 
-Argument parsing and output live here; the commands themselves are in b3lb/admin.py and
-b3lb/admin_tenant.py. Each admin command runs in one transaction, so a failing command writes
-nothing. Errors are one line on stderr starting with `error: `; the exit status is 2 for bad
-usage or configuration and 1 for everything else.
+Argument parsing lives here, printing in b3lb/cli_output.py, the rules for every value in
+b3lb/validation.py, and the commands themselves in b3lb/admin.py and b3lb/admin_tenant.py. Each
+admin command runs in one transaction, so a failing command writes nothing. Errors are one line
+on stderr starting with `error: `; the exit status is 2 for bad usage or configuration and 1
+for everything else (an incomplete installation included).
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ import asyncio
 import os
 import sys
 import warnings
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
 import asyncpg
-import orjson
 
-from b3lb import admin, admin_meeting, admin_tenant
+from b3lb import admin, admin_meeting, admin_tenant, resources
 from b3lb import migrate as migrations
+from b3lb import validation as V
 from b3lb.admin import AdminError, ClusterSettings, NodeSettings
 from b3lb.admin_tenant import ParameterRule, ProfileSettings, SecretSettings, TenantSettings
+from b3lb.cli_output import print_json, print_table, show_new_secret, show_rows, show_tenant
 from b3lb.config import Config, ConfigError, load_config
 from b3lb.db import Database, DatabaseUnavailable, embedded_data_dir
 
@@ -73,74 +75,29 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
-TENANT = _typed(admin.parse_tenant_slug, "tenant slug")
-NODE_SLUG = _typed(admin.parse_node_slug, "node slug")
-NAME = _typed(admin.parse_name, "name")
-TEXT = _typed(admin.parse_text, "value")
-ENDPOINT = _typed(admin.parse_endpoint, "path")
-COUNT = _typed(admin.parse_count, "number")
-POSITIVE = _typed(admin.parse_positive, "number")
-FACTOR = _typed(admin.parse_factor, "factor")
-PORT = _typed(admin.parse_port, "port")
-SHA = _typed(admin.parse_sha, "algorithm")
-PROTOCOL = _typed(admin.parse_protocol, "protocol")
-SUB_IDS = _typed(admin.parse_sub_ids, "sub-id")
-SECRET_LABEL = _typed(admin.parse_secret_label, "secret")
+# Option types: the rules of b3lb/validation.py, so argparse names the option in the message.
+TENANT = _typed(V.parse_tenant_slug, "tenant slug")
+NODE_SLUG = _typed(V.NODE_SLUG.parse, "node slug")
+NAME = _typed(V.NAME.parse, "name")
+HOST = _typed(V.HOST.parse, "host name")
+NODE_SECRET = _typed(V.NODE_SECRET.parse, "secret")
+BBB_ENDPOINT = _typed(V.BBB_ENDPOINT.parse, "path")
+LOAD_ENDPOINT = _typed(V.LOAD_ENDPOINT.parse, "path")
+LIMIT = _typed(V.LIMIT.parse, "number")
+ROW_ID = _typed(V.ROW_ID.parse, "number")
+PIXELS = _typed(V.PIXELS.parse, "number")
+FACTOR = _typed(V.FACTOR.parse, "factor")
+CPU_ITERATIONS = _typed(V.CPU_ITERATIONS.parse, "number")
+CPU_MAXIMUM = _typed(V.CPU_MAXIMUM.parse, "number")
+PORT = _typed(V.PORT.parse, "port")
+SHA = _typed(V.SHA.parse, "algorithm")
+PROTOCOL = _typed(V.PROTOCOL.parse, "protocol")
+SUB_IDS = _typed(V.parse_sub_ids, "sub-id")
+SECRET_LABEL = _typed(V.parse_secret_label, "secret")
+PARAMETER_NAME = _typed(V.PARAMETER_NAME.parse, "parameter name")
+PARAMETER_VALUE = _typed(V.PARAMETER_VALUE.parse, "value")
+MEETING_ID = _typed(V.MEETING_ID.parse, "meeting ID")
 BOOL = _typed(_parse_bool, "boolean")
-
-
-# Output ------------------------------------------------------------------------------------
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.2f}".rstrip("0").rstrip(".")
-    return str(value)
-
-
-def print_table(rows: Sequence[dict[str, Any]]) -> None:
-    if not rows:
-        print("(none)")
-        return
-    columns = list(rows[0])
-    cells = [[_cell(row.get(column)) for column in columns] for row in rows]
-    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for line in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def show_rows(rows: Any, as_json: bool) -> None:
-    print_json(rows) if as_json else print_table(rows)
-
-
-def show_tenant(tenant: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print_json(tenant)
-        return
-    fields = {k: v for k, v in tenant.items() if k != "secrets"}
-    width = max(len(k) for k in fields)
-    for key, value in fields.items():
-        print(f"{key.ljust(width)}  {_cell(value)}")
-    for secret in tenant["secrets"]:
-        print()
-        print(f"secret {secret['label']} (sub-id {secret['sub_id']})")
-        for key in ("host_endpoint", "path_endpoint", "secret", "secret2"):
-            print(f"  {key.ljust(13)}  {secret[key] or '-'}")
-    if not tenant["secrets"]:
-        print(f"\nno secrets yet: create one with 'b3lb secret add {tenant['slug']} --sub-id 0'")
-
-
-def show_new_secret(rows: Any, as_json: bool) -> None:
-    print_json(rows) if as_json else print(rows[0]["secret"])
 
 
 # Running commands --------------------------------------------------------------------------
@@ -227,6 +184,12 @@ def run_db_url(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_config_example(config: Config, args: argparse.Namespace) -> int:
+    """Print the commented default configuration shipped with b3lb."""
+    sys.stdout.write(resources.example_config())
+    return 0
+
+
 def run_serve(config: Config, args: argparse.Namespace) -> int:
     from b3lb.server import serve
 
@@ -254,10 +217,13 @@ def _leaf(sub: Any, name: str, help_text: str, run: Runner, show: Shower = show_
 
 
 def _cluster_options(parser: Parser) -> None:
-    parser.add_argument("--a-factor", type=FACTOR, metavar="F", help="load per attendee (default 1.0)")
-    parser.add_argument("--m-factor", type=FACTOR, metavar="F", help="load per meeting (default 10.0)")
-    parser.add_argument("--cpu-iterations", type=COUNT, metavar="N", help="CPU polynomial terms (default 6)")
-    parser.add_argument("--cpu-maximum", type=COUNT, metavar="N", help="load of a full CPU (default 5000)")
+    factors = f"0..{int(V.MAX_FACTOR)}"
+    parser.add_argument("--a-factor", type=FACTOR, metavar="F", help=f"load per attendee, {factors} (default 1.0)")
+    parser.add_argument("--m-factor", type=FACTOR, metavar="F", help=f"load per meeting, {factors} (default 10.0)")
+    terms = f"CPU polynomial terms, 0..{V.MAX_CPU_ITERATIONS} (default 6; 0: no CPU term)"
+    parser.add_argument("--cpu-iterations", type=CPU_ITERATIONS, metavar="N", help=terms)
+    full = f"load of a full CPU, 0..{V.MAX_CPU_MAXIMUM} (default 5000)"
+    parser.add_argument("--cpu-maximum", type=CPU_MAXIMUM, metavar="N", help=full)
     parser.add_argument("--sha", type=SHA, help="checksum algorithm towards nodes: SHA256, SHA384 or SHA512")
 
 
@@ -297,12 +263,12 @@ def _add_cluster_group(sub: Any) -> None:
 
 
 def _node_options(parser: Parser, add: bool) -> None:
-    parser.add_argument("--domain", type=TEXT, required=add, help="host name or IP address of the node")
-    parser.add_argument("--secret", type=TEXT, required=add, help="the node's BBB API secret")
+    parser.add_argument("--domain", type=HOST, required=add, help="DNS name or IP address of the node (no port)")
+    parser.add_argument("--secret", type=NODE_SECRET, required=add, help="the node's BBB API secret")
     parser.add_argument("--protocol", type=PROTOCOL, help="http or https (default: node_defaults.protocol)")
-    parser.add_argument("--port", type=PORT, help="port (default: node_defaults.port)")
-    parser.add_argument("--bbb-endpoint", type=ENDPOINT, metavar="PATH", help="BBB API path")
-    parser.add_argument("--load-endpoint", type=ENDPOINT, metavar="PATH", help="load report path")
+    parser.add_argument("--port", type=PORT, help="port, 1..65535 (default: node_defaults.port)")
+    parser.add_argument("--bbb-endpoint", type=BBB_ENDPOINT, metavar="PATH", help="BBB API path")
+    parser.add_argument("--load-endpoint", type=LOAD_ENDPOINT, metavar="PATH", help="load report path")
     if add:
         parser.add_argument("--maintenance", action="store_true", help="start in maintenance mode")
     else:
@@ -355,8 +321,9 @@ def _add_node(sub: Any) -> None:
 
 def _tenant_options(parser: Parser, add: bool) -> None:
     parser.add_argument("--clustergroup", type=NAME, required=add, metavar="NAME", help="cluster group")
-    parser.add_argument("--attendee-limit", type=COUNT, metavar="N", help="max attendees (0: unlimited)")
-    parser.add_argument("--meeting-limit", type=COUNT, metavar="N", help="max meetings (0: unlimited)")
+    limits = f"0..{V.MAX_LIMIT}, 0: unlimited"
+    parser.add_argument("--attendee-limit", type=LIMIT, metavar="N", help=f"max attendees ({limits})")
+    parser.add_argument("--meeting-limit", type=LIMIT, metavar="N", help=f"max meetings ({limits})")
     parser.add_argument("--record-by-default", action=argparse.BooleanOptionalAction, help="record by default")
 
 
@@ -410,8 +377,8 @@ def _add_secret(sub: Any) -> None:
     )
     p.add_argument("tenant", type=TENANT)
     p.add_argument("--sub-id", type=SUB_IDS, default=range(1), metavar="N|N-M", help="0..999 (default 0)")
-    p.add_argument("--attendee-limit", type=COUNT, metavar="N", help="override the tenant's limit")
-    p.add_argument("--meeting-limit", type=COUNT, metavar="N", help="override the tenant's limit")
+    p.add_argument("--attendee-limit", type=LIMIT, metavar="N", help="override the tenant's limit")
+    p.add_argument("--meeting-limit", type=LIMIT, metavar="N", help="override the tenant's limit")
     p.add_argument("--record-by-default", type=BOOL, metavar="true|false", help="override the tenant's choice")
     p = _leaf(commands, "list", "list secrets", lambda c, a, _: admin_tenant.secret_list(c, a.tenant))
     p.add_argument("--tenant", type=TENANT)
@@ -445,12 +412,12 @@ def _add_parameter(sub: Any) -> None:
     owner.add_argument("--secret", type=SECRET_LABEL, metavar="TENANT-NNN", help="rule for one secret")
     p.add_argument("--for", dest="create_join", type=str.upper, choices=admin_tenant.CREATE_JOIN, required=True)
     p.add_argument("--mode", type=str.upper, choices=admin_tenant.MODES, required=True)
-    p.add_argument("name", help="BBB parameter name")
-    p.add_argument("value", nargs="?", help="value (up to 200 characters)")
+    p.add_argument("name", type=PARAMETER_NAME, help="BBB parameter name")
+    p.add_argument("value", type=PARAMETER_VALUE, nargs="?", help=f"value (up to {V.MAX_PARAMETER} characters)")
     p = _leaf(commands, "list", "list rules", lambda c, a, _: admin_tenant.parameter_list(c, a.tenant))
     p.add_argument("--tenant", type=TENANT)
     p = _leaf(commands, "remove", "remove a rule by id", lambda c, a, _: admin_tenant.parameter_remove(c, a.id))
-    p.add_argument("id", type=POSITIVE)
+    p.add_argument("id", type=ROW_ID)
 
 
 def _add_asset(sub: Any) -> None:
@@ -494,7 +461,7 @@ def _add_record_profile(sub: Any) -> None:
     )
     p.add_argument("name", type=NAME)
     for option, default in (("width", 1920), ("height", 1080), ("webcam-width", 320), ("webcam-height", 180)):
-        p.add_argument(f"--{option}", type=POSITIVE, metavar="N", help=f"pixels (default {default})")
+        p.add_argument(f"--{option}", type=PIXELS, metavar="N", help=f"pixels, 1..{V.MAX_PIXELS} (default {default})")
     p.add_argument("--webcam-stretch", action="store_true", default=None, help="stretch webcams")
     p.add_argument("--webcam-crop", action="store_true", default=None, help="crop webcams")
     p.add_argument("--format", type=str.upper, choices=admin_tenant.RECORD_FORMATS, help="default MP4")
@@ -513,7 +480,7 @@ def _add_meeting(sub: Any) -> None:
     p.add_argument("--tenant", type=TENANT)
     p = _leaf(commands, "where", "show the node hosting a meeting", lambda c, a, _: admin_meeting.meeting_where(
         c, a.meeting_id))
-    p.add_argument("meeting_id", metavar="MEETING_ID")
+    p.add_argument("meeting_id", type=MEETING_ID, metavar="MEETING_ID")
 
 
 def build_parser() -> Parser:
@@ -539,7 +506,10 @@ def build_parser() -> Parser:
         "PostgreSQL is started and left running until the next b3lb process that uses it exits.",
         parents=[COMMON],
     )
-    p.set_defaults(handler=run_db_url)
+    p.set_defaults(handler=run_db_url, needs_sql=False)
+    text = "print the shipped conf/b3lb.conf: every key with its default and a comment"
+    p = sub.add_parser("config-example", help=text, description=text, parents=[COMMON])
+    p.set_defaults(handler=run_config_example, needs_sql=False)
     for add in (
         _add_cluster,
         _add_cluster_group,
@@ -574,7 +544,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(f"config: {exc}", 2)
     try:
+        if getattr(args, "needs_sql", True):
+            resources.require_sql_files()  # an incomplete install stops here, not on its first query
         return int(args.handler(config, args))
+    except resources.MissingFiles as exc:
+        return _fail(str(exc), 1)
     except AdminError as exc:
         return _fail(str(exc), 1)
     except ValueError as exc:

@@ -8,6 +8,7 @@ are start-up errors that name the key, so a typo never silently falls back to a 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -33,8 +34,14 @@ class ServerConfig:
     public_scheme: str = "https"
     # Peers whose X-Forwarded-Host header is believed (exact IP addresses).
     trusted_proxies: list[str] = field(default_factory=list)
+    # Bytes: a larger body is answered 413, a longer request line 414, a longer head 431 (httplimits.py).
     max_body_size: int = 4 * 1024 * 1024
     max_header_size: int = 64 * 1024
+    # Seconds: for a request head once its first byte came, for a request body, and for the next
+    # request on an open connection. A client that takes longer is disconnected.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    idle_timeout: float = 60.0
     log_level: str = "INFO"
     # Embedded database and other local state live here.
     data_dir: str = "./var"
@@ -51,16 +58,20 @@ class DatabaseConfig:
     # Seconds; a query that takes longer fails instead of hanging a request.
     command_timeout: float = 10.0
     connect_timeout: float = 5.0
-    # For the serving process's own writes (meetings, counters, poll results: state the poller
-    # rebuilds). "off" lets a create return without waiting for the WAL flush; a database crash
-    # can then lose the last fraction of a second of them. Admin commands always commit durably.
-    synchronous_commit: str = "off"
+    # For the serving process's own writes (meetings, counters, poll results). "on" (durable): a
+    # create answers SUCCESS only once its routing record is on disk. "off" answers without waiting
+    # for the WAL flush: a database crash can then forget creates that were answered SUCCESS.
+    synchronous_commit: str = "on"
 
 
 @dataclass(frozen=True)
 class RedisConfig:
     # Empty: single-instance mode, nothing is shared through Redis.
     url: str = ""
+    # Pub/sub channel of meeting events. Empty: derived from the database's identity (cluster,
+    # database, schema), so deployments sharing one Redis never hear each other (pub/sub ignores
+    # Redis DB numbers). Set it to the same value on every instance of one deployment.
+    channel: str = ""
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,13 @@ class ApiConfig:
     node_connect_timeout: float = 3.0
     node_request_timeout: float = 10.0
     max_node_connections: int = 256
+    # Largest answer (after decompression) read from a node; a larger one fails the request.
+    max_node_answer_bytes: int = 64 * 1024 * 1024
+    # PEM file of a private CA that signs the nodes' certificates (trusted besides the system's CAs).
+    node_ca_file: str = ""
+    # Nodes a new meeting's create is tried on when a node certainly failed it (refused, 5xx,
+    # unusable or internalError answer). A create sent but not answered in time is never retried.
+    create_attempts: int = 3
     # Answer authentication failures with B3LB's 401 instead of BBB's checksumError XML.
     legacy_401_on_auth_failure: bool = False
     # Answer a join for an unknown meeting with B3LB's empty 400.
@@ -106,8 +124,16 @@ class PollerConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    # Token for the global /b3lb/metrics view from other hosts than the base domain; empty: none.
+    # Authorization token of the global /b3lb/metrics view (all tenants and nodes), from any host.
+    # Empty: the global view is closed (401); tenants still read theirs with their stats token.
     admin_token: str = ""
+
+
+@dataclass(frozen=True)
+class CallbacksConfig:
+    # CIDRs that tenant-supplied callback URLs may reach although they are loopback, private,
+    # link-local or reserved (b3lb/urlguard.py). Empty: only public addresses.
+    allowed_networks: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -119,6 +145,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     poller: PollerConfig = field(default_factory=PollerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
 
     @property
     def public_base_url(self) -> str:
@@ -204,16 +231,61 @@ def _validate(config: Config) -> None:
         raise ConfigError("server.public_scheme: must be http or https")
     if config.node_defaults.protocol not in ("http", "https"):
         raise ConfigError("node_defaults.protocol: must be http or https")
+    _validate_node_defaults(config.node_defaults)
     if not 0 <= config.server.port <= 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
+    if not 1024 <= config.server.max_header_size <= 16 * 1024 * 1024 or config.server.max_body_size < 0:
+        raise ConfigError("server.max_header_size / max_body_size: 1 KiB to 16 MiB of head, a body size >= 0")
+    if min(config.server.header_timeout, config.server.body_timeout, config.server.idle_timeout) <= 0:
+        raise ConfigError("server.header_timeout / body_timeout / idle_timeout: must be more than 0 seconds")
+    _validate_admin_token(config.metrics.admin_token)
     if config.server.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError(f"server.log_level: unknown level {config.server.log_level!r}")
     if config.database.pool_min_size < 0 or config.database.pool_max_size < 1:
         raise ConfigError("database.pool_max_size: must be at least 1")
     if config.database.synchronous_commit not in ("on", "off", "local", "remote_write", "remote_apply"):
         raise ConfigError("database.synchronous_commit: must be on, off, local, remote_write or remote_apply")
+    if not 1 <= config.api.create_attempts <= 10:
+        raise ConfigError("api.create_attempts: must be between 1 and 10")
+    channel = config.redis.channel
+    if len(channel) > 200 or not all(c.isprintable() and not c.isspace() for c in channel):
+        raise ConfigError("redis.channel: at most 200 printable characters without spaces")
     if config.poller.error_after < 1 or config.poller.recover_after < 1:
         raise ConfigError("poller.error_after / poller.recover_after: must be at least 1")
+    _validate_node_client(config)
+
+
+def _validate_node_client(config: Config) -> None:
+    if config.api.max_node_answer_bytes < 1024:
+        raise ConfigError("api.max_node_answer_bytes: must be at least 1024")
+    if config.api.max_node_connections < 1:
+        raise ConfigError("api.max_node_connections: must be at least 1")
+    if config.api.node_ca_file and not Path(config.api.node_ca_file).is_file():
+        raise ConfigError(f"api.node_ca_file: no such file {config.api.node_ca_file!r}")
+    for cidr in config.callbacks.allowed_networks:
+        try:
+            ipaddress.ip_network(cidr.strip(), strict=False)  # as b3lb.urlguard.parse_networks reads it
+        except ValueError:
+            raise ConfigError(f"callbacks.allowed_networks: not a network: {cidr!r}") from None
+
+
+def _validate_node_defaults(defaults: NodeDefaults) -> None:
+    """The values `b3lb node add` stores when no option is given obey the same rules as the options."""
+    from b3lb import validation as v  # imports nothing of b3lb: no cycle
+
+    rules = {"port": v.PORT, "bbb_endpoint": v.BBB_ENDPOINT, "load_endpoint": v.LOAD_ENDPOINT}
+    for key, rule in rules.items():
+        try:
+            rule.check(getattr(defaults, key))
+        except ValueError as exc:
+            raise ConfigError(f"node_defaults.{key}: {exc}") from None
+
+
+def _validate_admin_token(token: str) -> None:
+    """Empty (the global metrics view is closed), or a secret fit for an Authorization header."""
+    if token and (len(token) < 16 or not all("!" <= c <= "~" for c in token)):
+        raise ConfigError("metrics.admin_token: at least 16 printable ASCII characters without spaces "
+                          "(e.g. from `openssl rand -hex 32`), or empty")
 
 
 def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:

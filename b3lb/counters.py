@@ -42,7 +42,7 @@ class Counters:
             setattr(delta, name, getattr(delta, name) + amount)
 
     async def flush(self, pool: asyncpg.Pool) -> int:
-        """Write pending deltas; on failure they are kept for the next flush."""
+        """Write pending deltas; on failure they are kept for the next flush and the error is raised."""
         if not self.pending:
             return 0
         batch, self.pending = self.pending, {}
@@ -50,12 +50,11 @@ class Counters:
         columns = [[getattr(batch[i], f.name) for i in ids] for f in fields(CounterDelta)]
         try:
             await pool.execute(Q.counters_add, ids, *columns)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("counter flush failed, keeping %d deltas: %s", len(ids), exc)
+        except BaseException:  # kept for the next flush; the caller reports it (once per outage)
             for secret_id, delta in batch.items():
                 for f in fields(CounterDelta):
                     self._merge_pending(secret_id, f.name, getattr(delta, f.name))
-            return 0
+            raise
         return len(ids)
 
     def meeting_ended(self, secret_id: int, seconds: float | None) -> None:

@@ -17,10 +17,10 @@ from typing import Any
 import asyncpg
 
 from b3lb.config import Config
+from b3lb.resources import SQL_DIR
 
 log = logging.getLogger("b3lb.db")
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _NAME_LINE = re.compile(r"^--\s*name:\s*([a-z_][a-z0-9_]*)\s*$", re.MULTILINE)
 
 

@@ -33,10 +33,11 @@ class PingHandler(RequestHandler):
         try:
             await asyncio.wait_for(self.runtime.pool.fetchval(Q.ping), timeout=2.0)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("ping: database unavailable: %s", exc or type(exc).__name__)
+            self.runtime.database.failed(f"ping: {exc or type(exc).__name__}")  # logged once per outage
             self.set_status(503)
             self.finish("Doh!")
             return
+        self.runtime.database.succeeded()
         self.finish("OK!")
 
 
@@ -58,6 +59,17 @@ class AssetHandler(RequestHandler):
         self.finish(bytes(row["data"]))
 
 
+def token_matches(presented: str, expected: str) -> bool:
+    """Whether an Authorization value is the expected token, in constant time, on bytes.
+
+    Tornado hands header values over decoded as latin-1, so they may hold any byte; comparing
+    str with hmac.compare_digest raises TypeError on non-ASCII (a 500). The bytes as sent are
+    compared with the token's UTF-8 bytes. An empty expected token never matches."""
+    if not expected or not presented:
+        return False
+    return hmac.compare_digest(presented.encode("latin-1", "replace"), expected.encode("utf-8"))
+
+
 class _TenantEndpoint(RequestHandler):
     """Shared by /b3lb/stats and /b3lb/metrics: tenant from path or Host, token in Authorization."""
 
@@ -67,10 +79,12 @@ class _TenantEndpoint(RequestHandler):
     def compute_etag(self) -> None:
         return None
 
+    def presented_token(self) -> str:
+        return self.request.headers.get("Authorization", "")
+
     def authorized_secret(self, slug: str | None, sub: str | None) -> SecretContext | None:
         ctx = self.runtime.secret_for(self.request, slug, sub)
-        token = self.request.headers.get("Authorization", "")
-        if ctx is None or not token or not hmac.compare_digest(token, ctx.tenant.stats_token):
+        if ctx is None or not token_matches(self.presented_token(), ctx.tenant.stats_token):
             return None
         return ctx
 
@@ -103,19 +117,22 @@ class StatsHandler(_TenantEndpoint):
 
 
 class MetricsHandler(_TenantEndpoint):
-    """`GET /b3lb/metrics`: the global view on the base domain or with the admin token, a
-    tenant's (or secret's) view with its stats token, else 401."""
+    """`GET /b3lb/metrics`: the URL picks the view, the Authorization token opens it (spec 4.6,
+    as its REC says): a tenant's (or secret's) view, addressed by path or Host, with the tenant's
+    stats token or `metrics.admin_token`; the global view (every tenant, every node) with the admin
+    token only, on any host that addresses no tenant. Anything else, and the global view when no
+    admin token is configured, is 401."""
 
     async def get(self, slug: str | None = None, sub: str | None = None) -> None:
-        token = self.request.headers.get("Authorization", "")
-        admin = self.runtime.config.metrics.admin_token
-        on_base = slug is None and self.runtime.hosts.is_base(self.runtime.request_host(self.request))
-        if (on_base and not token) or (admin and token and hmac.compare_digest(token, admin)):
-            scope = None
+        presented = self.presented_token()
+        admin = token_matches(presented, self.runtime.config.metrics.admin_token)
+        scope = self.runtime.secret_for(self.request, slug, sub)
+        if scope is not None:
+            allowed = admin or token_matches(presented, scope.tenant.stats_token)
         else:
-            scope = self.authorized_secret(slug, sub)
-            if scope is None:
-                return self.unauthorized()
+            allowed = admin and slug is None  # an unknown tenant in the path is no global view
+        if not allowed:
+            return self.unauthorized()
         body = await metrics.render(self.runtime, scope)
         self.set_header("Content-Type", metrics.CONTENT_TYPE)
         self.finish(body)

@@ -15,14 +15,20 @@ from typing import Any
 import asyncpg
 
 from b3lb.db import Q
+from b3lb.outage import Outage
 
 # secret id, meetingID, name, node id, end callback URL, recording-ready URL
 InsertArgs = tuple[int, str, str, int, str, str]
 
 
 class MeetingInserts:
-    def __init__(self, pool: asyncpg.Pool, *, max_in_flight: int = 2, max_batch: int = 500) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, *, max_in_flight: int = 2, max_batch: int = 500, outage: Outage | None = None
+    ) -> None:
         self._pool = pool
+        # Told when a write goes through, so the end of a database outage is logged at once; failures
+        # reach each waiting create, whose answer reports them (b3lb/api/handler.py).
+        self._outage = outage
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
         self._queue: list[tuple[InsertArgs, asyncio.Future[Any]]] = []
@@ -72,6 +78,8 @@ class MeetingInserts:
         except Exception as exc:  # the database is unreachable or timed out: every create learns it
             _fail(batch, exc)
             return
+        if self._outage is not None:
+            self._outage.succeeded()
         won = {(row["secret_id"], row["meeting_id"]): row for row in rows}
         for args, future in batch:
             # pop: of two creates of one meeting in a batch, the first gets the row, the second None

@@ -9,11 +9,16 @@ handlers (get_query_argument) still get the arguments, parsed on first use.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Awaitable
+from typing import cast
 
 from tornado import httputil
 from tornado.escape import parse_qs_bytes
+from tornado.http1connection import HTTP1Connection
 from tornado.routing import _RoutingDelegate
+
+from b3lb.httplimits import LINGER_BYTES, log_refusal, refuse, refuse_while_read, request_label
 
 
 class LazyQueryRequest(httputil.HTTPServerRequest):
@@ -51,7 +56,15 @@ class LazyQueryRequest(httputil.HTTPServerRequest):
 
 
 class LazyQueryDelegate(_RoutingDelegate):
-    """Tornado's routing delegate, building a LazyQueryRequest instead of an HTTPServerRequest."""
+    """Tornado's routing delegate, building a LazyQueryRequest instead of an HTTPServerRequest,
+    and answering 413 for a body over the connection's max_body_size (httplimits.py says why
+    here and not in Tornado, which resets or answers a bare 400)."""
+
+    # Bytes a chunked body may still bring; None for other requests (Content-Length was checked).
+    body_room: int | None = None
+    refused = False
+    _label = ""  # the refused request, for the log
+    _limit = 0
 
     def headers_received(
         self,
@@ -59,6 +72,10 @@ class LazyQueryDelegate(_RoutingDelegate):
         headers: httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
         assert isinstance(start_line, httputil.RequestStartLine)
+        if "Content-Length" in headers or "Transfer-Encoding" in headers:  # a body: never a join
+            refusal = self._check_body(start_line, headers.get("Content-Length"), headers.get("Transfer-Encoding"))
+            if refusal is not None:
+                return refusal
         request = LazyQueryRequest.from_start_line(
             start_line, connection=self.request_conn, server_connection=self.server_conn, headers=headers
         )
@@ -66,3 +83,62 @@ class LazyQueryDelegate(_RoutingDelegate):
         if self.delegate is None:  # Application always finds one (its default handler)
             raise RuntimeError(f"no handler for {start_line.path}")
         return self.delegate.headers_received(start_line, headers)
+
+    def _check_body(
+        self, start_line: httputil.RequestStartLine, declared: str | None, encoding: str | None
+    ) -> Awaitable[None] | None:
+        connection = cast(HTTP1Connection, self.request_conn)
+        limit = connection.params.max_body_size
+        if limit is None:
+            limit = connection.stream.max_buffer_size
+        if declared is not None:
+            if _declared_length(declared) > limit:
+                log_refusal(413, connection.context, f"{request_label(start_line.method, start_line.path)}: "
+                                                     f"Content-Length {declared.strip()[:20]} over {limit}")
+                # Ours from here: Tornado neither reads the body nor answers (nor sends 100 Continue).
+                stream = connection.detach()
+                return refuse(stream, 413, f"Content Too Large: the body is limited to {limit} bytes")
+        elif encoding.strip().lower() == "chunked":  # type: ignore[union-attr]
+            # Counted in data_received: Tornado would answer a bare 400 when the sum of chunk sizes
+            # passes its limit, so its limit is lifted for this request.
+            self.body_room = self._limit = limit
+            connection.set_max_body_size(sys.maxsize)
+            self._label = request_label(start_line.method, start_line.path)
+        return None
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self.body_room is not None:
+            self.body_room -= len(chunk)
+            if self.refused:  # discarding what the refused client still sends, bounded
+                if self.body_room < -LINGER_BYTES:
+                    cast(HTTP1Connection, self.request_conn).stream.close()
+                return None
+            if self.body_room < 0:
+                self._refuse_chunked()
+                return None
+        assert self.delegate is not None
+        return self.delegate.data_received(chunk)
+
+    def _refuse_chunked(self) -> None:
+        connection = cast(HTTP1Connection, self.request_conn)
+        self.refused = True
+        log_refusal(413, connection.context, f"{self._label}: chunked body over {self._limit}")
+        # Tornado goes on reading the chunks (handed to us and dropped) until the body ends, the
+        # client closes, or the linger time or the body timeout runs out.
+        refuse_while_read(connection.stream, 413, f"Content Too Large: the body is limited to {self._limit} bytes")
+
+    def finish(self) -> None:
+        if self.refused:  # the refused body ended: nothing more to read or answer
+            cast(HTTP1Connection, self.request_conn).stream.close()
+            return
+        super().finish()
+
+
+def _declared_length(value: str) -> int:
+    """The largest length in a Content-Length value (a repeated header arrives joined by commas;
+    Tornado refuses unequal ones), -1 when it is no number (Tornado answers that with 400)."""
+    pieces = [piece.strip() for piece in value.split(",")]
+    if not all(piece.isascii() and piece.isdigit() for piece in pieces):
+        return -1
+    # More than 18 digits is more than any limit (and int() refuses numbers of over 4,300 digits).
+    return max(sys.maxsize if len(piece) > 18 else int(piece) for piece in pieces)

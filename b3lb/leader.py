@@ -16,6 +16,7 @@ import time
 import asyncpg
 
 from b3lb.db import Q
+from b3lb.outage import describe, is_database_unavailable
 from b3lb.poller import Poller
 from b3lb.runtime import Runtime
 
@@ -53,7 +54,10 @@ class Leadership:
                 log.info("this process now polls the fleet")
             return self.leading
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.warning("lost the poller lock connection: %s", exc)
+            if self.leading or not is_database_unavailable(exc):
+                log.warning("lost the poller lock connection: %s", exc)
+            if is_database_unavailable(exc):  # each later attempt during the outage: counted, not logged
+                self.runtime.database.failed(f"poller lock: {describe(exc)}")
             await self._release()
             return False
 
@@ -66,8 +70,11 @@ class Leadership:
                 await pool.execute(Q.metrics_cleanup, self.runtime.config.poller.metrics_retention_days)
                 await pool.execute(Q.ended_cleanup)
                 self._last_cleanup = time.monotonic()
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("housekeeping failed: %s", exc)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            if is_database_unavailable(exc):
+                self.runtime.database.failed(f"housekeeping: {describe(exc)}")
+            else:
+                log.warning("housekeeping failed: %s", exc)
 
     async def _release(self) -> None:
         if self.leading:

@@ -27,6 +27,13 @@ class MeetingRef:
     xml: bytes | None = None
     # Counts and origin as last written to the database, so unchanged meetings are not rewritten.
     polled: tuple[object, ...] | None = None
+    # Learnt from another instance's Redis event, not from the database: a create must still
+    # write (or find) its row rather than trust it (b3lb/events.py).
+    via_event: bool = False
+    # Monotonic time a create's answer failed to come (timeout after sending); 0.0: certain.
+    # The node may or may not run it: the first poll of its node that starts later confirms it
+    # (listed) or drops it (b3lb/poller.py), so nothing running on a node stays unknown.
+    uncertain_since: float = 0.0
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> MeetingRef:
@@ -152,6 +159,7 @@ class MeetingTable:
             previous = known.get(ref.id)
             if previous is not None:
                 ref.seen_at, ref.xml, ref.polled = previous.seen_at, previous.xml, previous.polled
+                ref.uncertain_since = previous.uncertain_since
             recent.pop((ref.secret_id, ref.meeting_id), None)
             self.add(ref)
         for ref in recent.values():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
-from b3lb.db import SQL_DIR
+from b3lb.resources import SQL_DIR
 
 MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -65,6 +65,8 @@ def migration_files(directory: Path = SQL_DIR) -> list[MigrationFile]:
             raise MigrationError(f"{path.name}: version {version} already used by {seen[version]}")
         seen[version] = path.name
         files.append(MigrationFile(version, path.name, path))
+    if not files:  # every schema starts with 0001: none at all means an incomplete installation
+        raise MigrationError(f"no migration files (NNNN_*.sql) in {directory}: incomplete installation")
     return files
 
 

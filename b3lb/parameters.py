@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 BOOL = r"^(true|false)$"
-NUMBER = r"^\d+$"
+NUMBER = r"^[0-9]{1,9}$"  # BBB reads these as Java ints: at most 999,999,999
 URL = r"^https?://[\w.-]+(?:\.[\w.-]+)+[\w._~:/?#[\]@!\$&'()*+,;=.%-]+$"
 ANY = r"^.+$"
 LAYOUTS = (

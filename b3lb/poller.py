@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -20,16 +21,20 @@ from lxml import etree
 from b3lb import bbbxml
 from b3lb.api.forward import node_url
 from b3lb.balancer import NodeEntry
+from b3lb.columns import ERROR_SIZE, ORIGIN_SIZE, fit_count, fit_list_text, fit_text
 from b3lb.db import Q
 from b3lb.meetings import MeetingRef
 from b3lb.memory import release_free_memory
 from b3lb.nodeclient import NodeRequestError, NodeResponse
+from b3lb.outage import is_database_unavailable
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.poller")
 # After a cycle that wrote this much list XML, freed memory goes back to the OS (b3lb/memory.py).
 TRIM_AFTER_BYTES = 4 * 1024 * 1024
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
+# A failed API call asks for an extra poll of its node, at most this often per node (seconds).
+PROBE_MIN_GAP = 2.0
 
 
 @dataclass(slots=True)
@@ -46,6 +51,7 @@ class NodePoll:
     entry: NodeEntry
     ok: bool = False
     error: str = ""
+    local: bool = False  # failed inside b3lb (no free connection slot): says nothing about the node
     cpu_load: float | None = None  # percent; None: the load endpoint gave nothing usable
     meetings: int = 0
     attendees: int = 0
@@ -99,6 +105,12 @@ class Poller:
         self._stored_node_lists: dict[int, int] = {}
         self._stored_secret_lists: dict[int, int] = {}
         self._written = 0  # bytes of list XML the last cycle wrote
+        self._probing: set[int] = set()
+        self._probed_at: dict[int, float] = {}
+        self._store_errors: dict[str, str] = {}  # store step -> its last error, logged on change
+        # Nodes whose error state this process decided but could not store yet: a reload of the
+        # node table must keep the in-memory state, or a recovery would be undone (issue 9.4).
+        self.unstored_health: set[int] = set()
 
     async def poll_once(self) -> list[NodePoll]:
         """One full cycle over every node; returns the per-node results."""
@@ -116,7 +128,7 @@ class Poller:
         await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(entries)))))
         results = [poll for poll in polls if poll is not None]
         self._written = 0
-        await self._apply(results)
+        await self._apply(results, cycle_started=time.monotonic() - (time.perf_counter() - started))
         if self._written >= TRIM_AFTER_BYTES:  # the lists' buffers are free now
             release_free_memory()
         self.cycles += 1
@@ -124,6 +136,46 @@ class Poller:
         self.last_cpu = time.process_time() - cpu_started
         log.debug("poll cycle", extra={"nodes": len(entries), "seconds": round(self.last_duration, 3)})
         return results
+
+    def probe_soon(self, node_id: int, reason: str) -> None:
+        """Poll one node now, outside the cycle, because a call to it failed (`reason`).
+
+        Only its health is judged (the same hysteresis as a cycle's poll); meetings and lists wait
+        for the next cycle. At most one probe per node at a time and one per PROBE_MIN_GAP."""
+        entry = self.runtime.loads.nodes.get(node_id)
+        now = time.monotonic()
+        if entry is None or node_id in self._probing or now - self._probed_at.get(node_id, -1e9) < PROBE_MIN_GAP:
+            return
+        self._probing.add(node_id)
+        self._probed_at[node_id] = now
+        self.runtime.add_task("node probe", self._probe(entry))
+
+    async def _probe(self, entry: NodeEntry) -> None:
+        try:
+            result = await self._poll_timed(entry)
+            if result.cpu_load is not None:
+                entry.node.cpu_load = result.cpu_load
+            if not result.ok and not result.local:
+                log.info("extra poll of node %s failed: %s", entry.node.slug, result.error)
+            if self._judge(result):
+                entry.recompute()
+                self.unstored_health.add(entry.node.id)
+                try:
+                    await self.runtime.pool.execute(Q.node_set_error, entry.node.id, entry.node.has_errors)
+                    self.unstored_health.discard(entry.node.id)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                    log.warning("cannot store error state of node %s: %s", entry.node.slug, exc)  # next cycle will
+        finally:
+            self._probing.discard(entry.node.id)
+
+    def _judge(self, result: NodePoll) -> bool:
+        """Count one poll towards the node's health; True when its error state flipped."""
+        loads, node_id = self.runtime.loads, result.entry.node.id
+        if result.ok:
+            return loads.record_success(node_id)
+        if result.local:  # b3lb's own wait for a connection slot is not the node's failure
+            return False
+        return loads.record_failure(node_id, result.error)
 
     async def _poll_timed(self, entry: NodeEntry) -> NodePoll:
         started = time.perf_counter()
@@ -139,11 +191,14 @@ class Poller:
         result = NodePoll(entry)
         timeout = self.config.timeout
         fetch = self.runtime.nodes.fetch
-        load_call = asyncio.ensure_future(fetch(entry.node.load_url, timeout=timeout))  # runs alongside
+        load_call = asyncio.ensure_future(fetch(entry.node.load_url, timeout=timeout, purpose="poll"))  # runs alongside
         try:
-            meetings: NodeResponse | NodeRequestError = await fetch(node_url(entry, "getMeetings", []), timeout=timeout)
+            meetings: NodeResponse | NodeRequestError = await fetch(
+                node_url(entry, "getMeetings", []), timeout=timeout, purpose="poll"
+            )
         except NodeRequestError as exc:
             meetings = exc
+            result.local = getattr(exc, "kind", "") == "local"
         except BaseException:  # cancelled (shutdown): so is the load request
             load_call.cancel()
             raise
@@ -237,9 +292,11 @@ class Poller:
         for ref in owned:
             result.samples.append(MeetingSample(ref, counts, origin, server, xml))
 
-    async def _apply(self, results: list[NodePoll]) -> None:
-        """Fold one cycle into memory first (the API sees it at once), then the database."""
-        loads = self.runtime.loads
+    async def _apply(self, results: list[NodePoll], cycle_started: float = 0.0) -> None:
+        """Fold one cycle into memory first (the API sees it at once), then the database.
+
+        `cycle_started` (monotonic) decides creates whose answer never came: a poll that began
+        after the create gave up and does not list the meeting drops it."""
         grace = self.config.meeting_grace
         now = time.monotonic()
         node_rows, meeting_rows, vanished = [], [], []
@@ -248,15 +305,14 @@ class Poller:
             entry, node = result.entry, result.entry.node
             if result.cpu_load is not None:
                 node.cpu_load = result.cpu_load
+            self._judge(result)
             if result.ok:
-                loads.record_success(node.id)
-                node.attendees, node.meetings = result.attendees, result.meetings
+                node.attendees, node.meetings = fit_count(result.attendees), fit_count(result.meetings)
                 entry.pending_meetings = 0  # the poll now sees what we placed
                 entry.last_error = ""
-                vanished.extend(self._update_meetings(result, now, grace, meeting_rows))
+                vanished.extend(self._update_meetings(result, now, grace, meeting_rows, cycle_started))
                 node_list: list[bytes] | None = [s.xml for s in result.samples]
             else:
-                loads.record_failure(node.id, result.error)
                 log.info("poll of node %s failed: %s", node.slug, result.error)
                 node_list = [] if node.has_errors else None  # None: keep the stored list
             # Unchanged elements are the very objects of the last cycle, whose hashes are cached:
@@ -265,26 +321,43 @@ class Poller:
                 changed_nodes[node.id] = (key, b"".join(node_list))
             entry.recompute()
             node_rows.append((node.id, node.cpu_load, node.attendees, node.meetings, node.has_errors,
-                              result.ok, result.error[:500]))
+                              result.ok, fit_text(result.error, ERROR_SIZE)))
         await self._store(node_rows, meeting_rows, vanished, changed_nodes)
 
     def _update_meetings(
-        self, result: NodePoll, now: float, grace: float, meeting_rows: list[tuple[object, ...]]
+        self,
+        result: NodePoll,
+        now: float,
+        grace: float,
+        meeting_rows: list[tuple[object, ...]],
+        cycle_started: float = 0.0,
     ) -> list[MeetingRef]:
         for sample in result.samples:
             ref = sample.ref
-            self.runtime.meetings.set_attendees(ref, sample.counts[0])
+            # What the node reports is cut to fit the columns (a tenant controls the metadata)
+            counts = tuple(map(fit_count, sample.counts))
+            self.runtime.meetings.set_attendees(ref, counts[0])
             ref.xml = sample.xml
-            polled = (*sample.counts, sample.origin, sample.origin_server_name)
+            if ref.uncertain_since:
+                ref.uncertain_since = 0.0
+                log.info("meeting %s: its unanswered create did reach node %s", ref.id, result.entry.node.slug)
+            polled = (*counts, fit_text(sample.origin, ORIGIN_SIZE), fit_text(sample.origin_server_name, ORIGIN_SIZE))
             if polled != ref.polled:  # only changed meetings are written
                 ref.polled = polled
                 meeting_rows.append((ref.id, *polled))
         gone = []
         for ref in list(self.runtime.meetings.refs_on_node(result.entry.node.id)):
-            if ref.meeting_id not in result.listed and now - ref.seen_at > grace:
-                self.runtime.meetings.remove(ref)
-                self.runtime.announce("ended", ref)
-                gone.append(ref)
+            if ref.meeting_id in result.listed:
+                continue
+            if ref.uncertain_since:  # wait for a poll that began after the create gave up
+                if cycle_started <= ref.uncertain_since:
+                    continue
+                log.info("meeting %s: its unanswered create never reached node %s", ref.id, result.entry.node.slug)
+            elif now - ref.seen_at <= grace:
+                continue
+            self.runtime.meetings.remove(ref)
+            self.runtime.announce("ended", ref)
+            gone.append(ref)
         return gone
 
     async def _store(
@@ -298,35 +371,93 @@ class Poller:
         # bytes cache their hash, so this costs no copying of the XML
         lists = {k: _parts_key(parts) for k, parts in self.secret_list_parts().items()}
         changed_lists = self._changed_secret_lists(lists)
+        ended: list[asyncpg.Record] = []
+
+        async def nodes(conn: asyncpg.Connection) -> None:
+            await conn.execute(Q.nodes_update, *map(list, zip(*node_rows, strict=True)))
+
+        async def meetings(conn: asyncpg.Connection) -> None:
+            await self._store_rows(conn, Q.meetings_update, meeting_rows)
+
+        async def gone(conn: asyncpg.Connection) -> None:
+            ended.extend(await conn.fetch(Q.meetings_vanished, [r.id for r in vanished]))
+
+        async def node_list_texts(conn: asyncpg.Connection) -> None:
+            texts = [fit_list_text(v) for _, v in node_lists.values()]
+            await conn.execute(Q.node_lists_upsert, list(node_lists), texts)
+
+        async def secret_lists(conn: asyncpg.Connection) -> None:
+            await conn.execute(Q.secret_lists_upsert, list(changed_lists), list(changed_lists.values()))
+
+        async def stats(conn: asyncpg.Connection) -> None:
+            await conn.execute(Q.stats_refresh)
+
+        steps = {"nodes": (node_rows, nodes), "meetings": (meeting_rows, meetings), "ended meetings": (vanished, gone),
+                 "node lists": (node_lists, node_list_texts), "secret lists": (changed_lists, secret_lists),
+                 "stats": (True, stats)}
         try:
             async with pool.acquire() as conn, conn.transaction():
-                if node_rows:
-                    await conn.execute(Q.nodes_update, *map(list, zip(*node_rows, strict=True)))
-                if meeting_rows:
-                    await conn.execute(Q.meetings_update, *map(list, zip(*meeting_rows, strict=True)))
-                if vanished:
-                    rows = await conn.fetch(Q.meetings_vanished, [r.id for r in vanished])
-                    for row in rows:
-                        self.runtime.counters.meeting_ended(row["secret_id"], row["seconds"])
-                if node_lists:
-                    texts = [v.decode(errors="replace") for _, v in node_lists.values()]  # a bad byte stays its own
-                    await conn.execute(Q.node_lists_upsert, list(node_lists), texts)
-                if changed_lists:
-                    await conn.execute(Q.secret_lists_upsert, list(changed_lists), list(changed_lists.values()))
-                await conn.execute(Q.stats_refresh)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("cannot store poll results: %s", exc)
+                stored = {name: await self._store_step(conn, name, step)
+                          for name, (todo, step) in steps.items() if todo}
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            self.unstored_health.update(row[0] for row in node_rows)  # type: ignore[misc]
+            if is_database_unavailable(exc):  # once per outage, not once per cycle
+                self.runtime.poll_store.failed(exc)
+            else:
+                log.warning("cannot store poll results: %s", exc)
             return
-        self._stored_node_lists.update((k, key) for k, (key, _) in node_lists.items())
-        self._stored_secret_lists = lists
+        self.runtime.poll_store.succeeded()
+        if stored.get("nodes"):
+            self.unstored_health.difference_update(row[0] for row in node_rows)
+        else:
+            self.unstored_health.update(row[0] for row in node_rows)  # type: ignore[misc]
+        for row in ended:
+            self.runtime.counters.meeting_ended(row["secret_id"], row["seconds"])
+        if stored.get("node lists"):
+            self._stored_node_lists.update((k, key) for k, (key, _) in node_lists.items())
+        if stored.get("secret lists", True):
+            self._stored_secret_lists = lists
         self._written = sum(len(v) for _, v in node_lists.values()) + sum(map(len, changed_lists.values()))
+
+    async def _store_step(
+        self, conn: asyncpg.Connection, name: str, step: Callable[[asyncpg.Connection], Awaitable[None]]
+    ) -> bool:
+        """One part of a cycle's writes in its own savepoint: a value the database refuses spoils
+        that part only (logged when the error starts or changes), never the whole cycle."""
+        try:
+            async with conn.transaction():
+                await step(conn)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, asyncpg.ProgramLimitExceededError) as exc:
+            if self._store_errors.get(name) != str(exc):
+                log.warning("poll results: %s not stored: %s", name, exc)
+            self._store_errors[name] = str(exc)
+            return False
+        if self._store_errors.pop(name, None) is not None:
+            log.info("poll results: %s stored again", name)
+        return True
+
+    @staticmethod
+    async def _store_rows(conn: asyncpg.Connection, query: str, rows: list[tuple[object, ...]]) -> None:
+        """Rows in one statement; if the database refuses the batch, row by row without the bad ones."""
+        try:
+            async with conn.transaction():
+                await conn.execute(query, *map(list, zip(*rows, strict=True)))
+            return
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            log.warning("a batch of %d rows was refused (%s): storing them one by one", len(rows), exc)
+        for row in rows:
+            try:
+                async with conn.transaction():
+                    await conn.execute(query, *([value] for value in row))
+            except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+                log.warning("row %s not stored: %s", row[0], exc)
 
     def _changed_secret_lists(self, hashes: dict[int, int]) -> dict[int, str]:
         """The lists whose content differs from what the database holds ('' for emptied ones)."""
         stored = self._stored_secret_lists
         changed = [k for k, h in hashes.items() if stored.get(k) != h]
         parts = self.secret_list_parts(set(changed)) if changed else {}
-        result = {k: b"".join(parts.get(k, ())).decode(errors="replace") for k in changed}
+        result = {k: fit_list_text(b"".join(parts.get(k, ()))) for k in changed}
         result.update({k: "" for k in stored if k not in hashes})
         return result
 

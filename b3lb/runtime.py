@@ -22,6 +22,7 @@ from b3lb.inserts import MeetingInserts
 from b3lb.meetings import MeetingRef, MeetingTable
 from b3lb.models import Cluster, Node, Parameter, Secret, Tenant
 from b3lb.nodeclient import NodeClient
+from b3lb.outage import Outage, describe, is_database_unavailable
 from b3lb.tenancy import AssetFlags, HostResolver, SecretContext, TenantDirectory
 
 log = logging.getLogger("b3lb.runtime")
@@ -35,8 +36,14 @@ class Runtime:
         self.loads = LoadTable(error_after=config.poller.error_after, recover_after=config.poller.recover_after)
         self.meetings = MeetingTable()
         self.counters = Counters()
-        self.meeting_inserts = MeetingInserts(pool)
-        self.nodes = NodeClient(config.api)
+        # Whether this process reaches PostgreSQL: API calls, table refreshes, counter flushes and
+        # inserts report here, so an outage is logged once when it starts and once when it ends.
+        self.database = Outage("database")
+        # The poller's writes, with their own wording (b3lb/poller.py _store).
+        self.poll_store = Outage("poll results store", dependency="database",
+                                 failure_text="cannot store poll results")
+        self.meeting_inserts = MeetingInserts(pool, outage=self.database)
+        self.nodes = NodeClient(config.api, config.callbacks)
         self.hosts = HostResolver(config.server.api_base_domain)
         self.allowed_algorithms = frozenset(config.api.allowed_sha_algorithms)
         self.trusted_proxies = frozenset(config.server.trusted_proxies)
@@ -84,7 +91,8 @@ class Runtime:
             for r in asset_rows
         }
         self.directory.rebuild(tenants, secrets, parameters, assets)
-        self.loads.rebuild(clusters, nodes, relations)
+        unstored = self.poller.unstored_health if self.polling and self.poller is not None else ()
+        self.loads.rebuild(clusters, nodes, relations, keep_health=unstored)
 
     async def refresh_meetings(self) -> None:
         rows = await self.pool.fetch(Q.load_meetings)
@@ -109,13 +117,12 @@ class Runtime:
         if self.events is not None:
             self.add_task("meeting event", self.events.publish(kind, ref))
 
-    async def node_failed(self, node_id: int, reason: str) -> None:
-        """Count a failed request to a node; persist the error state when it flips."""
-        if self.loads.record_failure(node_id, reason):
-            try:
-                await self.pool.execute(Q.node_set_error, node_id, True)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("cannot store error state of node %s: %s", node_id, exc)
+    def suspect_node(self, node_id: int, reason: str) -> None:
+        """A call to this node failed: the poller (which alone decides node health) polls it again
+        at once instead of waiting for its next cycle. Instances that do not poll leave it to
+        the one that does, which polls every node within an interval anyway."""
+        if self.polling and self.poller is not None:
+            self.poller.probe_soon(node_id, reason)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -127,8 +134,9 @@ class Runtime:
         self._spawn("meeting refresh", self.refresh_meetings, api.cache_refresh_interval)
         self._spawn("counter flush", self.flush_counters, api.counter_flush_interval)
 
-    async def flush_counters(self) -> None:
-        await self.counters.flush(self.pool)
+    async def flush_counters(self) -> bool:
+        """False when there was nothing to write (the database was not asked)."""
+        return await self.counters.flush(self.pool) > 0
 
     def add_task(self, name: str, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a background coroutine until it ends or stop() cancels it."""
@@ -137,15 +145,23 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
 
     def _spawn(self, name: str, job: Callable[[], Awaitable[object]], interval: float) -> None:
+        """Run a database job every `interval` seconds; a job returning False did not reach the database."""
+
         async def loop() -> None:
             while True:
                 await asyncio.sleep(interval)
                 try:
-                    await job()
+                    reached = await job()
                 except asyncio.CancelledError:
                     raise
-                except Exception:  # a background job must survive a bad cycle
-                    log.exception("%s failed", name)
+                except Exception as exc:  # a background job must survive a bad cycle
+                    if is_database_unavailable(exc):  # logged once per outage, not per cycle
+                        self.database.failed(f"{name}: {describe(exc)}")
+                    else:
+                        log.exception("%s failed", name)
+                else:
+                    if reached is not False:
+                        self.database.succeeded()
 
         self.add_task(name, loop())
 
@@ -156,8 +172,12 @@ class Runtime:
         await asyncio.gather(*tasks, return_exceptions=True)
         try:
             await self.counters.flush(self.pool)
-        except Exception:  # shutting down: log and go on closing
-            log.exception("final counter flush failed")
-        self.nodes.close()
+        except Exception as exc:  # shutting down: log and go on closing
+            if is_database_unavailable(exc):
+                log.warning("final counter flush failed, %d secrets' counts lost: %s",
+                            len(self.counters.pending), describe(exc))
+            else:
+                log.exception("final counter flush failed")
+        await self.nodes.aclose()
         if self.events is not None:
             await self.events.close()

@@ -7,13 +7,13 @@ import logging
 import signal
 
 import uvloop
-from tornado.httpserver import HTTPServer
 
 from b3lb import migrate
 from b3lb.app import make_app
 from b3lb.config import Config
 from b3lb.db import Database, DatabaseUnavailable
 from b3lb.events import MeetingEvents
+from b3lb.httplimits import make_http_server
 from b3lb.leader import Leadership
 from b3lb.logs import setup_logging
 from b3lb.memory import tune_garbage_collector
@@ -40,14 +40,8 @@ async def run_server(config: Config, *, ready: asyncio.Event | None = None) -> N
         if config.redis.url:
             runtime.events = MeetingEvents(runtime, config.redis.url)
             runtime.add_task("meeting events", runtime.events.listen())
-        server = HTTPServer(
-            make_app(runtime),
-            xheaders=False,
-            max_body_size=config.server.max_body_size,
-            max_buffer_size=config.server.max_body_size,
-            max_header_size=config.server.max_header_size,
-            idle_connection_timeout=60,
-        )
+        # Size limits and timeouts answered in HTTP (413/414/431), stalled clients dropped: httplimits.py.
+        server = make_http_server(make_app(runtime), config.server)
         server.listen(config.server.port, address=config.server.listen_address)
         log.info("listening", extra={"address": config.server.listen_address, "port": config.server.port})
         stop = asyncio.Event()

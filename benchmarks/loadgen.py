@@ -41,6 +41,7 @@ class LoadSpec:
     count: int = 0
     sample: int = 50  # check the count on every sample-th answer
     address: str = "127.0.0.1"
+    headers: dict[str, str] = field(default_factory=dict)  # more request headers, e.g. Authorization
 
 
 @dataclass
@@ -219,14 +220,15 @@ async def _connect_and_send(shared: _Shared) -> None:
     client.send()
 
 
-def build_requests(paths: list[str], host: str) -> list[bytes]:
-    tail = f" HTTP/1.1\r\nHost: {host}\r\nUser-Agent: b3lb-bench\r\n\r\n".encode()
+def build_requests(paths: list[str], host: str, headers: dict[str, str] | None = None) -> list[bytes]:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    tail = f" HTTP/1.1\r\nHost: {host}\r\nUser-Agent: b3lb-bench\r\n{extra}\r\n".encode()
     return [b"GET " + path.encode("ascii") + tail for path in paths]
 
 
 async def run_builtin(spec: LoadSpec) -> LoadResult:
     paths = read_paths(spec.paths_file)
-    shared = _Shared(spec, build_requests(paths, spec.host))
+    shared = _Shared(spec, build_requests(paths, spec.host, spec.headers))
     clients = [await _connect(shared) for _ in range(spec.connections)]
     shared.start = time.perf_counter()
     shared.deadline = shared.start + spec.duration

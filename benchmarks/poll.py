@@ -93,7 +93,7 @@ async def measure(db_url: str, fleet: FleetInfo, cycles: int, owned: int) -> lis
             await runtime.refresh_meetings()
             rows.append({"scenario": "poll-10k", **await _cycles(runtime, poller, cycles)})
     finally:
-        runtime.nodes.close()
+        await runtime.nodes.aclose()
         await pool.close()
     return rows
 

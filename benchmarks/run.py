@@ -99,6 +99,7 @@ class Runner:
             excludes=scenario.excludes,
             count_tag=scenario.count_tag,
             count=scenario.count,
+            headers=scenario.headers,
         )
         if self.script is not None:
             return wrk.run_wrk(spec, self.script, self.cores.generator)

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.stack import BASE_DOMAIN, create_params, precreated_ids, signed_path, tenant_host
+from benchmarks.stack import (
+    BASE_DOMAIN,
+    METRICS_ADMIN_TOKEN,
+    create_params,
+    precreated_ids,
+    signed_path,
+    tenant_host,
+)
 
 SUCCESS = "<returncode>SUCCESS</returncode>"
 MAX_DISTINCT = 200_000  # cap of distinct join users / new meeting IDs per phase
@@ -23,7 +30,7 @@ PLAUSIBLE_RPS = 8_000  # more than this stack serves on one core: sizing of dist
 ORDER = (
     "ceiling", "ping", "metrics", "join", "join-1c", "isMeetingRunning", "getMeetingInfo",
     "getMeetings-50", "getMeetings-500", "create-repeat", "create", "poll",
-)  # fmt: skip
+)
 HTTP_SCENARIOS = ORDER[:-1]
 
 PathMaker = Callable[[str, int], list[str]]  # (phase "w"/"m", how many) -> request paths
@@ -42,6 +49,7 @@ class Scenario:
     count_tag: str = ""
     count: int = 0
     ceiling: bool = False  # served by the hello-world process, not by b3lb
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request besides Host
 
     def paths(self, phase: str, duration: float) -> list[str]:
         wanted = min(MAX_DISTINCT, int(PLAUSIBLE_RPS * max(duration, 0.5)) + 1000) if self.distinct else 0
@@ -93,7 +101,8 @@ def build(secrets_by_slug: dict[str, str], connections: int) -> dict[str, Scenar
     scenarios = [
         Scenario("ceiling", connections, BASE_DOMAIN, _cycle(["/"]), contains="Hello", ceiling=True),
         Scenario("ping", connections, BASE_DOMAIN, _cycle(["/b3lb/ping"]), contains="OK!"),
-        Scenario("metrics", connections, BASE_DOMAIN, _cycle(["/b3lb/metrics"]), contains="b3lb_"),
+        Scenario("metrics", connections, BASE_DOMAIN, _cycle(["/b3lb/metrics"]), contains="b3lb_node_load",
+                 headers={"Authorization": METRICS_ADMIN_TOKEN}),  # the global view needs the admin token
         Scenario("join", connections, join_host, joins, distinct=True, expect_status=302),
         Scenario("join-1c", 1, join_host, joins, distinct=True, expect_status=302),
         Scenario("isMeetingRunning", connections, join_host, _cycle(per_meeting("isMeetingRunning")), **api),

@@ -23,6 +23,8 @@ from b3lb.testing.harness import seed
 from benchmarks.common import LOOPBACK, PYTHON, REPO, Child, free_port, with_search_path
 
 BASE_DOMAIN = "bench.test"
+# metrics.admin_token of the server under test: the metrics scenario reads the global view with it.
+METRICS_ADMIN_TOKEN = "bench-metrics-" + secrets.token_hex(16)
 SERVE = "import sys; from b3lb.config import load_config; from b3lb.server import serve; sys.exit(serve(load_config()))"
 # Tenants and how many meetings each gets before the load starts.
 PRECREATED = {"BENCH": 500, "SMALL": 50, "JOIN": 100}
@@ -177,6 +179,7 @@ def server_env(db_url: str, port: int, folder: Path, poll_interval: float) -> di
             "B3LB_SERVER_DATA_DIR": str(folder / "var"),
             "B3LB_POLLER_INTERVAL": str(poll_interval),
             "B3LB_POLLER_JITTER": "0",
+            "B3LB_METRICS_ADMIN_TOKEN": METRICS_ADMIN_TOKEN,
         }
     )
     return env

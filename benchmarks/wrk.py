@@ -13,7 +13,8 @@ from benchmarks.common import pinned
 from benchmarks.loadgen import LoadResult, LoadSpec
 
 SCRIPT = r"""
--- b3lb benchmark script: args = paths file, Host, status, contains, excludes, count tag, count, sample
+-- b3lb benchmark script: args = paths file, Host, status, contains, excludes, count tag, count, sample,
+-- then more request headers, one "Name: value" per argument
 local paths = {}
 local count = 0
 local index = 0
@@ -42,6 +43,10 @@ function init(args)
   count_tag = args[6] or ""
   expect_count = tonumber(args[7] or "0")
   sample = tonumber(args[8] or "50")
+  for i = 9, #args do
+    local name, value = string.match(args[i], "^([^:]+):%s*(.*)$")
+    if name then wrk.headers[name] = value end
+  end
 end
 
 function request()
@@ -128,6 +133,7 @@ def run_wrk(spec: LoadSpec, script: Path, cpus: frozenset[int] | None) -> LoadRe
         "-s", str(script), f"http://{spec.address}:{spec.port}/", "--",
         spec.paths_file, spec.host, str(spec.expect_status), spec.contains, spec.excludes,
         spec.count_tag, str(spec.count), str(spec.sample),
+        *(f"{name}: {value}" for name, value in spec.headers.items()),
     ]  # fmt: skip
     done = subprocess.run(pinned(command, cpus), capture_output=True, text=True, timeout=seconds + 60)
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCHJSON ")), None)

@@ -472,7 +472,6 @@ async def test_legacy_401_on_auth_failure(db_url: str) -> None:
             await h.call("getMeetings", raw_query=""),
             await h.request("/bigbluebutton/api/getMeetings?" + h.signed("getMeetings", "", h.secret()),
                             host=f"nope.{BASE_DOMAIN}"),
-            await h.request("/bigbluebutton/api/", host=f"nope.{BASE_DOMAIN}"),
         ):
             assert r.code == 401
             assert r.body == b"Unauthorized"
@@ -501,13 +500,16 @@ async def test_root_version_document(db_url: str) -> None:
                 assert r.code == 200
                 assert r.body == b""
                 assert r.headers["Content-Type"].startswith("text/xml")
-        for host in (f"nope.{BASE_DOMAIN}", BASE_DOMAIN, f"abc-009.{BASE_DOMAIN}"):
+        # Like BBB, the version document needs no tenant either (health checks use it: issue 9.16)
+        for host in (f"nope.{BASE_DOMAIN}", BASE_DOMAIN, f"abc-009.{BASE_DOMAIN}", "127.0.0.1"):
             for path in ("/bigbluebutton/api/", "/bigbluebutton/api"):
-                assert_checksum_error(await h.request(path, host=host))
-                assert_checksum_error(await h.request(f"{path}?checksum={good}", host=host))
-        assert_checksum_error(await h.request("/b3lb/t/nope/bbb/api/"))
+                assert assert_success(await h.request(path, host=host)).findtext("version") == "2.0"
+                assert assert_success(await h.request(f"{path}?checksum={good}", host=host)).findtext("version")
+        assert_success(await h.request("/b3lb/t/nope/bbb/api/"))
         r = await h.request("/bigbluebutton/api/", host=f"nope.{BASE_DOMAIN}", method="HEAD")
         assert r.code == 200 and r.body == b""
+        # a call still needs both
+        assert_checksum_error(await h.request("/bigbluebutton/api/getMeetings", host=BASE_DOMAIN))
         assert not node_calls(h, "")  # the LB answers the version itself
 
 
@@ -726,9 +728,9 @@ async def test_missing_and_garbage_host_headers(db_url: str) -> None:
                         assert doc.findtext("returncode") == "SUCCESS", body
                     else:
                         assert doc.findtext("messageKey") == "checksumError", (host_line, body)
-        # the version document also needs a resolvable host
+        # the version document needs no resolvable host (BBB answers it to anyone)
         status, _, body = await raw_http(h, b"GET /bigbluebutton/api/ HTTP/1.0\r\n\r\n")
-        assert status == 200 and etree.fromstring(body).findtext("messageKey") == "checksumError"
+        assert status == 200 and etree.fromstring(body).findtext("version") == "2.0"
 
 
 @pytest.mark.gen_test(timeout=30)

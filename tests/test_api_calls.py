@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from urllib.parse import quote
 
 import pytest
 from api_helpers import (
     MISSING_ID,
     NO_MEETINGS,
-    NO_NODE,
     NOT_FOUND,
     NOT_RUNNING,
     all_sent,
     children,
-    create,
     create_ok,
     hosting,
     meeting_rows,
@@ -26,6 +23,7 @@ from api_helpers import (
     set_node,
     xml,
 )
+from lxml import etree
 from tornado.httpclient import HTTPRequest
 
 from b3lb.testing.fakebbb import FakeMeeting, checksum_is_valid
@@ -164,87 +162,6 @@ async def test_meetings_of_a_node_in_error_are_unknown_and_create_moves_them(db_
         assert r.code == 302 and new.domain in r.headers["Location"]
 
 
-# -- failing nodes --------------------------------------------------------------------------------
-
-
-async def assert_node_unavailable(h: Harness, call: str, query: str) -> None:
-    started = time.monotonic()
-    r = await h.call(call, query)
-    elapsed = time.monotonic() - started
-    assert elapsed < 3.0, elapsed  # node_request_timeout is 2 s
-    assert r.code == 200
-    doc = xml(r)
-    assert doc.findtext("returncode") == "FAILED" and doc.findtext("messageKey") == "nodeUnavailable", r.body
-
-
-async def node_in_error(h: Harness, node) -> bool:  # noqa: ANN001
-    in_db = await h.pool.fetchval("SELECT has_errors FROM node WHERE slug = $1", node.name)
-    in_memory = h.runtime.loads.nodes[node_id(h, node)].node.has_errors
-    assert in_db == in_memory
-    return in_memory
-
-
-@pytest.mark.parametrize("mode", ["down", "garbage", "error"])
-@pytest.mark.gen_test(timeout=30)
-async def test_failing_node_during_create(db_url, mode):
-    async with Harness(db_url, nodes=1) as h:
-        node = h.fleet.nodes[0]
-        node.mode = mode
-        await assert_node_unavailable(h, "create", "meetingID=f1&name=Room")
-        assert await meeting_rows(h, "f1") == []
-        assert h.runtime.loads.nodes[node_id(h, node)].pending_meetings == 0
-        assert not await node_in_error(h, node)
-        await assert_node_unavailable(h, "create", "meetingID=f2&name=Room")
-        assert await node_in_error(h, node)
-        assert children(await create(h, "f3")) == NO_NODE
-
-
-@pytest.mark.parametrize("mode", ["down", "garbage", "error"])
-@pytest.mark.gen_test(timeout=30)
-async def test_failing_node_during_pass_through(db_url, mode):
-    async with Harness(db_url, nodes=1) as h:
-        node = h.fleet.nodes[0]
-        await create_ok(h, "room")
-        node.mode = mode
-        await assert_node_unavailable(h, "getMeetingInfo", "meetingID=room")
-        assert not await node_in_error(h, node)
-        await assert_node_unavailable(h, "end", "meetingID=room")
-        assert await node_in_error(h, node)
-        assert len(await meeting_rows(h, "room")) == 1  # an unanswered end keeps the record
-        assert children(await h.call("getMeetingInfo", "meetingID=room")) == NOT_FOUND
-
-
-@pytest.mark.gen_test(timeout=30)
-async def test_slow_node_times_out(db_url):
-    async with Harness(db_url, nodes=1) as h:
-        node = h.fleet.nodes[0]
-        await create_ok(h, "room")
-        node.mode, node.delay = "slow", 2.5
-        await assert_node_unavailable(h, "create", "meetingID=late&name=Room")
-        assert await meeting_rows(h, "late") == []
-        await assert_node_unavailable(h, "isMeetingRunning", "meetingID=room")
-        assert await node_in_error(h, node)
-
-
-@pytest.mark.gen_test(timeout=30)
-async def test_a_failed_document_is_not_a_node_failure(db_url):
-    async with Harness(db_url, nodes=1) as h:
-        node = h.fleet.nodes[0]
-        await create_ok(h, "room")
-        node.mode = "failed"
-        for call in ("create", "getMeetingInfo", "isMeetingRunning"):
-            r = await h.call(call, "meetingID=room&name=Room")
-            assert children(r) == [
-                ("returncode", "FAILED"),
-                ("messageKey", "internalError"),
-                ("message", "The fake node is configured to fail every request."),
-            ]
-        r = await create(h, "new")
-        assert xml(r).findtext("messageKey") == "internalError"
-        assert await meeting_rows(h, "new") == []
-        assert not await node_in_error(h, node)
-
-
 # -- getMeetings ---------------------------------------------------------------------------------
 
 
@@ -278,6 +195,33 @@ async def test_get_meetings_scopes_by_secret_and_tenant(db_url):
         await set_node(h, owner(h, "main-room"), has_errors=True)
         await h.poll()
         assert "main-room" not in listed(await h.call("getMeetings"))
+
+
+def shape(element) -> list[str]:  # noqa: ANN001
+    return [child.tag for child in element]
+
+
+@pytest.mark.parametrize("polling", [True, False])
+@pytest.mark.gen_test(timeout=30)
+async def test_get_meetings_lists_a_new_meeting_at_once(db_url, polling):
+    """Issue 9.15: like BBB, a meeting is listed right after its create, before any poll, with
+    the same element shape as a polled one; on the polling instance and on the others."""
+    async with Harness(db_url, nodes=2) as h:
+        await create_ok(h, "early", extra=q(meta_purpose="test"))
+        await h.poll()
+        h.runtime.polling = polling  # False: served from the stored per-secret list plus fresh ones
+        await create_ok(h, "fresh", "Fresh Room")
+        r = await h.call("getMeetings")
+        assert listed(r) == ["early", "fresh"]
+        fresh = next(m for m in xml(r).iterfind("meetings/meeting") if m.findtext("meetingID") == "fresh")
+        assert fresh.findtext("meetingName") == "Fresh Room"
+        h.runtime.polling = True
+        await h.poll()
+        r = await h.call("getMeetings")
+        assert listed(r) == ["early", "fresh"]
+        polled = next(m for m in xml(r).iterfind("meetings/meeting") if m.findtext("meetingID") == "fresh")
+        assert shape(fresh) == shape(polled)
+        assert etree.tostring(fresh.find("metadata")) == etree.tostring(polled.find("metadata"))
 
 
 @pytest.mark.gen_test(timeout=30)

@@ -4,6 +4,7 @@ the forwarded call (spec 2.3, 5.3, 5.5, 7.10-7.14, 7.19)."""
 from __future__ import annotations
 
 import base64
+import uuid
 from urllib.parse import quote
 
 import pytest
@@ -24,6 +25,7 @@ from api_helpers import (
 )
 from lxml import etree
 
+from b3lb.meetings import MeetingRef
 from b3lb.testing.harness import Harness
 
 MEETING_ID_SIZE = [("returncode", "FAILED"), ("message", "Meeting id must be between 2 and 100 characters")]
@@ -327,3 +329,21 @@ async def test_non_ascii_and_special_characters_survive_the_round_trip(db_url):
         assert meeting.name == name and meeting.metadata["note"] == 'x<&>"y'
         r = await h.call("getMeetingInfo", "meetingID=" + quote("spécial&id", safe=""))
         assert xml(r).findtext("meetingName") == name
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_meeting_known_only_from_an_event_is_still_written(db_url):
+    """Issue 9.7: a Redis event (here one from another deployment) must never stand in for the
+    database row: the create writes its own routing record."""
+    async with Harness(db_url, nodes=2) as h:
+        secret_id = h.tenants["ABC"].secrets[0][0]
+        node = h.fleet.nodes[1]
+        foreign = MeetingRef(id=999_999, secret_id=secret_id, meeting_id="ghost", node_id=node_id(h, node),
+                             nonce=uuid.uuid4(), via_event=True)
+        h.runtime.meetings.add(foreign)
+        await create_ok(h, "ghost")
+        (row,) = await meeting_rows(h, "ghost")
+        ref = h.runtime.meetings.get(secret_id, "ghost")
+        assert ref is not None and ref.id == row["id"] and not ref.via_event
+        host = next(n for n in h.fleet.nodes if "ghost" in n.meetings)
+        assert row["node_id"] == node_id(h, host)

@@ -159,3 +159,26 @@ async def test_join_needs_no_database_for_a_known_meeting(db_url):
                 assert urlsplit(r.headers["Location"]).hostname == node.domain
         finally:
             await h.pool.execute("ALTER TABLE meeting_x RENAME TO meeting")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_unknown_meeting_redirect_with_non_ascii_and_control_characters(db_url):
+    """Issue 9.8: such a target once left the connection without an answer; now it is
+    percent-encoded into the Location header (UTF-8), and the answer always comes."""
+    async with Harness(db_url, nodes=1) as h:
+        for target, expected in (
+            ("https://a.example/€uro?x=€", "https://a.example/%E2%82%ACuro?x=%E2%82%AC&errors="),
+            ("https://a.example/a\u2028b", "https://a.example/a%E2%80%A8b?errors="),
+            ("https://a.example/x\r\nSet-Cookie: a=b", "https://a.example/x"),  # controls dropped or encoded
+            ("https://a.example/ok%20already", "https://a.example/ok%20already?errors="),
+        ):
+            for name in ("errorRedirectUrl", "logoutURL"):
+                r = await h.call("join", "meetingID=nope&fullName=Ann&" + q(**{name: target}))
+                assert r.code == 302, (target, r.code, r.body)
+                location = r.headers["Location"]
+                assert location.startswith(expected), location
+                assert location.isascii() and "\r" not in location and "\n" not in location
+                assert "Set-Cookie" not in r.headers
+        # the connection still works for the next request
+        await create_ok(h, "room")
+        assert (await h.call("join", "meetingID=room&fullName=Ann&role=VIEWER")).code == 302

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import uuid
 from urllib.parse import parse_qsl, urlsplit
@@ -16,11 +17,12 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
 from b3lb import callbacks
+from b3lb.config import ConfigError, load_config
 from b3lb.db import keep_session
 from b3lb.leader import Leadership
 from b3lb.poller import Poller
 from b3lb.runtime import Runtime
-from b3lb.testing.harness import BASE_DOMAIN, Harness
+from b3lb.testing.harness import BASE_DOMAIN, LOOPBACK_CALLBACKS, Harness
 
 
 def xml(response):
@@ -78,7 +80,7 @@ async def nonce_of(h: Harness, meeting_id: str) -> uuid.UUID:
 async def test_end_callback_relays_to_the_frontend_once(db_url, callback_path):
     receiver = Receiver()
     try:
-        async with Harness(db_url, nodes=1) as h:
+        async with Harness(db_url, nodes=1, callbacks=LOOPBACK_CALLBACKS) as h:
             meeting_id = "room &42+x"
             target = receiver.url(callback_path)
             await create(h, "room+%2642%2Bx", "&meta_endCallbackUrl=" + target.replace("?", "%3F").replace("=", "%3D"))
@@ -108,7 +110,7 @@ async def test_end_callback_relays_to_the_frontend_once(db_url, callback_path):
 async def test_end_callback_with_wrong_nonce_or_meeting_does_nothing(db_url):
     receiver = Receiver()
     try:
-        async with Harness(db_url, nodes=1) as h:
+        async with Harness(db_url, nodes=1, callbacks=LOOPBACK_CALLBACKS) as h:
             await create(h, "room-1", "&meta_endCallbackUrl=" + receiver.url("/ended"))
             nonce = await nonce_of(h, "room-1")
             for query in (f"nonce={uuid.uuid4()}&meetingID=room-1", f"nonce={nonce}&meetingID=room-2",
@@ -128,7 +130,7 @@ async def test_end_callback_with_wrong_nonce_or_meeting_does_nothing(db_url):
 async def test_end_callback_after_api_end_still_relays(db_url):
     receiver = Receiver()
     try:
-        async with Harness(db_url, nodes=1) as h:
+        async with Harness(db_url, nodes=1, callbacks=LOOPBACK_CALLBACKS) as h:
             await create(h, "room-1", "&meta_endCallbackUrl=" + receiver.url("/ended"))
             nonce = await nonce_of(h, "room-1")
             r = await h.call("end", "meetingID=room-1")  # the fake node also calls our callback URL...
@@ -148,7 +150,7 @@ async def test_relay_retries_until_the_frontend_answers(db_url):
     receiver = Receiver()
     receiver.status = 503
     try:
-        async with Harness(db_url, nodes=1) as h:
+        async with Harness(db_url, nodes=1, callbacks=LOOPBACK_CALLBACKS) as h:
             task = asyncio.ensure_future(callbacks.relay(h.runtime, receiver.url("/ended"), backoff=0.2))
             await receiver.wait(1)
             receiver.status = 200  # comes back before the second attempt
@@ -159,6 +161,70 @@ async def test_relay_retries_until_the_frontend_answers(db_url):
             assert await callbacks.relay(h.runtime, receiver.url("/ended"), backoff=0.05) is False
     finally:
         receiver.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_loopback_end_callback_is_not_fetched_by_default(db_url, caplog):
+    receiver = Receiver()
+    try:
+        async with Harness(db_url, nodes=1) as h:  # default [callbacks]: no allowed networks
+            target = receiver.url("/ended?token=s3cret")
+            await create(h, "room-1", "&meta_endCallbackUrl=" + target.replace("?", "%3F").replace("=", "%3D"))
+            nonce = await nonce_of(h, "room-1")
+            with caplog.at_level("INFO", logger="b3lb"):
+                r = await h.request(f"/b3lb/b/meeting/end?nonce={nonce}&recordingmarks=false&meetingID=room-1")
+                assert r.code == 204 and r.body == b""
+                await asyncio.sleep(0.5)
+            assert receiver.hits == []  # b3lb never connected to the tenant's loopback URL
+            assert await h.pool.fetchval("SELECT count(*) FROM meeting") == 0  # but the meeting is forgotten
+            r = await h.call("isMeetingRunning", "meetingID=room-1")
+            assert xml(r).findtext("running") == "false"
+            lines = [rec.getMessage() for rec in caplog.records if rec.name == "b3lb.callbacks"]
+            assert len(lines) == 1 and "refused" in lines[0]  # logged once, not retried
+            assert f"127.0.0.1:{receiver.port}/ended" in lines[0] and "s3cret" not in lines[0] and "?" not in lines[0]
+    finally:
+        receiver.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_relay_logs_carry_no_query_string(db_url, caplog):
+    async with Harness(db_url, nodes=1, callbacks=LOOPBACK_CALLBACKS) as h:
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        try:
+            url = f"http://frontend:pw@127.0.0.1:{closed.getsockname()[1]}/ended?token=s3cret#x"
+            with caplog.at_level("INFO", logger="b3lb"):
+                assert await callbacks.relay(h.runtime, url, backoff=0.01) is False  # credentials: refused
+                assert await callbacks.relay(h.runtime, url.replace("frontend:pw@", ""), backoff=0.01) is False
+        finally:
+            closed.close()
+        lines = [rec.getMessage() for rec in caplog.records if rec.name == "b3lb.callbacks"]
+        assert len(lines) == 1 + callbacks.RELAY_ATTEMPTS  # one refusal, then the attempts of a real failure
+        assert "refused" in lines[0] and all("attempt" in line for line in lines[1:])
+        for line in lines:
+            assert "s3cret" not in line and "pw" not in line and "?" not in line and "#" not in line
+
+
+ADMIN_TOKEN = "admin-" + "7f" * 16
+
+
+def with_admin_token(h: Harness, token: str = ADMIN_TOKEN) -> None:
+    """Configure metrics.admin_token on the running harness."""
+    h.runtime.config = dataclasses.replace(
+        h.runtime.config, metrics=dataclasses.replace(h.runtime.config.metrics, admin_token=token))
+
+
+async def raw_get(h: Harness, path: str, host: str, authorization: bytes) -> tuple[int, bytes]:
+    """A GET with the Authorization bytes exactly as given (HTTP clients would re-encode them)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+    try:
+        writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + host.encode()
+                     + b"\r\nAuthorization: " + authorization + b"\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(-1), timeout=5)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -186,6 +252,29 @@ async def test_stats_need_the_tenant_token(db_url):
             assert (r.code, r.body) == (401, b"Unauthorized")
 
 
+# Authorization values as bytes on the wire: UTF-8 (a euro sign), latin-1, and the token with a
+# non-ASCII byte appended. Compared as str, hmac.compare_digest raised TypeError: a 500.
+ODD_TOKENS = (b"\xe2\x82\xac" * 12, b"\xff\xfe\xe9t\xe9", b"caf\xe9")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_non_ascii_authorization_is_401_never_500(db_url):
+    async with Harness(db_url, nodes=1) as h:
+        with_admin_token(h)
+        token = (await h.pool.fetchval("SELECT stats_token FROM tenant WHERE slug = 'ABC'")).encode()
+        for value in (*ODD_TOKENS, token + b"\xe9", ADMIN_TOKEN.encode() + b"\xc3\xa9"):
+            for path, host in (("/b3lb/stats", f"abc.{BASE_DOMAIN}"), ("/b3lb/t/abc/stats", BASE_DOMAIN),
+                               ("/b3lb/metrics", f"abc.{BASE_DOMAIN}"), ("/b3lb/metrics", BASE_DOMAIN),
+                               ("/b3lb/t/abc/metrics", "elsewhere.example")):
+                assert await raw_get(h, path, host, value) == (401, b"Unauthorized"), (path, host, value)
+        # the same bytes, correct: still served
+        assert (await raw_get(h, "/b3lb/stats", f"abc.{BASE_DOMAIN}", token))[0] == 200
+        assert (await raw_get(h, "/b3lb/metrics", BASE_DOMAIN, ADMIN_TOKEN.encode()))[0] == 200
+        # control characters are refused by the HTTP layer itself, also without a 500
+        status, _ = await raw_get(h, "/b3lb/metrics", BASE_DOMAIN, ADMIN_TOKEN.encode() + b"\x01")
+        assert status in (400, 401)
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_metrics_views_and_authorisation(db_url):
     async with Harness(db_url, nodes=2, tenants=("ABC", "XYZ")) as h:
@@ -198,7 +287,8 @@ async def test_metrics_views_and_authorisation(db_url):
         r = await h.call("join", "meetingID=room-1&fullName=Ann&role=VIEWER")
         assert r.code == 302
         await h.poll()
-        r = await h.request("/b3lb/metrics")  # base domain: the global view
+        with_admin_token(h)
+        r = await h.request("/b3lb/metrics", headers={"Authorization": ADMIN_TOKEN})  # the global view
         assert r.code == 200
         text = r.body.decode()
         assert 'b3lb_node_load{cluster="main",node="fake-0001"}' in text
@@ -210,30 +300,61 @@ async def test_metrics_views_and_authorisation(db_url):
         assert "b3lb_request_duration_seconds_bucket" in text and "process_cpu_seconds_total" in text
         assert "b3lb_node_poll_age_seconds" in text and "b3lb_node_state" in text
         token = await h.pool.fetchval("SELECT stats_token FROM tenant WHERE slug = 'ABC'")
-        r = await h.request("/b3lb/metrics", host=f"abc.{BASE_DOMAIN}", headers={"Authorization": token})
-        tenant_text = r.body.decode()
-        assert r.code == 200 and "b3lb_node_load" not in tenant_text and 'secret="XYZ"' not in tenant_text
-        assert 'b3lb_tenant_meeting_limit{tenant="ABC"}' in tenant_text
+        for path, host in (("/b3lb/metrics", f"abc.{BASE_DOMAIN}"), ("/b3lb/t/abc/metrics", BASE_DOMAIN),
+                           ("/b3lb/t/abc/metrics", "elsewhere.example")):
+            r = await h.request(path, host=host, headers={"Authorization": token})
+            tenant_text = r.body.decode()
+            assert r.code == 200 and "b3lb_node_load" not in tenant_text, (path, host)
+            assert "XYZ" not in tenant_text and "process_cpu" not in tenant_text  # nothing of others
+            assert 'b3lb_tenant_meeting_limit{tenant="ABC"}' in tenant_text
         r = await h.request("/b3lb/t/abc-001/metrics", headers={"Authorization": token})
         sub_text = r.body.decode()
         assert 'b3lb_meetings{secret="ABC-001"} 1.0' in sub_text and 'secret="ABC"}' not in sub_text
-        for path, host, headers in (("/b3lb/metrics", f"abc.{BASE_DOMAIN}", {}),
+        # the admin token opens a tenant's view too (the URL picks the view)
+        r = await h.request("/b3lb/t/xyz/metrics", headers={"Authorization": ADMIN_TOKEN})
+        assert r.code == 200 and "ABC" not in r.body.decode() and "b3lb_node_load" not in r.body.decode()
+        for path, host, headers in (("/b3lb/metrics", BASE_DOMAIN, {}),  # the base domain opens nothing
+                                    ("/b3lb/metrics", f"abc.{BASE_DOMAIN}", {}),
                                     ("/b3lb/t/abc/metrics", BASE_DOMAIN, {}),
                                     ("/b3lb/metrics", "elsewhere.example", {}),
-                                    ("/b3lb/metrics", BASE_DOMAIN, {"Authorization": "wrong"})):
+                                    ("/b3lb/metrics", BASE_DOMAIN, {"Authorization": "wrong"}),
+                                    ("/b3lb/metrics", BASE_DOMAIN, {"Authorization": token}),  # no global view
+                                    ("/b3lb/metrics", BASE_DOMAIN, {"Authorization": ADMIN_TOKEN[:-1]}),
+                                    ("/b3lb/metrics", BASE_DOMAIN, {"Authorization": f"Bearer {ADMIN_TOKEN}"}),
+                                    ("/b3lb/t/xyz/metrics", BASE_DOMAIN, {"Authorization": token}),
+                                    ("/b3lb/t/nope/metrics", BASE_DOMAIN, {"Authorization": ADMIN_TOKEN})):
             r = await h.request(path, host=host, headers=headers)
-            assert r.code == 401, (path, host)
+            assert (r.code, r.body) == (401, b"Unauthorized"), (path, host, headers)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_without_an_admin_token_the_global_view_is_closed(db_url):
+    async with Harness(db_url, nodes=1) as h:
+        assert h.runtime.config.metrics.admin_token == ""
+        for headers in ({}, {"Authorization": ""}, {"Authorization": "anything"}):
+            for host in (BASE_DOMAIN, "elsewhere.example"):
+                r = await h.request("/b3lb/metrics", host=host, headers=headers)
+                assert (r.code, r.body) == (401, b"Unauthorized"), (host, headers)
+        token = await h.pool.fetchval("SELECT stats_token FROM tenant WHERE slug = 'ABC'")
+        r = await h.request("/b3lb/metrics", host=f"abc.{BASE_DOMAIN}", headers={"Authorization": token})
+        assert r.code == 200 and b"b3lb_node_load" not in r.body
+
+
+def test_the_admin_token_must_be_a_usable_secret():
+    assert load_config(env={}).metrics.admin_token == ""  # default: the global view is closed
+    assert load_config(env={"B3LB_METRICS_ADMIN_TOKEN": ADMIN_TOKEN}).metrics.admin_token == ADMIN_TOKEN
+    for weak in ("short", "x" * 15, "with space " * 3, "caf\u00e9" * 8, "tab\tbed" * 4):
+        with pytest.raises(ConfigError, match="metrics.admin_token"):
+            load_config(env={"B3LB_METRICS_ADMIN_TOKEN": weak})
 
 
 @pytest.mark.gen_test(timeout=30)
 async def test_admin_token_opens_the_global_view_anywhere(db_url):
     async with Harness(db_url, nodes=1) as h:
-        import dataclasses
-
-        h.runtime.config = dataclasses.replace(
-            h.runtime.config, metrics=dataclasses.replace(h.runtime.config.metrics, admin_token="s3cret-admin"))
-        r = await h.request("/b3lb/metrics", host="elsewhere.example", headers={"Authorization": "s3cret-admin"})
-        assert r.code == 200 and b"b3lb_node_load" in r.body
+        with_admin_token(h)
+        for host in ("elsewhere.example", BASE_DOMAIN, "127.0.0.1"):
+            r = await h.request("/b3lb/metrics", host=host, headers={"Authorization": ADMIN_TOKEN})
+            assert r.code == 200 and b"b3lb_node_load" in r.body
 
 
 @pytest.mark.gen_test(timeout=30)

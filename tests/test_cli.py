@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from conftest import execute_sql, fresh_schema
+from conftest import REPO, execute_sql, fresh_schema
 
 from b3lb.cli import main
 
@@ -165,6 +165,11 @@ def test_migrate_commands(bare_db: str, cli_env: dict[str, str]) -> None:
     assert all(row["applied_at"] for row in rows)
 
 
+def test_config_example_prints_the_shipped_config(cli: Cli) -> None:
+    """In a checkout (editable install) the shipped config is the checkout's own conf/b3lb.conf."""
+    assert cli.ok("config-example") == (REPO / "conf" / "b3lb.conf").read_text(encoding="utf-8")
+
+
 def test_db_url(cli_env: dict[str, str]) -> None:
     result = b3lb(cli_env, "db-url")
     assert result.returncode == 0 and result.stdout.strip() == cli_env["DATABASE_URL"]
@@ -183,7 +188,7 @@ def test_cluster_commands(cli: Cli) -> None:
     assert "main" in cli.ok("cluster", "list")
     assert "already exists" in cli.fails(1, "cluster", "add", "main")
     assert "SHA256" in cli.fails(2, "cluster", "add", "other", "--sha", "MD5")
-    assert "non-negative" in cli.fails(2, "cluster", "set", "main", "--a-factor", "-1")
+    assert "from 0 to 1000000, got '-1'" in cli.fails(2, "cluster", "set", "main", "--a-factor", "-1")
     assert "no cluster" in cli.fails(1, "cluster", "set", "nope", "--a-factor", "1")
     assert count(cli.env, "cluster") == 1
 
@@ -271,7 +276,7 @@ def test_tenant_commands(setup: Cli) -> None:
     assert "invalid tenant slug" in cli.fails(2, "tenant", "add", "A", "--clustergroup", "prod")
     assert "no cluster group" in cli.fails(1, "tenant", "add", "NEW", "--clustergroup", "nope")
     assert "no tenant" in cli.fails(1, "tenant", "set", "ZZZ", "--meeting-limit", "1")
-    assert "between 0" in cli.fails(2, "tenant", "set", "ABC", "--meeting-limit", "-1")
+    assert "from 0 to 10000000" in cli.fails(2, "tenant", "set", "ABC", "--meeting-limit", "-1")
     assert count(cli.env, "tenant") == 1
     assert "ABC" in cli.ok("tenant", "list")
 
@@ -305,7 +310,7 @@ def test_secret_add_is_all_or_nothing(setup: Cli) -> None:
     err = cli.fails(1, "secret", "add", "ABC", "--sub-id", "1-3")
     assert "ABC-001" in err
     assert [r["sub_id"] for r in fetch(cli.env, "SELECT sub_id FROM secret ORDER BY sub_id")] == [0, 1]
-    assert "between 0 and 999" in cli.fails(2, "secret", "add", "ABC", "--sub-id", "1000")
+    assert "from 0 to 999" in cli.fails(2, "secret", "add", "ABC", "--sub-id", "1000")
     assert "greater than" in cli.fails(2, "secret", "add", "ABC", "--sub-id", "5-2")
     assert "sub-id" in cli.fails(2, "secret", "add", "ABC", "--sub-id", "x-y")
     assert "no tenant" in cli.fails(1, "secret", "add", "NOPE", "--sub-id", "1")
@@ -418,7 +423,7 @@ def test_record_profile_commands(cli: Cli) -> None:
     ]
     assert "already exists" in cli.fails(1, "recordprofile", "add", "hd")
     assert "invalid choice" in cli.fails(2, "recordprofile", "add", "x", "--format", "AVI")
-    assert "greater than 0" in cli.fails(2, "recordprofile", "add", "x", "--height", "0")
+    assert "from 1 to 8192" in cli.fails(2, "recordprofile", "add", "x", "--height", "0")
     assert "hd" in cli.ok("recordprofile", "list")
     assert count(cli.env, "record_profile") == 1
 
@@ -434,7 +439,7 @@ def test_every_command_has_help(cli: Cli) -> None:
         "asset": ["set", "clear", "list"],
         "recordprofile": ["add", "list", "remove"],
     }
-    for top in ("serve", "migrate", "db-url", *groups):
+    for top in ("serve", "migrate", "db-url", "config-example", *groups):
         assert cli(top, "--help")[0] == 0
     for group, commands in groups.items():
         for command in commands:
@@ -459,3 +464,93 @@ def test_meeting_commands(setup: Cli) -> None:
     assert "no tenant" in cli.fails(1, "meeting", "list", "--tenant", "XYZ")
     listed = cli.json("node", "list")
     assert all(r["last_good_poll"] == "never" for r in listed)
+
+
+# Bounds and host names (b3lb/validation.py) ------------------------------------------------
+
+
+def test_cluster_numbers_are_bounded(cli: Cli) -> None:
+    err = cli.fails(2, "cluster", "add", "big", "--cpu-iterations", "1000000000")
+    assert err.startswith("error: argument --cpu-iterations: must be a whole number from 0 to 100")
+    assert "--cpu-maximum" in cli.fails(2, "cluster", "add", "big", "--cpu-maximum", "1000001")
+    assert "--a-factor" in cli.fails(2, "cluster", "add", "big", "--a-factor", "nan")
+    assert "--m-factor" in cli.fails(2, "cluster", "add", "big", "--m-factor", "inf")
+    assert count(cli.env, "cluster") == 0
+    cli.ok("cluster", "add", "edge", "--cpu-iterations", "100", "--cpu-maximum", "1000000", "--a-factor", "1e6")
+    assert "--cpu-iterations" in cli.fails(2, "cluster", "set", "edge", "--cpu-iterations", "101")
+    (row,) = fetch(cli.env, "SELECT load_cpu_series_iteratations, load_cpu_maximum, load_a_factor FROM cluster")
+    assert tuple(row) == (100, 1_000_000, 1e6)
+
+
+def test_node_domain_must_be_a_host_name(setup: Cli) -> None:
+    cli = setup
+    add = ("node", "add", "--cluster", "main", "--secret", "s")
+    for domain, reason in (
+        ("a/b?c", "no path"),
+        ("https://bbb2.example.org", "scheme"),
+        ("admin:pw@bbb2.example.org", "user name"),
+        ("bbb2.example.org:443", "no port"),
+        ("bbb2 .example.org", "spaces"),
+        ("127.1", "IP address"),
+        ("x" * 201, "longer than 200"),
+    ):
+        err = cli.fails(2, *add, "--slug", "bbb2", "--domain", domain)
+        assert err.startswith("error: argument --domain: invalid host name") and reason in err, err
+    assert "--domain" in cli.fails(2, "node", "set", "bbb1", "--domain", "a/b?c")
+    assert [r["domain"] for r in fetch(cli.env, "SELECT domain FROM node")] == ["bbb1.example.org"]
+    cli.ok(*add, "--slug", "bbb2", "--domain", "BBB2.Example.org.")
+    cli.ok(*add, "--slug", "bbb3", "--domain", "::1", "--port", "8443")
+    cli.ok(*add, "--slug", "bbb4", "--domain", "192.0.2.4")
+    rows = fetch(cli.env, "SELECT slug, domain FROM node ORDER BY id")
+    assert [tuple(r) for r in rows][1:] == [("bbb2", "bbb2.example.org"), ("bbb3", "[::1]"), ("bbb4", "192.0.2.4")]
+
+
+def test_node_ports_endpoints_and_secrets_are_checked(setup: Cli) -> None:
+    cli = setup
+    for option, value, reason in (
+        ("--port", "0", "from 1 to 65535"),
+        ("--port", "65536", "from 1 to 65535"),
+        ("--bbb-endpoint", "https://evil.example.org/api/", "no scheme"),
+        ("--bbb-endpoint", "../admin/", "'..'"),
+        ("--load-endpoint", "b3lb/load?x=1", "no query"),
+        ("--load-endpoint", "b3lb/load#x", "no query"),
+        ("--secret", "with space", "spaces"),
+        ("--secret", "x" * 201, "200"),
+    ):
+        err = cli.fails(2, "node", "set", "bbb1", option, value)
+        assert err.startswith(f"error: argument {option}: ") and reason in err, err
+    cli.ok("node", "set", "bbb1", "--bbb-endpoint", "/bbb/api", "--port", "65535")
+    (row,) = fetch(cli.env, "SELECT bbb_endpoint, port, secret FROM node")
+    assert tuple(row) == ("bbb/api/", 65535, "nodesecret")
+
+
+def test_bad_node_defaults_are_a_config_error(cli_env: dict[str, str]) -> None:
+    env = dict(cli_env, B3LB_NODE_DEFAULTS_BBB_ENDPOINT="http://x/api")
+    result = b3lb(env, "node", "list")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: config: node_defaults.bbb_endpoint: invalid path")
+
+
+def test_limits_sizes_and_ids_are_bounded(setup: Cli) -> None:
+    cli = setup
+    assert "from 0 to 10000000" in cli.fails(2, "tenant", "set", "ABC", "--attendee-limit", "10000001")
+    assert "--meeting-limit" in cli.fails(2, "secret", "add", "ABC", "--sub-id", "5", "--meeting-limit", "2147483648")
+    cli.ok("tenant", "set", "ABC", "--attendee-limit", "10000000", "--meeting-limit", "0")
+    assert "--width" in cli.fails(2, "recordprofile", "add", "big", "--width", "8193")
+    assert "--webcam-height" in cli.fails(2, "recordprofile", "add", "big", "--webcam-height", "-1")
+    assert "from 1 to 2147483647" in cli.fails(2, "parameter", "remove", "2147483648")
+    assert "control characters" in cli.fails(
+        2, "parameter", "add", "--tenant", "ABC", "--for", "CREATE", "--mode", "SET", "welcome", "hi\nthere"
+    )
+    assert "MEETING_ID" in cli.fails(2, "meeting", "where", "m" * 201)
+    assert count(cli.env, "record_profile") == 0 and count(cli.env, "secret") == 2
+    (row,) = fetch(cli.env, "SELECT attendee_limit, meeting_limit FROM tenant")
+    assert tuple(row) == (10_000_000, 0)
+
+
+def test_numeric_parameter_values_are_bounded(setup: Cli) -> None:
+    add = ("parameter", "add", "--tenant", "ABC", "--for", "CREATE", "--mode", "SET")
+    assert "not valid for duration" in setup.fails(2, *add, "duration", "99999999999999999999")
+    assert "not valid for maxParticipants" in setup.fails(2, *add, "maxParticipants", "٣")
+    setup.ok(*add, "duration", "999999999")
+    assert count(setup.env, "parameter") == 1

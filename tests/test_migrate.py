@@ -122,3 +122,44 @@ def test_concurrent_migrations_apply_each_file_once(empty_db: str, only_0001: Pa
             await second.close()
 
     asyncio.run(body())
+
+
+def test_bounds_migration_clamps_existing_values(empty_db: str, tmp_path: Path) -> None:
+    """Rows stored before 0004 (psql, or older admin commands) are clamped so its constraints hold."""
+    for path in SQL_DIR.glob("000[123]_*.sql"):
+        shutil.copy(path, tmp_path / path.name)
+
+    async def body(conn: asyncpg.Connection) -> None:
+        await migrations.migrate(conn, tmp_path)
+        await conn.execute(
+            "INSERT INTO cluster (name, load_a_factor, load_m_factor, load_cpu_series_iteratations, load_cpu_maximum) "
+            "VALUES ('huge', 'Infinity', 'NaN', 1000000000, 2000000000), ('fine', 2, 3, 6, 5000)"
+        )
+        group = await conn.fetchval("INSERT INTO cluster_group (name) VALUES ('g') RETURNING id")
+        tenant = await conn.fetchval(
+            "INSERT INTO tenant (slug, cluster_group_id, attendee_limit) VALUES ('ABC', $1, 2147483647) RETURNING id",
+            group,
+        )
+        await conn.execute(
+            "INSERT INTO secret (tenant_id, sub_id, secret, meeting_limit) VALUES ($1, 0, $2, 99999999)",
+            tenant,
+            "a" * 64,
+        )
+        await conn.execute("INSERT INTO record_profile (name, width) VALUES ('wide', 100000)")
+        applied = await migrations.migrate(conn)
+        assert [m.name for m in applied][0] == "0004_bounds.sql"
+        rows = await conn.fetch(
+            "SELECT name, load_a_factor, load_m_factor, load_cpu_series_iteratations, load_cpu_maximum "
+            "FROM cluster ORDER BY name"
+        )
+        assert [tuple(row) for row in rows] == [("fine", 2.0, 3.0, 6, 5000), ("huge", 1e6, 0.0, 100, 1_000_000)]
+        assert await conn.fetchval("SELECT attendee_limit FROM tenant") == 10_000_000
+        assert await conn.fetchval("SELECT meeting_limit FROM secret") == 10_000_000
+        assert await conn.fetchval("SELECT width FROM record_profile") == 8192
+
+    in_db(empty_db, body)
+
+
+def test_no_migration_files_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(migrations.MigrationError, match="no migration files .* incomplete installation"):
+        migrations.migration_files(tmp_path)

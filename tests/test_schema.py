@@ -126,6 +126,45 @@ def test_cluster_and_group_constraints(db_url: str) -> None:
     in_db(db_url, body)
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        "load_a_factor = 'NaN'",
+        "load_a_factor = 'Infinity'",
+        "load_m_factor = 1000000.5",
+        "load_cpu_series_iteratations = 101",
+        "load_cpu_series_iteratations = -1",
+        "load_cpu_maximum = 1000001",
+    ],
+)
+def test_cluster_bounds(db_url: str, values: str) -> None:
+    """0004_bounds.sql: NaN passed `>= 0` (PostgreSQL sorts it above every number); no longer."""
+
+    async def body(conn: asyncpg.Connection) -> None:
+        await base(conn)
+        await rejects(conn, CHECK, f"UPDATE cluster SET {values}")
+        await conn.execute(
+            "UPDATE cluster SET load_a_factor = 1000000, load_m_factor = 0, load_cpu_series_iteratations = 100, "
+            "load_cpu_maximum = 1000000"
+        )
+
+    in_db(db_url, body)
+
+
+def test_limit_and_size_bounds(db_url: str) -> None:
+    async def body(conn: asyncpg.Connection) -> None:
+        await base(conn)
+        for table, column in (("tenant", "attendee_limit"), ("tenant", "meeting_limit"), ("secret", "meeting_limit")):
+            await rejects(conn, CHECK, f"UPDATE {table} SET {column} = 10000001")
+            await conn.execute(f"UPDATE {table} SET {column} = 10000000")
+        await conn.execute("UPDATE secret SET attendee_limit = NULL")
+        for column in ("width", "height", "webcam_width", "webcam_height"):
+            await rejects(conn, CHECK, f"INSERT INTO record_profile (name, {column}) VALUES ('p', 8193)")
+        await conn.execute("INSERT INTO record_profile (name, width, height) VALUES ('p', 8192, 8192)")
+
+    in_db(db_url, body)
+
+
 NODE_INSERT = (
     "INSERT INTO node (cluster_id, slug, domain, secret, protocol, port, cpu_load) VALUES ($1, $2, $3, 's', $4, $5, $6)"
 )

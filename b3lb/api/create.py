@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 from xml.sax.saxutils import quoteattr
@@ -15,8 +16,8 @@ from xml.sax.saxutils import quoteattr
 import asyncpg
 
 from b3lb.api import params as p
-from b3lb.api.forward import forward, succeeded
-from b3lb.api.xml import MEETING_ID_SIZE, MISSING_MEETING_ID, NAME_SIZE, ApiResult, limit_reached, no_node
+from b3lb.api.forward import call_node, node_suspected, succeeded
+from b3lb.api.xml import MEETING_ID_SIZE, MISSING_MEETING_ID, NAME_SIZE, ApiResult, failed, limit_reached, no_node
 from b3lb.balancer import NodeEntry
 from b3lb.db import Q
 from b3lb.meetings import MeetingRef
@@ -32,6 +33,12 @@ RECORDSET_TAG = "meta_b3lb-recordset"
 READY_URL = "meta_bbb-recording-ready-url"
 END_CALLBACK = "meta_endCallbackUrl"
 RECORD_FLAGS = ("record", "autoStartRecording", "allowStartStopRecording")
+# A create sent but not answered in time: the node may have made the meeting, so a retry of the
+# same create goes to that node again (never a second copy elsewhere).
+UNCERTAIN = failed(
+    "nodeUnavailable",
+    "The BigBlueButton server did not answer in time; the meeting may have been created. Retry the create.",
+)
 EMBED_LIMIT = 768_000  # bytes of slide embedded as base64 (1,024,000 characters)
 
 
@@ -46,7 +53,10 @@ async def create(runtime: Runtime, req: ApiRequest) -> ApiResult:
         return NAME_SIZE
     ctx = req.ctx
     # Memory only: a meeting another instance created just now shows up as the insert's conflict.
+    # A meeting learnt from a Redis event is not trusted for a create: the row decides.
     ref = runtime.meetings.get(ctx.secret.id, meeting_id)
+    if ref is not None and ref.via_event:
+        ref = None
     entry = runtime.loads.nodes.get(ref.node_id) if ref is not None else None
     is_new = False
     if ref is None or entry is None or entry.node.has_errors:
@@ -54,18 +64,89 @@ async def create(runtime: Runtime, req: ApiRequest) -> ApiResult:
         if isinstance(placed, ApiResult):
             return placed
         ref, entry, is_new = placed
-    params = _rewrite(runtime, ctx, req.params, ref)
-    method, body, content_type = "GET", None, None
+    return await _send(runtime, req, ref, entry, is_new, await _request_body(runtime, req))
+
+
+async def _send(
+    runtime: Runtime, req: ApiRequest, ref: MeetingRef, entry: NodeEntry, is_new: bool, body: RequestBody
+) -> ApiResult:
+    """Forward the create; a new meeting that its node certainly failed goes to the next node."""
+    attempts = runtime.config.api.create_attempts
+    for attempt in range(1, attempts + 1):
+        params = _rewrite(runtime, req.ctx, req.params, ref)
+        outcome = await call_node(runtime, entry, "create", params, method=body[0], body=body[1], content_type=body[2])
+        if outcome.verdict == "ok":
+            if succeeded(outcome.result):
+                ref.uncertain_since = 0.0
+                entry.create_succeeded()
+            elif is_new:  # the request itself was refused (bad parameters): nothing runs anywhere
+                await _forget(runtime, ref)
+            return outcome.result
+        if outcome.verdict == "uncertain":
+            # The node may have created it: keep routing there until its next poll decides.
+            node_suspected(runtime, entry, "create", outcome.reason)
+            if is_new or ref.uncertain_since:
+                ref.uncertain_since = time.monotonic()
+            return UNCERTAIN
+        if outcome.verdict == "node_fault":
+            node_suspected(runtime, entry, "create", outcome.reason)
+            entry.create_failed()
+        moved = await _move(runtime, req, ref, entry) if is_new and attempt < attempts else None
+        if moved is None:
+            if is_new:
+                await _forget(runtime, ref)
+            return outcome.result
+        ref, entry = moved
+    raise AssertionError("unreachable: the last attempt returns")  # pragma: no cover
+
+
+RequestBody = tuple[str, bytes | None, str | None]  # method, body, Content-Type towards the node
+
+
+async def _request_body(runtime: Runtime, req: ApiRequest) -> RequestBody:
+    """The client's own POST body, else the tenant's default slide, else a plain GET."""
     if req.method == "POST" and not req.params_from_body and req.body:
-        method, body, content_type = "POST", req.body, req.content_type
-    elif ctx.assets.slide:
-        body = await _slide_body(runtime, ctx)
+        return "POST", req.body, req.content_type
+    if req.ctx.assets.slide:
+        body = await _slide_body(runtime, req.ctx)
         if body is not None:
-            method, content_type = "POST", "application/xml"
-    result = await forward(runtime, entry, "create", params, method=method, body=body, content_type=content_type)
-    if is_new and not succeeded(result):
-        await _forget(runtime, ref)
-    return result
+            return "POST", body, "application/xml"
+    return "GET", None, None
+
+
+async def _move(
+    runtime: Runtime, req: ApiRequest, ref: MeetingRef, failed_on: NodeEntry
+) -> tuple[MeetingRef, NodeEntry] | None:
+    """A new meeting whose node certainly failed to create it goes to the next node (fresh nonce)."""
+    ctx = req.ctx
+    exclude = set(runtime.meetings.nodes_hosting(ref.meeting_id, ctx.secret.id))
+    exclude.add(failed_on.node.id)
+    entry = runtime.loads.choose(ctx.tenant.cluster_group_id, dict.fromkeys(exclude))
+    if entry is None:
+        return None
+    args = _row_args(ctx, req, req.get("name") or "")
+    try:
+        row = await runtime.pool.fetchrow(Q.meeting_move, ref.id, entry.node.id, *args, failed_on.node.id)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        log.warning("cannot move meeting %s off node %s: %s", ref.id, failed_on.node.slug, exc)
+        return None
+    if row is None:  # a concurrent create moved or ended it first
+        return None
+    runtime.meetings.remove(ref)
+    runtime.loads.unplaced(failed_on.node.id)
+    moved = MeetingRef.from_row(row)
+    runtime.meetings.add(moved)
+    runtime.loads.placed(entry.node.id)
+    runtime.announce("created", moved)
+    log.info("create of %s failed on node %s, trying node %s", ref.meeting_id, failed_on.node.slug, entry.node.slug)
+    return moved, entry
+
+
+def _row_args(ctx: SecretContext, req: ApiRequest, name: str) -> tuple[str, str, str]:
+    """meeting_name, end_callback_url, recording_ready_url of the routing record."""
+    callback = p.first_casefold(req.params, END_CALLBACK)
+    ready_url = (p.first(req.params, READY_URL) or "") if ctx.recording_enabled else ""
+    return name, callback[1] if callback else "", ready_url
 
 
 async def _place(
@@ -104,9 +185,7 @@ async def _store(
     req: ApiRequest,
 ) -> tuple[MeetingRef, NodeEntry, bool] | ApiResult:
     with_keys = runtime.config.api.add_message_keys
-    callback = p.first_casefold(req.params, END_CALLBACK)
-    ready_url = (p.first(req.params, READY_URL) or "") if ctx.recording_enabled else ""
-    args = (name, callback[1] if callback else "", ready_url)
+    args = _row_args(ctx, req, name)
     if stale is None:
         row = await runtime.meeting_inserts.insert((ctx.secret.id, meeting_id, name, entry.node.id, args[1], args[2]))
     else:  # its node is in error: restart the room elsewhere with a fresh nonce

@@ -1,8 +1,14 @@
-"""Sending a (rewritten) call to the node that owns a meeting, signed with that node's secret."""
+"""Sending a (rewritten) call to the node that owns a meeting, signed with that node's secret.
+
+A node that fails a call is not judged here: the poller owns node health (b3lb/poller.py), and a
+failed call only asks it to look at that node again at once (`Runtime.suspect_node`).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
 
 from b3lb.api.params import Params
 from b3lb.api.xml import ApiResult, failed
@@ -12,6 +18,11 @@ from b3lb.nodeclient import NodeRequestError
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.forward")
+
+# Answers that say the node itself is broken (not the request): the same call may go elsewhere.
+# checksumError means our own signature with the node's secret failed: a node configuration fault.
+NODE_FAULT_KEYS = frozenset({"internalError", "checksumError"})
+_MESSAGE_KEY = re.compile(rb"<messageKey>\s*([^<\s]*)\s*</messageKey>")
 
 
 def node_url(entry: NodeEntry, call: str, params: Params) -> str:
@@ -26,6 +37,55 @@ def node_url_for_query(entry: NodeEntry, call: str, query: str) -> str:
     return f"{entry.api_url}{call}?{signed}"
 
 
+@dataclass(slots=True)
+class NodeOutcome:
+    """What became of one call to a node.
+
+    `verdict`: "ok" (a BBB document: SUCCESS, or a FAILED caused by the request itself),
+    "node_fault" (the node certainly did not do it: refused, reset, 5xx, unusable or internalError
+    answer), "uncertain" (sent, but no answer in time: the node may have done it), or "local"
+    (b3lb never sent it: no free connection slot in time).
+    """
+
+    verdict: str
+    result: ApiResult
+    reason: str = ""
+
+
+async def call_node(
+    runtime: Runtime,
+    entry: NodeEntry,
+    call: str,
+    params: Params | str,
+    *,
+    method: str = "GET",
+    body: bytes | None = None,
+    content_type: str | None = None,
+) -> NodeOutcome:
+    """One call to a node, classified. `params` is a parameter list to encode, or an already
+    encoded query sent as it is."""
+    url = node_url_for_query(entry, call, params) if isinstance(params, str) else node_url(entry, call, params)
+    try:
+        response = await runtime.nodes.fetch(url, method=method, body=body, content_type=content_type)
+    except NodeRequestError as exc:
+        kind = getattr(exc, "kind", "connect")
+        if kind == "local":
+            return NodeOutcome("local", _unavailable("no free connection to it"), str(exc))
+        verdict = "uncertain" if kind == "timeout" else "node_fault"
+        return NodeOutcome(verdict, _unavailable(f"no answer ({exc})"), str(exc))
+    head = response.body[:512]
+    if response.code >= 500 or (response.code == 200 and b"<response" not in head):
+        return NodeOutcome("node_fault", _unavailable(f"an unusable answer (HTTP {response.code})"),
+                           f"unusable answer (HTTP {response.code})")
+    result = ApiResult(response.body, response.code, response.content_type)
+    entry.call_error = ""
+    if b"<returncode>FAILED</returncode>" in response.body[:4096]:
+        key = _MESSAGE_KEY.search(response.body, 0, 8192)
+        if key is not None and key.group(1).decode("ascii", "replace") in NODE_FAULT_KEYS:
+            return NodeOutcome("node_fault", result, f"answered {key.group(1).decode('ascii', 'replace')}")
+    return NodeOutcome("ok", result)
+
+
 async def forward(
     runtime: Runtime,
     entry: NodeEntry,
@@ -37,24 +97,22 @@ async def forward(
     content_type: str | None = None,
 ) -> ApiResult:
     """The node's answer unchanged (status, body, Content-Type), or a FAILED document when the
-    node cannot be reached or answers something that is not a BBB document.
-
-    `params` is a parameter list to encode, or an already encoded query sent as it is."""
-    url = node_url_for_query(entry, call, params) if isinstance(params, str) else node_url(entry, call, params)
-    try:
-        response = await runtime.nodes.fetch(url, method=method, body=body, content_type=content_type)
-    except NodeRequestError as exc:
-        return await _node_failed(runtime, entry, call, f"no answer ({exc})")
-    if response.code >= 500 or (response.code == 200 and b"<response" not in response.body[:512]):
-        return await _node_failed(runtime, entry, call, f"unusable answer (HTTP {response.code})")
-    entry.failures = 0
-    return ApiResult(response.body, response.code, response.content_type)
+    node cannot be reached or answers something that is not a BBB document."""
+    outcome = await call_node(runtime, entry, call, params, method=method, body=body, content_type=content_type)
+    if outcome.verdict in ("node_fault", "uncertain"):
+        node_suspected(runtime, entry, call, outcome.reason)
+    return outcome.result
 
 
-async def _node_failed(runtime: Runtime, entry: NodeEntry, call: str, reason: str) -> ApiResult:
-    log.warning("node %s failed on %s: %s", entry.node.slug, call, reason)
-    await runtime.node_failed(entry.node.id, reason)
-    return failed("nodeUnavailable", f"The BigBlueButton server hosting this meeting gave {reason}.")
+def node_suspected(runtime: Runtime, entry: NodeEntry, call: str, reason: str) -> None:
+    if entry.call_error != reason:  # a line when the failure starts or changes, not one per call
+        entry.call_error = reason
+        log.warning("node %s failed on %s: %s", entry.node.slug, call, reason)
+    runtime.suspect_node(entry.node.id, reason)
+
+
+def _unavailable(what: str) -> ApiResult:
+    return failed("nodeUnavailable", f"The BigBlueButton server hosting this meeting gave {what}.")
 
 
 def succeeded(result: ApiResult) -> bool:

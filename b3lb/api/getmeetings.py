@@ -7,15 +7,24 @@ meeting disappears at once. Meetings of a node in error are left out (as B3LB do
 failed poll keeps the last known state until the node's error state flips.
 
 The polling process answers from memory. Other instances read the list the poller stored in
-`secret_meeting_list` (one indexed query), which is at most one poll interval old.
+`secret_meeting_list` (one indexed query), which is at most one poll interval old. A meeting
+created since its node's last poll is listed at once, as BBB does: its element comes from one
+getMeetingInfo call to its node (same children as a getMeetings element) and is kept until the
+poll brings the node's own.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
+from lxml import etree
+
+from b3lb import bbbxml
+from b3lb.api.forward import call_node
 from b3lb.api.xml import NO_MEETINGS, ApiResult
 from b3lb.db import Q
+from b3lb.meetings import MeetingRef
 from b3lb.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -23,24 +32,78 @@ if TYPE_CHECKING:
 
 _HEAD = b"<response><returncode>SUCCESS</returncode><meetings>"
 _TAIL = b"</meetings></response>"
+# Meetings not yet polled that one getMeetings fetches from their nodes, at most.
+FETCH_LIMIT = 50
+_ENVELOPE = frozenset({"returncode", "messageKey", "message"})
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
 
 
 async def get_meetings(runtime: Runtime, req: ApiRequest) -> ApiResult:
     ctx = req.ctx
-    if not runtime.polling:
-        stored = await runtime.pool.fetchval(Q.secret_list, ctx.secret.id)
-        return ApiResult(_HEAD + stored.encode() + _TAIL) if stored else NO_MEETINGS
     if ctx.secret.sub_id == 0:
         secret_ids = [s.secret.id for s in runtime.directory.secrets_by_tenant.get(ctx.tenant.id, [])]
     else:
         secret_ids = [ctx.secret.id]
     nodes = runtime.loads.nodes
-    parts = [
-        ref.xml
+    refs = [
+        ref
         for secret_id in secret_ids
         for ref in runtime.meetings.for_secret(secret_id)
-        if ref.xml is not None and ref.node_id in nodes and not nodes[ref.node_id].node.has_errors
+        if ref.node_id in nodes and not nodes[ref.node_id].node.has_errors
     ]
+    if runtime.polling:
+        parts = [ref.xml for ref in refs if ref.xml is not None]
+        missing = [ref for ref in refs if ref.xml is None]
+    else:
+        stored = (await runtime.pool.fetchval(Q.secret_list, ctx.secret.id) or "").encode()
+        parts = [stored] if stored else []
+        missing = _not_listed(stored, refs) if refs else []
+    if missing:
+        parts.extend(await _fetch_elements(runtime, missing[:FETCH_LIMIT]))
     if not parts:
         return NO_MEETINGS
     return ApiResult(_HEAD + b"".join(parts) + _TAIL)
+
+
+def _not_listed(stored: bytes, refs: list[MeetingRef]) -> list[MeetingRef]:
+    """The meetings of `refs` that the stored list does not hold (created since the last poll)."""
+    listed: set[str] = set()
+    if stored:
+        scanned = bbbxml.scan(_HEAD + stored + _TAIL)
+        if scanned is None:  # not the plain template: let lxml read the IDs
+            root = etree.fromstring(_HEAD + stored + _TAIL, _PARSER)
+            listed = {m.findtext("meetingID") or "" for m in root.iterfind("meetings/meeting")}
+        else:
+            listed = {m.meeting_id for m in scanned}
+    return [ref for ref in refs if ref.meeting_id not in listed]
+
+
+async def _fetch_elements(runtime: Runtime, refs: list[MeetingRef]) -> list[bytes]:
+    found = await asyncio.gather(*(_fetch_element(runtime, ref) for ref in refs))
+    return [element for element in found if element is not None]
+
+
+async def _fetch_element(runtime: Runtime, ref: MeetingRef) -> bytes | None:
+    entry = runtime.loads.nodes.get(ref.node_id)
+    if entry is None:
+        return None
+    outcome = await call_node(runtime, entry, "getMeetingInfo", [("meetingID", ref.meeting_id)])
+    element = meeting_element(outcome.result.body) if outcome.verdict == "ok" else None
+    if element is not None and ref.xml is None:
+        ref.xml = element  # until the poll brings the node's own copy
+    return element
+
+
+def meeting_element(info: bytes) -> bytes | None:
+    """A getMeetingInfo SUCCESS answer as a getMeetings `<meeting>` element, else None."""
+    try:
+        root = etree.fromstring(info, _PARSER)
+    except etree.XMLSyntaxError:
+        return None
+    if root.tag != "response" or root.findtext("returncode") != "SUCCESS":
+        return None
+    meeting = etree.Element("meeting")
+    for child in list(root):
+        if child.tag not in _ENVELOPE:
+            meeting.append(child)
+    return etree.tostring(meeting, encoding="utf-8")

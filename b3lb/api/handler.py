@@ -29,6 +29,7 @@ from b3lb.api import calls, create, getmeetings, join
 from b3lb.api.params import Params, QueryText
 from b3lb.api.xml import CHECKSUM_ERROR, UNSUPPORTED, VERSION, ApiResult
 from b3lb.metrics import REQUEST_SECONDS
+from b3lb.outage import is_database_unavailable
 from b3lb.runtime import Runtime
 from b3lb.tenancy import SecretContext
 
@@ -42,6 +43,12 @@ INTERNAL_ERROR = ApiResult(
     b"<response><returncode>FAILED</returncode><messageKey>internalError</messageKey>"
     b"<message>The load balancer could not handle this request.</message></response>",
     status=500,
+)
+# The database is down or restarting: a clean BBB failure (HTTP 200, spec 0.3); the outage is
+# logged once by Runtime.database, not per request. Joins and other in-memory calls still work.
+DATABASE_UNAVAILABLE = ApiResult(
+    b"<response><returncode>FAILED</returncode><messageKey>databaseUnavailable</messageKey>"
+    b"<message>The load balancer's database is unavailable. Please try again shortly.</message></response>"
 )
 
 
@@ -154,9 +161,8 @@ class ApiExchange(HTTPMessageDelegate):
         started = time.perf_counter()
         try:
             result = await self._dispatch()
-        except Exception:  # nothing a client sends may produce a traceback on the wire
-            log.exception("%s %s failed", self.request.method, self.call)
-            result = INTERNAL_ERROR
+        except Exception as exc:  # nothing a client sends may produce a traceback on the wire
+            result = self._failure(exc)
         self._send(result)
         elapsed = time.perf_counter() - started
         (_LATENCY.get(self.call) or _LATENCY["other"]).observe(elapsed)
@@ -165,17 +171,25 @@ class ApiExchange(HTTPMessageDelegate):
         elif log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s %.2fms", self.call, result.status, 1000 * elapsed)
 
+    def _failure(self, exc: Exception) -> ApiResult:
+        """The answer to a call that raised: an outage is expected and counted, anything else is a bug."""
+        if is_database_unavailable(exc):
+            self.runtime.database.failed(exc)
+            return DATABASE_UNAVAILABLE
+        log.error("%s %s failed", self.request.method, self.call, exc_info=exc)
+        return INTERNAL_ERROR
+
     async def _dispatch(self) -> ApiResult:
         call, request = self.call, self.request
         method = request.method or "GET"
         allowed = ("GET", "POST", "HEAD") if call == "" else CALLS[call][0] if call in CALLS else GET_POST
         if method not in allowed:
             return ApiResult(b"", status=405, content_type=HTML_TYPE, headers={"Allow": ", ".join(allowed)})
+        if call == "":  # like BBB: the version document needs neither tenant nor checksum (health checks)
+            return VERSION
         ctx = self.runtime.secret_for(request, self.slug, self.sub)
         if ctx is None:
             return self._auth_failed()
-        if call == "":  # the version document needs no checksum, but a known tenant
-            return VERSION
         api_request = authenticate(request, call, method, ctx, self.runtime.allowed_algorithms)
         if api_request is None:
             return self._auth_failed()
@@ -188,6 +202,18 @@ class ApiExchange(HTTPMessageDelegate):
         return CHECKSUM_ERROR
 
     def _send(self, result: ApiResult) -> None:
+        try:
+            self._write(result)
+        except StreamClosedError:
+            pass  # the client left before its answer
+        except Exception:  # e.g. a header value that cannot be encoded: still answer, once
+            log.exception("%s %s: cannot send the answer", self.request.method, self.call)
+            try:
+                self._write(INTERNAL_ERROR)
+            except Exception:  # the connection is unusable: close it rather than leave it hanging
+                self.request.connection.close()  # type: ignore[union-attr]
+
+    def _write(self, result: ApiResult) -> None:
         connection = self.request.connection
         assert connection is not None
         headers = HTTPHeaders()
@@ -198,11 +224,8 @@ class ApiExchange(HTTPMessageDelegate):
             headers[name] = value
         headers["Content-Length"] = str(len(result.body))
         start = ResponseStartLine("HTTP/1.1", result.status, responses.get(result.status, "Unknown"))
-        try:
-            connection.write_headers(start, headers, result.body if self.request.method != "HEAD" else None)
-            connection.finish()
-        except StreamClosedError:
-            pass  # the client left before its answer
+        connection.write_headers(start, headers, result.body if self.request.method != "HEAD" else None)
+        connection.finish()
 
 
 def authenticate(

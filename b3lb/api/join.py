@@ -49,6 +49,15 @@ async def join(runtime: Runtime, req: ApiRequest) -> ApiResult:
     return ApiResult(b"", status=302, headers={"Location": location})
 
 
+# Characters a URL may carry as they are; everything else (non-ASCII, spaces, controls such as
+# CR/LF or U+2028) is percent-encoded as UTF-8 before it goes into the Location header.
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+
+
+def location_safe(url: str) -> str:
+    return url if url.isascii() and url.isprintable() and " " not in url else quote(url, safe=_URL_SAFE)
+
+
 def unknown_meeting(runtime: Runtime, req: ApiRequest) -> ApiResult:
     """Spec 2.4 (REC): XML for redirect=false, else a redirect carrying BBB's `errors=` list."""
     if runtime.config.api.legacy_400_on_unknown_join:
@@ -57,6 +66,6 @@ def unknown_meeting(runtime: Runtime, req: ApiRequest) -> ApiResult:
         target = first(req.params, "errorRedirectUrl") or first(req.params, "logoutURL") or ""
         if target.startswith(("http://", "https://")):
             separator = "&" if "?" in target else "?"
-            location = f"{target}{separator}errors={quote(_UNKNOWN_ERRORS, safe='')}"
+            location = f"{location_safe(target)}{separator}errors={quote(_UNKNOWN_ERRORS, safe='')}"
             return ApiResult(b"", status=302, headers={"Location": location})
     return INVALID_MEETING

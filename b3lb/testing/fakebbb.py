@@ -62,7 +62,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MODES = frozenset({"ok", "slow", "garbage", "error", "failed", "down"})
+# "stall": wait `delay` seconds, then drop the connection without doing anything.
+MODES = frozenset({"ok", "slow", "garbage", "error", "failed", "down", "stall"})
 GARBAGE_BODY = b"\x00<<this is not XML>> \xff\xfe garbage from a broken node"
 CALLBACK_TIMEOUT_SECONDS = 3.0
 SUPPORTED_POST_CONTENT_TYPES = frozenset(
@@ -88,6 +89,8 @@ class FakeNode:
         self.meetings: dict[str, FakeMeeting] = {}
         self.requests: list[RecordedRequest] = []
         self._mode: str = "ok"
+        # API call name -> mode for that call only (e.g. {"create": "failed"}: creates fail, polls fine)
+        self.call_modes: dict[str, str] = {}
         self._fleet = fleet
         self._socket: socket.socket | None = None
         self._remove_accept_handler: Callable[[], None] | None = None
@@ -385,17 +388,21 @@ class FakeNodeHandler(RequestHandler):
                 request.path,
             )
         )
-        if node.mode == "down":  # a keep-alive connection outlived set_down(): drop it like a dead host
+        mode = node.call_modes.get(request.path.rsplit("/", 1)[-1], node.mode) if node.call_modes else node.mode
+        if mode == "down":  # a keep-alive connection outlived set_down(): drop it like a dead host
             self.detach().close()
-        elif node.mode == "slow":
+        elif mode == "stall":
             await asyncio.sleep(node.delay)
-        elif node.mode == "garbage":
+            self.detach().close()
+        elif mode == "slow":
+            await asyncio.sleep(node.delay)
+        elif mode == "garbage":
             self.set_header("Content-Type", "text/html")
             self.finish(GARBAGE_BODY)
-        elif node.mode == "error":
+        elif mode == "error":
             self.set_status(500)
             self.finish("Internal Server Error")
-        elif node.mode == "failed":
+        elif mode == "failed":
             self.send_xml(bbb_xml.FAILED_MODE)
 
     def send_xml(self, document: bytes) -> None:

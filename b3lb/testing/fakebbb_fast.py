@@ -57,7 +57,7 @@ class PollShortcut(HTTPMessageDelegate):
         if self.fleet.record_requests or start_line.method != "GET":
             return None
         node = self.fleet.find_node(headers.get("Host", "").rsplit(":", 1)[0])
-        if node is None or node.mode != "ok":
+        if node is None or node.mode != "ok" or node.call_modes:
             return None
         path, _, query = start_line.path.partition("?")
         if path == "/b3lb/load":

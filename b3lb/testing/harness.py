@@ -21,11 +21,15 @@ from b3lb.app import make_app
 from b3lb.checksum import digest
 from b3lb.config import Config, load_config
 from b3lb.db import keep_session
+from b3lb.httplimits import make_http_server
 from b3lb.poller import NodePoll, Poller
 from b3lb.runtime import Runtime
 from b3lb.testing.fakebbb import FakeFleet
 
 BASE_DOMAIN = "lb.test"
+# [callbacks] for tests whose frontends (callback receivers) listen on loopback, which the URL guard
+# refuses by default.
+LOOPBACK_CALLBACKS: dict[str, object] = {"allowed_networks": ["127.0.0.0/8"]}
 
 
 @dataclass
@@ -81,9 +85,10 @@ class Harness:
         tenants: tuple[str, ...] = ("ABC",),
         server: dict[str, object] | None = None,
         poller: dict[str, object] | None = None,
+        callbacks: dict[str, object] | None = None,
         **api: object,
     ) -> None:
-        """`api` overrides [api] settings, `server` and `poller` their sections."""
+        """`api` overrides [api] settings, `server`, `poller` and `callbacks` their sections."""
         self.db_url = db_url
         self.fleet = FakeFleet(nodes)
         self.tenant_slugs = tenants
@@ -95,6 +100,7 @@ class Harness:
             ),
             api=dataclasses.replace(base.api, node_request_timeout=2.0, node_connect_timeout=1.0, **api),
             poller=dataclasses.replace(base.poller, **{"timeout": 1.0, **(poller or {})}),
+            callbacks=dataclasses.replace(base.callbacks, **(callbacks or {})),
         )
         self.tenants: dict[str, SeededTenant] = {}
         self.pool: asyncpg.Pool | None = None
@@ -105,8 +111,12 @@ class Harness:
 
     async def __aenter__(self) -> Self:
         await self.fleet.start()
-        # Like `b3lb serve`'s pool (db.Database.open(serving=True)): no session reset on release.
-        self.pool = await asyncpg.create_pool(self.db_url, min_size=1, max_size=5, reset=keep_session)
+        # Like `b3lb serve`'s pool (db.Database.open(serving=True)): no session reset on release,
+        # the serving process's synchronous_commit.
+        self.pool = await asyncpg.create_pool(
+            self.db_url, min_size=1, max_size=5, reset=keep_session,
+            server_settings={"synchronous_commit": self.config.database.synchronous_commit},
+        )
         self.tenants = await seed(self.pool, self.fleet, self.tenant_slugs)
         self.runtime = Runtime(self.config, self.pool)
         await self.runtime.start()
@@ -115,14 +125,8 @@ class Harness:
         self.runtime.polling = True
         sock = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)[0]
         self.port = sock.getsockname()[1]
-        # The same limits as `b3lb serve` (b3lb/server.py).
-        self.server = HTTPServer(
-            make_app(self.runtime),
-            xheaders=False,
-            max_body_size=self.config.server.max_body_size,
-            max_buffer_size=self.config.server.max_body_size,
-            max_header_size=self.config.server.max_header_size,
-        )
+        # The same server, limits and timeouts as `b3lb serve` (b3lb/server.py).
+        self.server = make_http_server(make_app(self.runtime), self.config.server)
         self.server.add_sockets([sock])
         return self
 

@@ -46,8 +46,10 @@ SELECT meetings_xml FROM secret_meeting_list WHERE secret_id = $1
 -- Per tenant and (origin server, origin): current sums. Combinations seen before stay, at zero.
 WITH current AS (
     SELECT s.tenant_id, m.origin_server_name, m.origin,
-           sum(m.attendees) AS attendees, count(*) AS meetings, sum(m.listeners) AS listeners,
-           sum(m.videos) AS videos, sum(m.voice) AS voices, sum(m.moderators) AS moderators
+           -- sums clamped into the integer columns: counts come from nodes
+           least(sum(m.attendees), 2147483647) AS attendees, count(*) AS meetings,
+           least(sum(m.listeners), 2147483647) AS listeners, least(sum(m.videos), 2147483647) AS videos,
+           least(sum(m.voice), 2147483647) AS voices, least(sum(m.moderators), 2147483647) AS moderators
     FROM meeting m
     JOIN secret s ON s.id = m.secret_id
     JOIN node n ON n.id = m.node_id
