@@ -90,10 +90,23 @@ class MeetingEvents:
             return
         self.publishing.succeeded()
 
+    async def publish_suspect(self, node_id: int) -> None:
+        """Ask the polling instance to poll this node at once: a call to it failed here."""
+        message = {"from": self.instance, "kind": "suspect", "node_id": node_id}
+        try:
+            await self.client.publish(await self.channel_name(), orjson.dumps(message))
+        except (redis.RedisError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self.publishing.failed(exc)  # the poller still polls it within an interval
+            return
+        self.publishing.succeeded()
+
     def apply(self, raw: bytes) -> None:
         try:
             message = orjson.loads(raw)
             if message["from"] == self.instance:
+                return
+            if message["kind"] == "suspect":
+                self._apply_suspect(int(message["node_id"]))
                 return
             ref = MeetingRef(id=message["id"], secret_id=message["secret_id"], meeting_id=message["meeting_id"],
                              node_id=message["node_id"], nonce=uuid.UUID(message["nonce"]), via_event=True)
@@ -112,6 +125,11 @@ class MeetingEvents:
         elif kind == "ended":
             if known is not None and known.id == ref.id:
                 meetings.remove(known)
+
+    def _apply_suspect(self, node_id: int) -> None:
+        runtime = self.runtime
+        if runtime.polling and runtime.poller is not None and node_id in runtime.loads.nodes:
+            runtime.poller.probe_soon(node_id, "a call failed on another instance")
 
     async def listen(self, ready: asyncio.Event | None = None) -> None:
         """Apply other instances' events until cancelled; reconnect after Redis outages."""

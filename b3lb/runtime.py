@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -26,6 +27,7 @@ from b3lb.outage import Outage, describe, is_database_unavailable
 from b3lb.tenancy import AssetFlags, HostResolver, SecretContext, TenantDirectory
 
 log = logging.getLogger("b3lb.runtime")
+SUSPECT_GAP = 2.0  # seconds between two requests for an extra poll of one node from this instance
 
 
 class Runtime:
@@ -53,6 +55,7 @@ class Runtime:
         self.polling = False
         # b3lb.events.MeetingEvents when redis.url is set: creates and ends reach other instances at once.
         self.events: Any = None
+        self._suspected: dict[int, float] = {}  # node id -> when this instance last asked for an extra poll
 
     def secret_for(self, request: HTTPServerRequest, slug: str | None, sub: str | None) -> SecretContext | None:
         """The secret a request addresses: from the path (/b3lb/t/{slug}[-NNN]/...) when given,
@@ -119,10 +122,16 @@ class Runtime:
 
     def suspect_node(self, node_id: int, reason: str) -> None:
         """A call to this node failed: the poller (which alone decides node health) polls it again
-        at once instead of waiting for its next cycle. Instances that do not poll leave it to
-        the one that does, which polls every node within an interval anyway."""
+        at once instead of waiting for its next cycle. An instance that does not poll asks the one
+        that does through Redis (at most once per node and SUSPECT_GAP); without Redis the poller
+        finds out within its interval."""
         if self.polling and self.poller is not None:
             self.poller.probe_soon(node_id, reason)
+        elif self.events is not None:
+            now = time.monotonic()
+            if now - self._suspected.get(node_id, -1e9) >= SUSPECT_GAP:
+                self._suspected[node_id] = now
+                self.add_task("node suspect event", self.events.publish_suspect(node_id))
 
     # -- lifecycle ----------------------------------------------------------------------------
 

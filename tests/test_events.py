@@ -85,6 +85,43 @@ async def test_creates_and_ends_reach_the_other_instance(db_url):
             await pool.close()
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_failed_call_on_another_instance_asks_the_poller_for_an_extra_poll(db_url):
+    """Issue 9.3 across instances: only the polling instance judges nodes; another instance whose
+    call to a node failed asks it (through Redis) to poll that node at once, once per gap."""
+    if not await redis_available():
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    channel = "b3lb:test:" + secrets.token_hex(4)
+    async with Harness(db_url, nodes=1) as h:
+        pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+        other = Runtime(h.config, pool)  # does not poll
+        await other.refresh_directory()
+        h.runtime.events = MeetingEvents(h.runtime, REDIS_URL, channel)
+        other.events = MeetingEvents(other, REDIS_URL, channel)
+        ready = asyncio.Event()
+        listener = asyncio.ensure_future(h.runtime.events.listen(ready))
+        node = h.fleet.nodes[0]
+        node_id = next(iter(h.runtime.loads.nodes))
+        try:
+            await asyncio.wait_for(ready.wait(), 5)
+            polls = len([r for r in node.requests if r.call.endswith("getMeetings")])
+            for _ in range(5):
+                other.suspect_node(node_id, "test")
+            assert await eventually(
+                lambda: len([r for r in node.requests if r.call.endswith("getMeetings")]) == polls + 1
+            )
+            await asyncio.sleep(0.3)
+            assert len([r for r in node.requests if r.call.endswith("getMeetings")]) == polls + 1
+            assert h.runtime.loads.nodes[node_id].failures == 0  # the extra poll went well
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            await other.stop()
+            await h.runtime.events.close()
+            h.runtime.events = None
+            await pool.close()
+
+
 # -- one channel per deployment (issue 9, item 7) ------------------------------------------------
 
 
