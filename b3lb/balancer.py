@@ -63,6 +63,8 @@ class NodeEntry:
         return not self.node.maintenance and not self.node.has_errors
 
     def create_failed(self) -> None:
+        if self.avoid_until > time.monotonic():
+            return  # failures of creates sent in the same burst count once per back-off step
         self.create_faults += 1
         backoff = min(CREATE_BACKOFF_MAX, CREATE_BACKOFF * 2 ** min(self.create_faults - 1, 16))
         self.avoid_until = time.monotonic() + backoff

@@ -34,6 +34,8 @@ class MeetingRef:
     # The node may or may not run it: the first poll of its node that starts later confirms it
     # (listed) or drops it (b3lb/poller.py), so nothing running on a node stays unknown.
     uncertain_since: float = 0.0
+    creating: int = 0  # creates of it in flight in this process: no poll may drop it meanwhile
+    info_tried: float = 0.0  # monotonic time getMeetings last fetched its element from the node
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> MeetingRef:

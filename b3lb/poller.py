@@ -111,6 +111,7 @@ class Poller:
         # Nodes whose error state this process decided but could not store yet: a reload of the
         # node table must keep the in-memory state, or a recovery would be undone (issue 9.4).
         self.unstored_health: set[int] = set()
+        self._unstored_polls: list[tuple[MeetingRef, tuple[object, ...]]] = []
 
     async def poll_once(self) -> list[NodePoll]:
         """One full cycle over every node; returns the per-node results."""
@@ -128,6 +129,7 @@ class Poller:
         await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(entries)))))
         results = [poll for poll in polls if poll is not None]
         self._written = 0
+        self._unstored_polls = []
         await self._apply(results, cycle_started=time.monotonic() - (time.perf_counter() - started))
         if self._written >= TRIM_AFTER_BYTES:  # the lists' buffers are free now
             release_free_memory()
@@ -343,11 +345,11 @@ class Poller:
                 log.info("meeting %s: its unanswered create did reach node %s", ref.id, result.entry.node.slug)
             polled = (*counts, fit_text(sample.origin, ORIGIN_SIZE), fit_text(sample.origin_server_name, ORIGIN_SIZE))
             if polled != ref.polled:  # only changed meetings are written
-                ref.polled = polled
                 meeting_rows.append((ref.id, *polled))
+                self._unstored_polls.append((ref, polled))  # ref.polled once the rows are stored
         gone = []
         for ref in list(self.runtime.meetings.refs_on_node(result.entry.node.id)):
-            if ref.meeting_id in result.listed:
+            if ref.meeting_id in result.listed or ref.creating:
                 continue
             if ref.uncertain_since:  # wait for a poll that began after the create gave up
                 if cycle_started <= ref.uncertain_since:
@@ -413,6 +415,10 @@ class Poller:
             self.unstored_health.update(row[0] for row in node_rows)  # type: ignore[misc]
         for row in ended:
             self.runtime.counters.meeting_ended(row["secret_id"], row["seconds"])
+        if stored.get("meetings"):  # else they are written again next cycle
+            for ref, polled in self._unstored_polls:
+                ref.polled = polled
+        self._unstored_polls = []
         if stored.get("node lists"):
             self._stored_node_lists.update((k, key) for k, (key, _) in node_lists.items())
         if stored.get("secret lists", True):

@@ -74,10 +74,16 @@ async def _send(
     attempts = runtime.config.api.create_attempts
     for attempt in range(1, attempts + 1):
         params = _rewrite(runtime, req.ctx, req.params, ref)
-        outcome = await call_node(runtime, entry, "create", params, method=body[0], body=body[1], content_type=body[2])
+        ref.creating += 1  # no poll drops a meeting while a create of it is under way
+        try:
+            outcome = await call_node(runtime, entry, "create", params, method=body[0], body=body[1],
+                                      content_type=body[2])
+        finally:
+            ref.creating -= 1
         if outcome.verdict == "ok":
             if succeeded(outcome.result):
                 ref.uncertain_since = 0.0
+                ref.seen_at = time.monotonic()  # the grace against racing polls starts now
                 entry.create_succeeded()
             elif is_new:  # the request itself was refused (bad parameters): nothing runs anywhere
                 await _forget(runtime, ref)
@@ -92,7 +98,9 @@ async def _send(
             node_suspected(runtime, entry, "create", outcome.reason)
             entry.create_failed()
         moved = await _move(runtime, req, ref, entry) if is_new and attempt < attempts else None
-        if moved is None:
+        if moved == LOST_RACE:  # another create moved or ended the row: it is theirs now
+            return outcome.result
+        if not isinstance(moved, tuple):
             if is_new:
                 await _forget(runtime, ref)
             return outcome.result
@@ -114,10 +122,16 @@ async def _request_body(runtime: Runtime, req: ApiRequest) -> RequestBody:
     return "GET", None, None
 
 
+LOST_RACE = "lost race"
+
+
 async def _move(
     runtime: Runtime, req: ApiRequest, ref: MeetingRef, failed_on: NodeEntry
-) -> tuple[MeetingRef, NodeEntry] | None:
-    """A new meeting whose node certainly failed to create it goes to the next node (fresh nonce)."""
+) -> tuple[MeetingRef, NodeEntry] | str | None:
+    """A new meeting whose node certainly failed to create it goes to the next node (fresh nonce).
+
+    None: no node left (or the database failed); LOST_RACE: a concurrent create moved or ended
+    the row first, which then is no longer ours to delete."""
     ctx = req.ctx
     exclude = set(runtime.meetings.nodes_hosting(ref.meeting_id, ctx.secret.id))
     exclude.add(failed_on.node.id)
@@ -127,11 +141,13 @@ async def _move(
     args = _row_args(ctx, req, req.get("name") or "")
     try:
         row = await runtime.pool.fetchrow(Q.meeting_move, ref.id, entry.node.id, *args, failed_on.node.id)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         log.warning("cannot move meeting %s off node %s: %s", ref.id, failed_on.node.slug, exc)
         return None
     if row is None:  # a concurrent create moved or ended it first
-        return None
+        runtime.loads.unplaced(failed_on.node.id)
+        runtime.meetings.remove(ref, forget=False)  # a reload brings the row as it is now
+        return LOST_RACE
     runtime.meetings.remove(ref)
     runtime.loads.unplaced(failed_on.node.id)
     moved = MeetingRef.from_row(row)
@@ -279,8 +295,8 @@ async def _forget(runtime: Runtime, ref: MeetingRef) -> None:
     runtime.meetings.remove(ref)
     runtime.announce("ended", ref)
     runtime.loads.unplaced(ref.node_id)
-    try:
-        await runtime.pool.execute(Q.meeting_delete, ref.id)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+    try:  # only the row as this create made it: a concurrent restart elsewhere has a new nonce
+        await runtime.pool.execute(Q.meeting_delete, ref.id, ref.nonce)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         log.warning("cannot delete failed meeting %s: %s", ref.id, exc)
 

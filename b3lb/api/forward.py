@@ -61,12 +61,13 @@ async def call_node(
     method: str = "GET",
     body: bytes | None = None,
     content_type: str | None = None,
+    timeout: float | None = None,
 ) -> NodeOutcome:
     """One call to a node, classified. `params` is a parameter list to encode, or an already
     encoded query sent as it is."""
     url = node_url_for_query(entry, call, params) if isinstance(params, str) else node_url(entry, call, params)
     try:
-        response = await runtime.nodes.fetch(url, method=method, body=body, content_type=content_type)
+        response = await runtime.nodes.fetch(url, method=method, body=body, content_type=content_type, timeout=timeout)
     except NodeRequestError as exc:
         kind = getattr(exc, "kind", "connect")
         if kind == "local":

@@ -16,6 +16,7 @@ poll brings the node's own.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from lxml import etree
@@ -34,8 +35,10 @@ _HEAD = b"<response><returncode>SUCCESS</returncode><meetings>"
 _TAIL = b"</meetings></response>"
 # Meetings not yet polled that one getMeetings fetches from their nodes, at most.
 FETCH_LIMIT = 50
+FETCH_TIMEOUT = 2.0  # seconds for one such fetch
+FETCH_RETRY = 5.0  # seconds before a meeting whose fetch found nothing is asked for again
 _ENVELOPE = frozenset({"returncode", "messageKey", "message"})
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 
 
 async def get_meetings(runtime: Runtime, req: ApiRequest) -> ApiResult:
@@ -57,9 +60,14 @@ async def get_meetings(runtime: Runtime, req: ApiRequest) -> ApiResult:
     else:
         stored = (await runtime.pool.fetchval(Q.secret_list, ctx.secret.id) or "").encode()
         parts = [stored] if stored else []
-        missing = _not_listed(stored, refs) if refs else []
+        # only meetings this instance learnt of since about the last poll can be missing there
+        recent = time.monotonic() - 2 * runtime.config.poller.interval - runtime.config.api.cache_refresh_interval
+        fresh = [ref for ref in refs if ref.seen_at > recent]
+        missing = _not_listed(stored, fresh) if fresh else []
+        parts.extend(ref.xml for ref in missing if ref.xml is not None)
+        missing = [ref for ref in missing if ref.xml is None]
     if missing:
-        parts.extend(await _fetch_elements(runtime, missing[:FETCH_LIMIT]))
+        parts.extend(await _fetch_elements(runtime, missing))
     if not parts:
         return NO_MEETINGS
     return ApiResult(_HEAD + b"".join(parts) + _TAIL)
@@ -69,9 +77,13 @@ def _not_listed(stored: bytes, refs: list[MeetingRef]) -> list[MeetingRef]:
     """The meetings of `refs` that the stored list does not hold (created since the last poll)."""
     listed: set[str] = set()
     if stored:
-        scanned = bbbxml.scan(_HEAD + stored + _TAIL)
+        document = _HEAD + stored + _TAIL
+        scanned = bbbxml.scan(document)
         if scanned is None:  # not the plain template: let lxml read the IDs
-            root = etree.fromstring(_HEAD + stored + _TAIL, _PARSER)
+            try:
+                root = etree.fromstring(document, _PARSER)
+            except etree.XMLSyntaxError:
+                return []  # the stored list is served as it is, without additions
             listed = {m.findtext("meetingID") or "" for m in root.iterfind("meetings/meeting")}
         else:
             listed = {m.meeting_id for m in scanned}
@@ -79,7 +91,20 @@ def _not_listed(stored: bytes, refs: list[MeetingRef]) -> list[MeetingRef]:
 
 
 async def _fetch_elements(runtime: Runtime, refs: list[MeetingRef]) -> list[bytes]:
-    found = await asyncio.gather(*(_fetch_element(runtime, ref) for ref in refs))
+    """Elements of meetings not yet polled, from their nodes. A meeting is asked for once per
+    FETCH_RETRY (concurrent calls do not repeat it), never while its create is under way or
+    uncertain, never on a node whose calls fail, with a short timeout: a slow node must not hold
+    a tenant's whole list."""
+    now = time.monotonic()
+    nodes = runtime.loads.nodes
+    chosen = [
+        ref for ref in refs
+        if not ref.creating and not ref.uncertain_since and now - ref.info_tried > FETCH_RETRY
+        and not nodes[ref.node_id].call_error
+    ][:FETCH_LIMIT]
+    for ref in chosen:
+        ref.info_tried = now
+    found = await asyncio.gather(*(_fetch_element(runtime, ref) for ref in chosen))
     return [element for element in found if element is not None]
 
 
@@ -87,7 +112,7 @@ async def _fetch_element(runtime: Runtime, ref: MeetingRef) -> bytes | None:
     entry = runtime.loads.nodes.get(ref.node_id)
     if entry is None:
         return None
-    outcome = await call_node(runtime, entry, "getMeetingInfo", [("meetingID", ref.meeting_id)])
+    outcome = await call_node(runtime, entry, "getMeetingInfo", [("meetingID", ref.meeting_id)], timeout=FETCH_TIMEOUT)
     element = meeting_element(outcome.result.body) if outcome.verdict == "ok" else None
     if element is not None and ref.xml is None:
         ref.xml = element  # until the poll brings the node's own copy

@@ -57,7 +57,8 @@ WHERE id = $1 AND node_id = $6
 RETURNING id, secret_id, meeting_id, node_id, nonce, create_time, attendees
 
 -- name: meeting_delete
-DELETE FROM meeting WHERE id = $1
+-- A failed create's own row: matched by nonce too, so a concurrent restart elsewhere stays.
+DELETE FROM meeting WHERE id = $1 AND nonce = $2
 
 -- name: meeting_end
 -- Remove a meeting from routing but keep what its end callback needs; returns its age.
