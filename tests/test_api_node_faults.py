@@ -232,3 +232,43 @@ async def test_a_wait_for_a_connection_slot_is_not_a_node_failure(db_url):
         await asyncio.sleep(0.3)
         assert len(sent(node, "getMeetings")) == polls_before  # no extra poll
         assert entry.failures == 0 and not await node_in_error(h, node)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_poll_never_drops_a_meeting_while_its_create_is_under_way(db_url):
+    """Review finding: a retried create of an uncertain meeting, still in flight during a poll."""
+    async with Harness(db_url, nodes=1) as h:
+        node = h.fleet.nodes[0]
+        node.call_modes, node.delay = {"create": "stall"}, 2.5
+        await assert_node_unavailable(h, "create", "meetingID=lost&name=Room")
+        await asyncio.sleep(0.6)
+        node.call_modes, node.delay = {"create": "slow"}, 1.0  # the retry takes a second, then creates
+        retry = asyncio.ensure_future(h.call("create", "meetingID=lost&name=Room"))
+        await asyncio.sleep(0.3)
+        await h.poll()  # began after the first create gave up, while the retry is in flight
+        assert xml(await retry).findtext("returncode") == "SUCCESS"
+        assert "lost" in node.meetings and len(await meeting_rows(h, "lost")) == 1
+        r = await h.call("join", "meetingID=lost&fullName=A&role=VIEWER")
+        assert r.code == 302 and node.domain in r.headers["Location"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_create_that_lost_the_move_race_leaves_the_winners_row(db_url):
+    """Review finding: create A's node answers 500 after a second; meanwhile create B
+    restarts the room on the other node. A must not delete B's row."""
+    async with Harness(db_url, nodes=2) as h:
+        first, second = h.fleet.nodes
+        entry_of(h, second).avoid_until = time.monotonic() + 1.0  # A lands on the first node
+        first.call_modes, first.delay = {"create": "late-error"}, 1.0  # a 500 after a second
+        a = asyncio.ensure_future(h.call("create", "meetingID=mm&name=Room"))
+        await wait_for(lambda: any(r.call.endswith("create") for r in first.requests))
+        entry_of(h, first).node.has_errors = True  # the poller takes the first node out meanwhile
+        entry_of(h, first).recompute()
+        await create_ok(h, "mm")  # B restarts the room on the second node
+        await a
+        assert "mm" in second.meetings
+        (row,) = await meeting_rows(h, "mm")
+        assert row["node_id"] == node_id(h, second)
+        await h.reload()
+        ref = h.runtime.meetings.get(h.tenants["ABC"].secrets[0][0], "mm")
+        assert ref is not None and ref.node_id == node_id(h, second)

@@ -62,8 +62,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# "stall": wait `delay` seconds, then drop the connection without doing anything.
-MODES = frozenset({"ok", "slow", "garbage", "error", "failed", "down", "stall"})
+# "stall": wait `delay` seconds, then drop the connection without doing anything;
+# "late-error": wait `delay` seconds, then answer HTTP 500 without doing anything.
+MODES = frozenset({"ok", "slow", "garbage", "error", "failed", "down", "stall", "late-error"})
 GARBAGE_BODY = b"\x00<<this is not XML>> \xff\xfe garbage from a broken node"
 CALLBACK_TIMEOUT_SECONDS = 3.0
 SUPPORTED_POST_CONTENT_TYPES = frozenset(
@@ -396,6 +397,10 @@ class FakeNodeHandler(RequestHandler):
             self.detach().close()
         elif mode == "slow":
             await asyncio.sleep(node.delay)
+        elif mode == "late-error":
+            await asyncio.sleep(node.delay)
+            self.set_status(500)
+            self.finish("Internal Server Error")
         elif mode == "garbage":
             self.set_header("Content-Type", "text/html")
             self.finish(GARBAGE_BODY)
