@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tornado.httputil import HTTPConnection, HTTPMessageDelegate
+from tornado.log import access_log
 from tornado.web import Application, RequestHandler
 
 from b3lb.api.handler import ApiRouter
@@ -26,6 +27,16 @@ class NotFoundHandler(RequestHandler):
 class B3lbApplication(Application):
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
         return LazyQueryDelegate(self, server_conn, request_conn)
+
+    def log_request(self, handler: RequestHandler) -> None:
+        """As Tornado, except that a 503 (the database is down: logged once per outage by
+        b3lb/outage.py) is an info line, not an error line per request."""
+        if handler.get_status() == 503:
+            request = handler.request
+            access_log.info("503 %s %s (%s) %.2fms", request.method, request.path, request.remote_ip,
+                            1000.0 * request.request_time())
+            return
+        super().log_request(handler)
 
 
 def make_app(runtime: Runtime) -> Application:

@@ -13,6 +13,7 @@ from tornado.web import RequestHandler
 
 from b3lb.db import Q
 from b3lb.nodeclient import NodeRequestError
+from b3lb.outage import is_database_unavailable
 from b3lb.runtime import Runtime
 from b3lb.urlguard import URLRefused, loggable
 
@@ -67,10 +68,14 @@ class EndCallbackHandler(RequestHandler):
             return
         try:
             rows = await self.runtime.pool.fetch(Q.end_callback_take, nonce, meeting_id)
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            log.warning("end callback for %s not processed: %s", meeting_id, exc)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            if is_database_unavailable(exc):  # logged once per outage; the poller ends it later
+                self.runtime.database.failed(exc)
+            else:
+                log.warning("end callback for %s not processed: %s", meeting_id, exc)
             self.finish()
             return
+        self.runtime.database.succeeded()
         self.finish()
         for row in rows:
             self._forget(row["id"], row["secret_id"], meeting_id, row["seconds"])

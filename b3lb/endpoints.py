@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from types import TracebackType
+from typing import Any
 
 import asyncpg
 import orjson
@@ -12,17 +14,42 @@ from tornado.web import RequestHandler
 
 from b3lb import metrics
 from b3lb.db import Q
+from b3lb.outage import is_database_unavailable
 from b3lb.runtime import Runtime
 from b3lb.tenancy import SecretContext
 
 log = logging.getLogger("b3lb.endpoints")
 
 
-class PingHandler(RequestHandler):
-    """`GET /b3lb/ping`: 200 `OK!` when the database answers, 503 `Doh!` when it does not."""
+class RuntimeHandler(RequestHandler):
+    """Base of b3lb's own RequestHandlers: a database outage answers 503 and is logged once per
+    outage (b3lb/outage.py), never a 500 with a traceback per request. Other errors are bugs
+    and keep Tornado's 500 and traceback."""
 
     def initialize(self, runtime: Runtime) -> None:
         self.runtime = runtime
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if value is not None and is_database_unavailable(value):
+            self.runtime.database.failed(value)
+            return
+        super().log_exception(typ, value, tb)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if exc is not None and is_database_unavailable(exc):
+            self.set_status(503)
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.set_header("Retry-After", "5")
+            self.finish("Service Unavailable: the database is unavailable")
+            return
+        super().write_error(status_code, **kwargs)
+
+
+class PingHandler(RuntimeHandler):
+    """`GET /b3lb/ping`: 200 `OK!` when the database answers, 503 `Doh!` when it does not."""
 
     def compute_etag(self) -> None:
         return None
@@ -41,11 +68,8 @@ class PingHandler(RequestHandler):
         self.finish("OK!")
 
 
-class AssetHandler(RequestHandler):
+class AssetHandler(RuntimeHandler):
     """`GET /b3lb/t/{slug}/logo|slide|css`: the stored file with its MIME type, else 404."""
-
-    def initialize(self, runtime: Runtime) -> None:
-        self.runtime = runtime
 
     async def get(self, slug: str, kind: str) -> None:
         row = await self.runtime.pool.fetchrow(Q.asset_file, slug.upper(), kind)
@@ -70,11 +94,8 @@ def token_matches(presented: str, expected: str) -> bool:
     return hmac.compare_digest(presented.encode("latin-1", "replace"), expected.encode("utf-8"))
 
 
-class _TenantEndpoint(RequestHandler):
+class _TenantEndpoint(RuntimeHandler):
     """Shared by /b3lb/stats and /b3lb/metrics: tenant from path or Host, token in Authorization."""
-
-    def initialize(self, runtime: Runtime) -> None:
-        self.runtime = runtime
 
     def compute_etag(self) -> None:
         return None
