@@ -47,6 +47,8 @@ setup(
     description="A fast BigBlueButton API load balancer (Tornado, asyncpg, PostgreSQL)",
     python_requires=">=3.11",
     packages=find_packages(include=["b3lb", "b3lb.*"]),
+    # The fake node's webcam video when no ffmpeg is at hand (b3lb/testing/fakerecording.py).
+    package_data={"b3lb.testing": ["fixtures/*.webm"]},
     install_requires=[
         "tornado>=6.4",
         "asyncpg>=0.29",
@@ -61,6 +63,15 @@ setup(
         # Embedded PostgreSQL for machines without a configured database: it ships
         # real PostgreSQL binaries in a wheel, which no hand-written code can replace.
         "pgserver>=0.1.4",
+        # Streaming multipart parser for node uploads (b3lb/recordings/upload.py): the archive goes to
+        # storage as it arrives, never whole in memory. Starlette's parser, pure Python.
+        "python-multipart>=0.0.20",
+        # Recording-ready callbacks carry a JWT (HS256) signed with the tenant's secret.
+        "PyJWT>=2.8",
+        # S3-compatible recording storage (b3lb/recordings/s3store.py): AWS's own SDK, with the public
+        # multipart-upload API a streamed 10 GiB archive needs; run in threads (aiobotocore pins botocore
+        # to versions that conflict with boto3).
+        "boto3>=1.34",
     ],
     extras_require={
         "dev": [
@@ -71,6 +82,10 @@ setup(
             "trustme>=1.1",
             # tests/test_packaging.py builds a wheel without build isolation; setuptools < 70.1 needs it.
             "wheel>=0.40",
+            # A real S3 HTTP server for the storage tests (moto in server mode, no credentials needed).
+            "moto[server]>=5.0",
+            # An ffmpeg binary in a wheel: the fake node makes a real webcams.webm with it.
+            "imageio-ffmpeg>=0.5",
         ],
     },
     entry_points={"console_scripts": ["b3lb=b3lb.cli:main"]},

@@ -9,7 +9,9 @@ from tornado.web import Application, RequestHandler
 from b3lb.api.handler import ApiRouter
 from b3lb.callbacks import EndCallbackHandler
 from b3lb.endpoints import AssetHandler, MetricsHandler, PingHandler, StatsHandler
-from b3lb.lazyquery import LazyQueryDelegate
+from b3lb.lazyquery import BodyLimit, LazyQueryDelegate
+from b3lb.recordings import upload
+from b3lb.recordings.playback import PlaybackHandler
 from b3lb.runtime import Runtime
 
 # Call names as B3LB routes them; anything else under the API (e.g. hooks/create) is a 404.
@@ -25,6 +27,13 @@ class NotFoundHandler(RequestHandler):
 
 
 class B3lbApplication(Application):
+    upload_limit: BodyLimit | None = None
+
+    def body_limit_for(self, path: str) -> BodyLimit | None:
+        """Node uploads take archives of gigabytes for up to an hour; every other body has the
+        server's limits (lazyquery.py asks before the body is read)."""
+        return self.upload_limit if path == upload.UPLOAD_PATH else None
+
     def start_request(self, server_conn: object, request_conn: HTTPConnection) -> HTTPMessageDelegate:
         return LazyQueryDelegate(self, server_conn, request_conn)
 
@@ -54,5 +63,9 @@ def make_app(runtime: Runtime) -> Application:
         (rf"/b3lb/t/{TENANT}/metrics", MetricsHandler, deps),
         (r"/b3lb/b/meeting/end", EndCallbackHandler, deps),
         (r"/b3lb/t/([a-z]{2,10})/(logo|slide|css)", AssetHandler, deps),
+        (upload.UPLOAD_PATH, upload.UploadHandler, deps),
+        (r"/b3lb/r/(?P<nonce>[a-zA-Z0-9!@*(_)-]+)", PlaybackHandler, deps),
     ]
-    return B3lbApplication(routes, default_handler_class=NotFoundHandler, compress_response=False)
+    app = B3lbApplication(routes, default_handler_class=NotFoundHandler, compress_response=False)
+    app.upload_limit = upload.body_limit(runtime.config)
+    return app

@@ -68,6 +68,12 @@ class EndCallbackHandler(RequestHandler):
             return
         try:
             rows = await self.runtime.pool.fetch(Q.end_callback_take, nonce, meeting_id)
+            if not rows:
+                # An `end` through the API may have moved the row to meeting_ended while this
+                # statement waited for it; a new statement (a new snapshot) finds it there.
+                rows = await self.runtime.pool.fetch(Q.end_callback_take, nonce, meeting_id)
+            if marks == "false":  # nobody recorded: no upload will come for its record set
+                await self.runtime.pool.execute(Q.record_set_unrecorded, nonce, meeting_id)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             if is_database_unavailable(exc):  # logged once per outage; the poller ends it later
                 self.runtime.database.failed(exc)

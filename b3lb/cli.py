@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import asyncpg
 
-from b3lb import admin, admin_meeting, admin_tenant, resources
+from b3lb import admin, admin_meeting, admin_recording, admin_tenant, resources
 from b3lb import migrate as migrations
 from b3lb import validation as V
 from b3lb.admin import AdminError, ClusterSettings, NodeSettings
@@ -97,6 +97,8 @@ SECRET_LABEL = _typed(V.parse_secret_label, "secret")
 PARAMETER_NAME = _typed(V.PARAMETER_NAME.parse, "parameter name")
 PARAMETER_VALUE = _typed(V.PARAMETER_VALUE.parse, "value")
 MEETING_ID = _typed(V.MEETING_ID.parse, "meeting ID")
+RECORD_SET = _typed(admin_recording.parse_set_id, "record set ID")
+SET_LIMIT = _typed(admin_recording.LIST_LIMIT.parse, "number")
 BOOL = _typed(_parse_bool, "boolean")
 
 
@@ -119,7 +121,9 @@ async def _admin_command(config: Config, args: argparse.Namespace) -> Any:
         async with pool.acquire() as conn:
             await _ensure_schema(conn, embedded=db.embedded is not None)
             async with conn.transaction():
-                return await args.run(conn, args, config)
+                result = await args.run(conn, args, config)
+            then = getattr(args, "then", None)  # work that must follow the commit (recording delete)
+            return result if then is None else await then(conn, args, config, result)
     finally:
         await db.close()
 
@@ -483,6 +487,27 @@ def _add_meeting(sub: Any) -> None:
     p.add_argument("meeting_id", type=MEETING_ID, metavar="MEETING_ID")
 
 
+def _add_recording(sub: Any) -> None:
+    commands = _group(sub, "recording", "record sets (ID: the set's UUID): uploads, videos, render jobs")
+    p = _leaf(commands, "list", "list record sets, newest first", lambda c, a, _: admin_recording.recording_list(
+        c, a.tenant, a.status, a.limit))
+    p.add_argument("--tenant", type=TENANT)
+    p.add_argument("--status", type=str.upper, choices=admin_recording.STATUSES)
+    p.add_argument("--limit", type=SET_LIMIT, default=admin_recording.DEFAULT_LIMIT, metavar="N",
+                   help=f"at most N sets, 1..{admin_recording.LIST_LIMIT.high} (default %(default)s)")
+    p = _leaf(commands, "show", "show a set with its records, render job and undelivered callbacks",
+              lambda c, a, cfg: admin_recording.recording_show(c, a.id, cfg.public_base_url),
+              show=admin_recording.show_recording)
+    p.add_argument("id", type=RECORD_SET, metavar="ID")
+    p = _leaf(commands, "delete", "delete a set: marked DELETING, then its files, then its rows",
+              lambda c, a, _: admin_recording.recording_mark_deleting(c, a.id))
+    p.set_defaults(then=admin_recording.recording_purge)
+    p.add_argument("id", type=RECORD_SET, metavar="ID")
+    p = _leaf(commands, "rerender", "queue the set's render job again (sets with an uploaded archive)",
+              lambda c, a, _: admin_recording.recording_rerender(c, a.id))
+    p.add_argument("id", type=RECORD_SET, metavar="ID")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="b3lb", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", metavar="FILE", default=None, help="configuration file (default: conf/b3lb.conf)")
@@ -520,6 +545,7 @@ def build_parser() -> Parser:
         _add_asset,
         _add_record_profile,
         _add_meeting,
+        _add_recording,
     ):
         add(sub)
     return parser

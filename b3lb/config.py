@@ -137,6 +137,32 @@ class CallbacksConfig:
 
 
 @dataclass(frozen=True)
+class RecordingsConfig:
+    # Where archives and videos live: "local" (a folder) or "s3" (S3-compatible object storage).
+    storage: str = "local"
+    # local: the folder; empty means {server.data_dir}/recordings.
+    local_path: str = ""
+    # s3: endpoint URL (e.g. "https://s3.example.org"), bucket, credentials, region and key prefix.
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_access_key: str = ""
+    s3_secret_key: str = ""
+    s3_region: str = "us-east-1"
+    s3_prefix: str = ""
+    # Bytes of one node upload (the archive plus its metadata.xml); larger: 413.
+    max_upload_bytes: int = 10 * 1024**3
+    # Seconds a node may take to send one upload's body.
+    upload_timeout: float = 3600.0
+    # Seconds for one recording-ready callback request; a failed one is retried after
+    # callback_backoff seconds, doubled each time up to one hour, callback_attempts times in all.
+    callback_timeout: float = 10.0
+    callback_backoff: float = 30.0
+    callback_attempts: int = 15
+    # Seconds between housekeeping runs (retention, unfinished deletions, stale temporary files).
+    housekeeping_interval: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -146,6 +172,7 @@ class Config:
     poller: PollerConfig = field(default_factory=PollerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
 
     @property
     def public_base_url(self) -> str:
@@ -253,6 +280,20 @@ def _validate(config: Config) -> None:
     if config.poller.error_after < 1 or config.poller.recover_after < 1:
         raise ConfigError("poller.error_after / poller.recover_after: must be at least 1")
     _validate_node_client(config)
+    _validate_recordings(config.recordings)
+
+
+def _validate_recordings(rec: RecordingsConfig) -> None:
+    if rec.storage not in ("local", "s3"):
+        raise ConfigError("recordings.storage: must be local or s3")
+    if rec.storage == "s3" and not (rec.s3_endpoint and rec.s3_bucket):
+        raise ConfigError("recordings.s3_endpoint / s3_bucket: required when recordings.storage is s3")
+    if rec.max_upload_bytes < 1024 * 1024:
+        raise ConfigError("recordings.max_upload_bytes: must be at least 1 MiB")
+    if min(rec.upload_timeout, rec.callback_timeout, rec.callback_backoff, rec.housekeeping_interval) <= 0:
+        raise ConfigError("recordings: timeouts, back-off and intervals must be more than 0 seconds")
+    if not 1 <= rec.callback_attempts <= 100:
+        raise ConfigError("recordings.callback_attempts: must be between 1 and 100")
 
 
 def _validate_node_client(config: Config) -> None:

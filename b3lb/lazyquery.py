@@ -4,13 +4,18 @@ Tornado parses every query into `request.arguments` and deep-copies it into `que
 before routing (about 10 µs for a join URL, 5% of its cost). The BBB API never reads them: a
 checksum must be computed over the raw query as sent, so b3lb parses that itself. Other
 handlers (get_query_argument) still get the arguments, parsed on first use.
+
+The delegate also enforces the body size limit (413), `server.max_body_size` unless the
+application names another limit for the request's path: `router.body_limit_for(path)` returning
+a `BodyLimit` (the node upload endpoint takes archives of gigabytes, for up to an hour).
 """
 
 from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import cast
 
 from tornado import httputil
@@ -55,6 +60,14 @@ class LazyQueryRequest(httputil.HTTPServerRequest):
         self._query_arguments = value
 
 
+@dataclass(frozen=True, slots=True)
+class BodyLimit:
+    """A path's own body limits: its size in bytes and the seconds the whole body may take."""
+
+    max_bytes: int
+    timeout: float
+
+
 class LazyQueryDelegate(_RoutingDelegate):
     """Tornado's routing delegate, building a LazyQueryRequest instead of an HTTPServerRequest,
     and answering 413 for a body over the connection's max_body_size (httplimits.py says why
@@ -88,9 +101,7 @@ class LazyQueryDelegate(_RoutingDelegate):
         self, start_line: httputil.RequestStartLine, declared: str | None, encoding: str | None
     ) -> Awaitable[None] | None:
         connection = cast(HTTP1Connection, self.request_conn)
-        limit = connection.params.max_body_size
-        if limit is None:
-            limit = connection.stream.max_buffer_size
+        limit = self._body_limit(connection, start_line.path.partition("?")[0])
         if declared is not None:
             if _declared_length(declared) > limit:
                 log_refusal(413, connection.context, f"{request_label(start_line.method, start_line.path)}: "
@@ -105,6 +116,18 @@ class LazyQueryDelegate(_RoutingDelegate):
             connection.set_max_body_size(sys.maxsize)
             self._label = request_label(start_line.method, start_line.path)
         return None
+
+    def _body_limit(self, connection: HTTP1Connection, path: str) -> int:
+        """The path's own limit (then also this request's limits in Tornado, which would refuse
+        the body otherwise), else the server's."""
+        per_path: Callable[[str], BodyLimit | None] | None = getattr(self.router, "body_limit_for", None)
+        special = per_path(path) if per_path is not None else None
+        if special is not None:
+            connection.set_max_body_size(special.max_bytes)
+            connection.set_body_timeout(special.timeout)
+            return special.max_bytes
+        limit = connection.params.max_body_size
+        return connection.stream.max_buffer_size if limit is None else limit
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         if self.body_room is not None:
@@ -123,9 +146,18 @@ class LazyQueryDelegate(_RoutingDelegate):
         connection = cast(HTTP1Connection, self.request_conn)
         self.refused = True
         log_refusal(413, connection.context, f"{self._label}: chunked body over {self._limit}")
+        # The handler gets no more of the body: told now, it drops what it has (a streaming upload
+        # aborts its write); nothing else tells it (on_connection_close below is not passed on).
+        if self.delegate is not None:
+            self.delegate.on_connection_close()
         # Tornado goes on reading the chunks (handed to us and dropped) until the body ends, the
         # client closes, or the linger time or the body timeout runs out.
         refuse_while_read(connection.stream, 413, f"Content Too Large: the body is limited to {self._limit} bytes")
+
+    def on_connection_close(self) -> None:
+        if self.refused:  # the handler was told in _refuse_chunked
+            return
+        super().on_connection_close()
 
     def finish(self) -> None:
         if self.refused:  # the refused body ended: nothing more to read or answer

@@ -131,15 +131,29 @@ class NodeClient:
     async def fetch_callback(self, url: str, *, timeout: float) -> int:
         """GET a tenant-supplied URL through the guard; the answer's status (its body is not read).
         Raises URLRefused (never retry: the URL is not allowed) or NodeRequestError."""
+        return await self._callback("GET", url, None, None, timeout)
+
+    async def post_callback(self, url: str, body: bytes, content_type: str, *, timeout: float) -> int:
+        """POST `body` to a tenant-supplied URL through the guard (a recording-ready callback); the
+        answer's status, its body not read. Redirects are answers, never followed; the POST is sent
+        at most once (aiohttp retries only idempotent requests). Raises URLRefused or NodeRequestError."""
+        return await self._callback("POST", url, body, content_type, timeout)
+
+    async def _callback(
+        self, method: str, url: str, body: bytes | None, content_type: str | None, timeout: float
+    ) -> int:
         try:
             target = URL(url, encoded=True)
         except (ValueError, TypeError):
             raise URLRefused("unparsable URL") from None
         self.guard.check_url(target)  # IP literals; names are checked by the session's resolver
         pool = self._callback_pool or self._open_callbacks()
+        headers = {"Content-Type": content_type} if content_type else None
         client_timeout = await self._take_slot(pool.slots, timeout)
         try:
-            async with pool.session.get(target, timeout=client_timeout, allow_redirects=False) as response:
+            async with pool.session.request(
+                method, target, data=body, headers=headers, timeout=client_timeout, allow_redirects=False
+            ) as response:
                 return response.status  # the unread body closes the connection: nothing is reused
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, RuntimeError) as exc:
             raise _classified(exc) from None

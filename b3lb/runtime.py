@@ -24,6 +24,7 @@ from b3lb.meetings import MeetingRef, MeetingTable
 from b3lb.models import Cluster, Node, Parameter, Secret, Tenant
 from b3lb.nodeclient import NodeClient
 from b3lb.outage import Outage, describe, is_database_unavailable
+from b3lb.recordings.storage import Storage, make_storage
 from b3lb.tenancy import AssetFlags, HostResolver, SecretContext, TenantDirectory
 
 log = logging.getLogger("b3lb.runtime")
@@ -56,6 +57,14 @@ class Runtime:
         # b3lb.events.MeetingEvents when redis.url is set: creates and ends reach other instances at once.
         self.events: Any = None
         self._suspected: dict[int, float] = {}  # node id -> when this instance last asked for an extra poll
+        self._storage: Storage | None = None
+
+    @property
+    def storage(self) -> Storage:
+        """Recording storage ([recordings] storage), made on first use: most calls never need it."""
+        if self._storage is None:
+            self._storage = make_storage(self.config)
+        return self._storage
 
     def secret_for(self, request: HTTPServerRequest, slug: str | None, sub: str | None) -> SecretContext | None:
         """The secret a request addresses: from the path (/b3lb/t/{slug}[-NNN]/...) when given,
@@ -188,5 +197,7 @@ class Runtime:
             else:
                 log.exception("final counter flush failed")
         await self.nodes.aclose()
+        if self._storage is not None:
+            await self._storage.close()
         if self.events is not None:
             await self.events.close()

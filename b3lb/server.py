@@ -18,6 +18,7 @@ from b3lb.leader import Leadership
 from b3lb.logs import setup_logging
 from b3lb.memory import tune_garbage_collector
 from b3lb.poller import Poller
+from b3lb.recordings import tasks as recording_tasks
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.server")
@@ -37,6 +38,7 @@ async def run_server(config: Config, *, ready: asyncio.Event | None = None) -> N
         await runtime.start()
         runtime.poller = Poller(runtime)
         runtime.add_task("poller", Leadership(runtime, runtime.poller).run())
+        recording_tasks.start(runtime)  # ready callbacks from the outbox; housekeeping while leading
         if config.redis.url:
             runtime.events = MeetingEvents(runtime, config.redis.url)
             runtime.add_task("meeting events", runtime.events.listen())

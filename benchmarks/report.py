@@ -38,9 +38,10 @@ def _field(rows: dict[str, Row], name: str, key: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def targets(http_rows: list[Row], poll_rows: list[Row]) -> list[Target]:
-    """The targets of issue 5 that this run can judge."""
+def targets(http_rows: list[Row], poll_rows: list[Row], recording_rows: list[Row] | None = None) -> list[Target]:
+    """The targets of issues 5 and 10 that this run can judge."""
     rows = {r["scenario"]: r for r in http_rows}
+    recordings = {r["scenario"]: r for r in recording_rows or []}
     polls = {r["scenario"]: r for r in poll_rows}
     # the ceiling measured right before join, else the median ceiling
     ceiling_p99 = _field(rows, "join", "ceiling_p99_ms") or _field(rows, "ceiling", "p99_ms")
@@ -65,6 +66,8 @@ def targets(http_rows: list[Row], poll_rows: list[Row]) -> list[Target]:
         found.append(Target(f"{name}: slowest cycle wall time", _field(polls, name, "wall_max_s"), 2.0, " s", False))
         found.append(Target(f"{name}: most CPU in a cycle", _field(polls, name, "cpu_max_s"), 1.0, " s", False))
     found.append(Target("poll-10k: RSS with 10k meetings", _field(polls, "poll-10k", "rss_mb"), 150, " MB", False))
+    found.append(Target("getRecordings: 1,000 listed, p50 server time",
+                        _field(recordings, "getRecordings-1000", "p50_ms"), 50, " ms", False))  # fmt: skip
     all_rows = http_rows + poll_rows
     errors = float(sum(r.get("errors", 0) for r in all_rows)) if all_rows else None
     found.append(Target("errors in all scenarios", errors, 0, "", False))
@@ -128,7 +131,10 @@ def poll_table(rows: list[Row]) -> str:
     return _table(headers, ["<", ">", ">", ">", ">", ">", ">", ">"], cells)
 
 
-def render(meta: dict[str, Any], http_rows: list[Row], poll_rows: list[Row], found: list[Target]) -> str:
+def render(
+    meta: dict[str, Any], http_rows: list[Row], poll_rows: list[Row], found: list[Target],
+    recording_rows: list[Row] | None = None,
+) -> str:
     parts = [
         f"b3lb benchmark {meta['date']}: {meta['cores']} cores ({meta['cpu_model']}), load by {meta['tool']}, "
         f"{meta['pinning']}, PostgreSQL {meta['postgres']}, {meta['nodes']} fake nodes",
@@ -139,6 +145,10 @@ def render(meta: dict[str, Any], http_rows: list[Row], poll_rows: list[Row], fou
         parts += [http_table(http_rows), ""]
     if poll_rows:
         parts += [poll_table(poll_rows), ""]
+    if recording_rows:
+        from benchmarks.recordings import table as recordings_table
+
+        parts += [recordings_table(recording_rows), ""]
     notes = [f"  {r['scenario']}: {e}" for r in http_rows + poll_rows for e in r.get("examples", [])[:3]]
     notes += [
         f"  {r['scenario']}: only {r['paths']:,} distinct requests, some sent twice"
@@ -152,12 +162,14 @@ def render(meta: dict[str, Any], http_rows: list[Row], poll_rows: list[Row], fou
 
 
 def write_json(
-    path: Path, meta: dict[str, Any], http_rows: list[Row], poll_rows: list[Row], found: list[Target]
+    path: Path, meta: dict[str, Any], http_rows: list[Row], poll_rows: list[Row], found: list[Target],
+    recording_rows: list[Row] | None = None,
 ) -> None:
     document = {
         **meta,
         "rows": http_rows,
         "poll": poll_rows,
+        "recordings": recording_rows or [],
         "targets": [{**asdict(t), "verdict": t.verdict} for t in found],
     }
     path.parent.mkdir(parents=True, exist_ok=True)

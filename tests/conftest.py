@@ -8,22 +8,15 @@ land in the same place.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
-import asyncpg
 import pytest
+from db_support import REPO, _migrate, fresh_schema, run
 
-from b3lb import migrate as migrations
 from b3lb.db import EmbeddedPostgres
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -41,57 +34,11 @@ def pg_url() -> Iterator[str]:
         embedded.stop()
 
 
-def with_search_path(url: str, schema: str) -> str:
-    separator = "&" if "?" in url else "?"
-    return f"{url}{separator}options={quote('-csearch_path=' + schema, safe='')}"
-
-
-def run(coro):  # noqa: ANN001, ANN201 - tiny helper for sync fixtures
-    """Run a coroutine on a private loop, leaving any current (Tornado) loop untouched."""
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
-
-
-async def _execute(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def execute_sql(url: str, sql: str) -> None:
-    """Run SQL from a synchronous test or fixture."""
-    run(_execute(url, sql))
-
-
-@contextlib.contextmanager
-def fresh_schema(pg_url: str) -> Iterator[str]:
-    """URL of a new, empty schema, dropped afterwards."""
-    schema = "t_" + secrets.token_hex(6)
-    execute_sql(pg_url, f"CREATE SCHEMA {schema}")
-    try:
-        yield with_search_path(pg_url, schema)
-    finally:
-        execute_sql(pg_url, f"DROP SCHEMA {schema} CASCADE")
-
-
 @pytest.fixture
 def empty_db(pg_url: str) -> Iterator[str]:
     """URL of a fresh, empty schema (no migrations applied)."""
     with fresh_schema(pg_url) as url:
         yield url
-
-
-async def _migrate(url: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await migrations.migrate(conn)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from conftest import REPO, execute_sql, fresh_schema
+from db_support import REPO, execute_sql, fresh_schema
 
 from b3lb.cli import main
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 import redis.asyncio as redis
-from conftest import _migrate, fresh_schema, run
+from db_support import _migrate, fresh_schema, run
 from lxml import etree
 from prometheus_client import REGISTRY
 from tests_support import free_port

@@ -19,6 +19,7 @@ import uvloop
 
 from b3lb.config import ApiConfig, CallbacksConfig
 from b3lb.nodeclient import USER_AGENT, NodeClient, NodeRequestError, NodeResponse
+from b3lb.urlguard import URLRefused
 
 Reader = asyncio.StreamReader
 Writer = asyncio.StreamWriter
@@ -227,6 +228,43 @@ async def test_pools_are_separate_and_a_full_pool_fails_locally():
         assert (await waiting).body == b"ok"
         assert [r.line for r in s.requests].count("GET /fast HTTP/1.1") == 3  # the refused one never went out
         assert s.connections == 3  # api, poll and callback connections are never shared
+
+
+# ---------------------------------------------------------------- tenant callbacks: POST (recording ready)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_post_callback_sends_the_form_once_and_follows_no_redirect():
+    def respond(request: Request) -> bytes:
+        if "moved" in request.line:
+            return answer(b"", status="302 Found", headers=("Location: /elsewhere",))
+        return answer(b"nope", status="500 Internal Server Error") if "fail" in request.line else answer(b"ok")
+
+    loopback = CallbacksConfig(allowed_networks=["127.0.0.0/8"])
+    async with session(replying(respond), callbacks=loopback) as (server, client):
+        form = "application/x-www-form-urlencoded"
+        for path, code in (("/ready?token=a%20b", 200), ("/moved", 302), ("/fail", 500)):
+            assert await client.post_callback(server.url(path), b"signed_parameters=x.y.z", form, timeout=2) == code
+        assert [r.line for r in server.requests] == [
+            "POST /ready?token=a%20b HTTP/1.1", "POST /moved HTTP/1.1", "POST /fail HTTP/1.1"]  # no redirect
+        for request in server.requests:
+            assert request.body == b"signed_parameters=x.y.z" and request.headers["content-type"] == form
+            assert request.headers["user-agent"] == USER_AGENT
+    async with session(read_then(), callbacks=loopback) as (server, client):
+        with pytest.raises(NodeRequestError) as error:
+            await client.post_callback(server.url("/ready"), b"x", "text/plain", timeout=2)
+        assert error.value.kind == "reset"
+        assert [r.line for r in server.requests] == ["POST /ready HTTP/1.1"]  # never sent twice
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_post_callback_refuses_what_the_guard_refuses_before_sending():
+    async with session(replying(answer(b"ok"))) as (server, client):  # no allowed_networks
+        for url in (server.url("/ready"), f"http://localhost:{server.port}/ready", "ftp://example.org/",
+                    "http://user:pw@example.org/", "http://[oops/"):
+            with pytest.raises(URLRefused):
+                await client.post_callback(url, b"x", "application/x-www-form-urlencoded", timeout=2)
+        assert server.requests == [] and server.connections == 0
 
 
 # ---------------------------------------------------------------- kinds of failure (point 2)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import _migrate, fresh_schema, run
+from db_support import _migrate, fresh_schema, run
 from lxml import etree
 from prometheus_client import REGISTRY
 from tests_support import free_port

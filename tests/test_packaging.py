@@ -20,7 +20,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from conftest import REPO
+from db_support import REPO
 
 # Not needed to build the wheel; leaving them out keeps the copy small.
 IGNORED = shutil.ignore_patterns(

@@ -1,4 +1,4 @@
-"""Calls passed through to the node that owns the meeting, and the canned recording answers."""
+"""Calls passed through to the node that owns the meeting."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import logging
 from typing import TYPE_CHECKING
 
 import asyncpg
-import orjson
 
 from b3lb.api.forward import forward, succeeded
 from b3lb.api.xml import (
@@ -14,7 +13,6 @@ from b3lb.api.xml import (
     MISSING_MEETING_ID,
     NOT_RUNNING,
     ApiResult,
-    failed,
 )
 from b3lb.balancer import NodeEntry
 from b3lb.db import Q
@@ -26,11 +24,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("b3lb.api")
 
-JSON_TYPE = "application/json"
-NO_RECORDINGS = ApiResult(
-    b"<response><returncode>SUCCESS</returncode><recordings></recordings><messageKey>noRecordings</messageKey>"
-    b"<message>There are no recordings for the meeting(s).</message></response>"
-)
 
 
 async def owner(runtime: Runtime, req: ApiRequest) -> tuple[MeetingRef, NodeEntry] | None:
@@ -101,30 +94,3 @@ async def end(runtime: Runtime, req: ApiRequest) -> ApiResult:
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("meeting %s ended on its node but not in the database: %s", ref.id, exc)
     return result
-
-
-async def get_recordings(runtime: Runtime, req: ApiRequest) -> ApiResult:
-    # Recordings are not stored by this version, so there is never one to list.
-    return NO_RECORDINGS
-
-
-async def recordings_not_found(runtime: Runtime, req: ApiRequest) -> ApiResult:
-    if not req.get("recordID"):
-        return failed("missingParamRecordID", "You must specify a recordID.")
-    if req.call == "publishRecordings" and (req.get("publish") or "").lower() not in ("true", "false"):
-        return failed("missingParamPublish", "You must specify a publish value true or false.")
-    return failed("notFound", "We could not find recordings")
-
-
-def _json(payload: dict[str, object]) -> ApiResult:
-    return ApiResult(orjson.dumps({"response": payload}), content_type=JSON_TYPE)
-
-
-async def get_recording_text_tracks(runtime: Runtime, req: ApiRequest) -> ApiResult:
-    return _json({"returncode": "FAILED", "messageKey": "noRecordings", "message": "No recording found"})
-
-
-async def put_recording_text_track(runtime: Runtime, req: ApiRequest) -> ApiResult:
-    return _json(
-        {"returncode": "FAILED", "messageKey": "unsupportedRequest", "message": "This request is not supported."}
-    )

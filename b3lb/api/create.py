@@ -73,6 +73,8 @@ async def _send(
     """Forward the create; a new meeting that its node certainly failed goes to the next node."""
     attempts = runtime.config.api.create_attempts
     for attempt in range(1, attempts + 1):
+        if is_new and req.ctx.recording_enabled:
+            await _open_record_set(runtime, req, ref)
         params = _rewrite(runtime, req.ctx, req.params, ref)
         ref.creating += 1  # no poll drops a meeting while a create of it is under way
         try:
@@ -156,6 +158,19 @@ async def _move(
     runtime.announce("created", moved)
     log.info("create of %s failed on node %s, trying node %s", ref.meeting_id, failed_on.node.slug, entry.node.slug)
     return moved, entry
+
+
+async def _open_record_set(runtime: Runtime, req: ApiRequest, ref: MeetingRef) -> None:
+    """Spec 3.5: the set the node's upload will fill, stored before the node is asked (a SUCCESS
+    means it is durable). Without it the meeting is not created at all."""
+    ctx = req.ctx
+    name, callback, ready_url = _row_args(ctx, req, req.get("name") or "")
+    try:
+        await runtime.pool.execute(Q.record_set_open, ref.nonce, ctx.secret.id, ref.meeting_id, ctx.tenant.slug,
+                                   name, ready_url, callback)
+    except Exception:
+        await _forget(runtime, ref)
+        raise
 
 
 def _row_args(ctx: SecretContext, req: ApiRequest, name: str) -> tuple[str, str, str]:

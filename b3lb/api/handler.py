@@ -30,6 +30,7 @@ from b3lb.api.params import Params, QueryText
 from b3lb.api.xml import CHECKSUM_ERROR, UNSUPPORTED, VERSION, ApiResult
 from b3lb.metrics import REQUEST_SECONDS
 from b3lb.outage import is_database_unavailable
+from b3lb.recordings import api as recordings
 from b3lb.runtime import Runtime
 from b3lb.tenancy import SecretContext
 
@@ -99,12 +100,12 @@ CALLS: dict[str, tuple[tuple[str, ...], CallFunction]] = {
     "insertDocument": (("POST",), calls.insert_document),
     "sendChatMessage": (GET_POST, calls.send_chat_message),
     "setConfigXML": (GET_POST, calls.set_config_xml),
-    "getRecordings": (GET_POST, calls.get_recordings),
-    "publishRecordings": (GET_POST, calls.recordings_not_found),
-    "deleteRecordings": (GET_POST, calls.recordings_not_found),
-    "updateRecordings": (GET_POST, calls.recordings_not_found),
-    "getRecordingTextTracks": (GET_POST, calls.get_recording_text_tracks),
-    "putRecordingTextTrack": (("POST",), calls.put_recording_text_track),
+    "getRecordings": (GET_POST, recordings.get_recordings),
+    "publishRecordings": (GET_POST, recordings.publish_recordings),
+    "deleteRecordings": (GET_POST, recordings.delete_recordings),
+    "updateRecordings": (GET_POST, recordings.update_recordings),
+    "getRecordingTextTracks": (GET_POST, recordings.get_recording_text_tracks),
+    "putRecordingTextTrack": (("POST",), recordings.put_recording_text_track),
 }
 
 # Histogram children per call, resolved once: labels() costs a lock and a dict lookup per call.

@@ -46,6 +46,7 @@ from b3lb.testing.fakebbb_xml import (
     passwords_match,
     sign_query,
 )
+from b3lb.testing.fakerecording import FakeRecorder
 
 __all__ = [
     "FakeAttendee",
@@ -217,9 +218,8 @@ class FakeNode:
 class FakeFleet:
     """Many fake BBB nodes served by one Tornado HTTPServer on one shared port."""
 
-    def __init__(
-        self, count: int = 1, *, secret: str | None = None, port: int = 0, record_requests: bool = True
-    ) -> None:
+    def __init__(self, count: int = 1, *, secret: str | None = None, port: int = 0, record_requests: bool = True,
+                 recordings: bool = False) -> None:
         self.nodes: list[FakeNode] = [
             FakeNode(self, index, secret if secret is not None else secrets.token_hex(20)) for index in range(count)
         ]
@@ -229,7 +229,9 @@ class FakeFleet:
         self._nodes_by_domain = {node.domain: node for node in self.nodes}
         self._server: HTTPServer | None = None
         self._http_client: AsyncHTTPClient | None = None
-        self._background_tasks: set[asyncio.Task[None]] = set()
+        self._background_tasks: set[asyncio.Task[Any]] = set()
+        # recordings=True: meetings created with record=true record and upload (b3lb.testing.fakerecording).
+        self.recorder = FakeRecorder(recordings)
 
     def node_by_domain(self, domain: str) -> FakeNode:
         return self._nodes_by_domain[domain]
@@ -264,6 +266,7 @@ class FakeFleet:
             task.cancel()
         if self._background_tasks:
             await asyncio.gather(*self._background_tasks, return_exceptions=True)
+        await self.recorder.close()
         if self._server is not None:
             await self._server.close_all_connections()
             self._server = None
@@ -319,19 +322,30 @@ class FakeFleet:
             node._socket.close()
             node._socket = None
 
-    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a coroutine in the background, keeping a reference until it is done."""
         task = asyncio.ensure_future(coroutine)
         self._background_tasks.add(task)
         task.add_done_callback(self._background_tasks.discard)
 
-    async def end_meeting(self, node: FakeNode, meeting_id: str, recordingmarks: bool = False) -> None:
-        """End a meeting as if everybody left: remove it and send BBB's end callbacks."""
-        meeting = node.remove_meeting(meeting_id)
-        await self.send_end_callbacks(meeting, recordingmarks)
+    async def end_meeting(self, node: FakeNode, meeting_id: str, recordingmarks: bool | None = None) -> None:
+        """End a meeting as if everybody left (recordingmarks None: whether it recorded)."""
+        await self.meeting_ended(node, node.remove_meeting(meeting_id), recordingmarks)
+
+    async def meeting_ended(self, node: FakeNode, meeting: FakeMeeting, recordingmarks: bool | None = None) -> None:
+        """BBB after a meeting ended: the end callbacks, then a recorded meeting's upload in the background."""
+        recorded = self.recorder.records(meeting)
+        await self.send_end_callbacks(meeting, recorded if recordingmarks is None else recordingmarks)
+        if recorded:
+            self.spawn(self.recorder.publish(node, meeting))
+
+    async def settle(self) -> None:
+        """Wait for every background task (end callbacks, recordings), also those they start."""
+        while self._background_tasks:
+            await asyncio.gather(*list(self._background_tasks), return_exceptions=True)
 
     async def send_end_callbacks(self, meeting: FakeMeeting, recordingmarks: bool) -> None:
-        end_callback = meeting.metadata.get("endcallbackurl", "")
+        end_callback = self.recorder.reach(meeting.metadata.get("endcallbackurl", ""))
         if end_callback:
             params = [("recordingmarks", "true" if recordingmarks else "false"), ("meetingID", meeting.meeting_id)]
             await self._get_quietly(append_query(end_callback, params))
@@ -532,7 +546,7 @@ class FakeApiHandler(FakeNodeHandler):
             self.send_xml(bbb_xml.failed("invalidPassword", bbb_xml.MESSAGE_INVALID_PASSWORD))
             return
         self.node.remove_meeting(meeting.meeting_id)
-        self.fleet.spawn(self.fleet.send_end_callbacks(meeting, recordingmarks=False))
+        self.fleet.spawn(self.fleet.meeting_ended(self.node, meeting))
         self.send_xml(bbb_xml.END_SUCCESS)
 
     def is_meeting_running(self, params: dict[str, str]) -> None:

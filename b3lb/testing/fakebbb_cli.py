@@ -20,11 +20,19 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cluster", default="fake", help="cluster name used in the printed hints")
     parser.add_argument("--meetings", type=int, default=0, help="meetings to pre-populate per node")
     parser.add_argument("--attendees", type=int, default=0, help="attendees per pre-populated meeting")
+    parser.add_argument("--recordings", action="store_true",
+                        help="meetings created with record=true are recorded and uploaded to b3lb after they end")
+    parser.add_argument("--upload-base", default=None, metavar="URL",
+                        help="b3lb's own address for uploads and end callbacks, e.g. http://127.0.0.1:8000/ "
+                             "(default: the address in the meeting's end-callback URL)")
     return parser.parse_args(argv)
 
 
 async def _run_fleet(args: argparse.Namespace) -> None:
-    fleet = FakeFleet(args.nodes, secret=args.secret, port=args.port, record_requests=False)
+    fleet = FakeFleet(args.nodes, secret=args.secret, port=args.port, record_requests=False,
+                      recordings=args.recordings)
+    if args.upload_base:
+        fleet.recorder.upload_base = args.upload_base
     await fleet.start()
     for node in fleet.nodes:
         node.populate(args.meetings, args.attendees)

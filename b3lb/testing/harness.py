@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -86,10 +87,13 @@ class Harness:
         server: dict[str, object] | None = None,
         poller: dict[str, object] | None = None,
         callbacks: dict[str, object] | None = None,
+        recordings: dict[str, object] | None = None,
         **api: object,
     ) -> None:
-        """`api` overrides [api] settings, `server`, `poller` and `callbacks` their sections."""
+        """`api` overrides [api] settings, `server`, `poller`, `callbacks` and `recordings` their
+        sections. Recordings go to local storage in a temporary folder unless `recordings` says otherwise."""
         self.db_url = db_url
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
         self.fleet = FakeFleet(nodes)
         self.tenant_slugs = tenants
         base = load_config(env={})
@@ -101,6 +105,7 @@ class Harness:
             api=dataclasses.replace(base.api, node_request_timeout=2.0, node_connect_timeout=1.0, **api),
             poller=dataclasses.replace(base.poller, **{"timeout": 1.0, **(poller or {})}),
             callbacks=dataclasses.replace(base.callbacks, **(callbacks or {})),
+            recordings=dataclasses.replace(base.recordings, **self._recordings(recordings or {})),
         )
         self.tenants: dict[str, SeededTenant] = {}
         self.pool: asyncpg.Pool | None = None
@@ -108,6 +113,12 @@ class Harness:
         self.server: HTTPServer | None = None
         self.port = 0
         self.client = AsyncHTTPClient(force_instance=True)
+
+    def _recordings(self, overrides: dict[str, object]) -> dict[str, object]:
+        if overrides.get("storage", "local") == "local" and not overrides.get("local_path"):
+            self._scratch = tempfile.TemporaryDirectory(prefix="b3lb-recordings-")
+            return {**overrides, "local_path": self._scratch.name}
+        return overrides
 
     async def __aenter__(self) -> Self:
         await self.fleet.start()
@@ -140,6 +151,8 @@ class Harness:
         if self.pool is not None:
             await self.pool.close()
         await self.fleet.stop()
+        if self._scratch is not None:
+            self._scratch.cleanup()
 
     async def reload(self) -> None:
         """Pick up rows a test changed in the database."""

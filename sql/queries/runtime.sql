@@ -58,7 +58,9 @@ RETURNING id, secret_id, meeting_id, node_id, nonce, create_time, attendees
 
 -- name: meeting_delete
 -- A failed create's own row: matched by nonce too, so a concurrent restart elsewhere stays.
-DELETE FROM meeting WHERE id = $1 AND nonce = $2
+-- Its record set goes with it (nothing will ever be uploaded for a meeting that never ran).
+WITH gone AS (DELETE FROM meeting WHERE id = $1 AND nonce = $2)
+DELETE FROM record_set WHERE nonce = $2 AND status = 'UNKNOWN'
 
 -- name: meeting_end
 -- Remove a meeting from routing but keep what its end callback needs; returns its age.

@@ -1,0 +1,218 @@
+"""`b3lb recording list|show|delete|rerender`: record sets, their videos, render jobs and callbacks.
+
+A record set's ID is its nonce (a UUID, `b3lb recording list` shows them). `delete` works in two
+steps like housekeeping: the set is marked DELETING and committed, then its files are deleted and
+only then its rows (`b3lb.recordings.retention.purge_deleting`), so a failure half-way leaves a
+DELETING set that the next housekeeping run finishes, never a row without its file or the reverse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import uuid
+from datetime import UTC, datetime
+
+import asyncpg
+import orjson
+
+from b3lb import validation as V
+from b3lb.admin import AdminError, Row
+from b3lb.admin_tenant import tenant_by_slug
+from b3lb.cli_output import print_json, print_table
+from b3lb.config import Config
+from b3lb.db import Q
+from b3lb.models import secret_label
+from b3lb.recordings.storage import StorageError, make_storage
+
+STATUSES = ("UNKNOWN", "UPLOADED", "RENDERED", "DELETING")
+LIST_LIMIT = V.Whole(1, 10_000)
+DEFAULT_LIMIT = 100
+MAX_ID_INPUT = 64  # a UUID in any of its spellings fits; longer input is refused before parsing
+
+
+def parse_set_id(text: str) -> str:
+    """A record set ID (UUID) in its stored spelling: lower-case with dashes."""
+    try:
+        if len(text) > MAX_ID_INPUT:
+            raise ValueError
+        return str(uuid.UUID(text.strip()))
+    except ValueError:
+        raise ValueError(f"a record set ID is a UUID (see 'b3lb recording list'), got {text[:40]!r}") from None
+
+
+def _when(moment: datetime | None) -> str | None:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if moment is not None else None
+
+
+def _printable(text: str) -> str:
+    """Names come from a frontend's create: no control characters (terminal escapes) in our output."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+async def _set(conn: asyncpg.Connection, set_id: str) -> asyncpg.Record:
+    row = await conn.fetchrow(Q.adm_rec_set, parse_set_id(set_id))
+    if row is None:
+        raise AdminError(f"no record set {set_id!r} (see 'b3lb recording list')")
+    return row
+
+
+# list and show -------------------------------------------------------------------------------
+
+
+async def recording_list(
+    conn: asyncpg.Connection, tenant: str | None, status: str | None, limit: int = DEFAULT_LIMIT
+) -> list[Row]:
+    if tenant is not None:
+        await tenant_by_slug(conn, tenant)
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"status: expected one of {', '.join(STATUSES)}, got {status[:20]!r}")
+    limit = V.check_value("limit", LIST_LIMIT, limit)
+    return [
+        {
+            "id": row["id"],
+            "tenant": row["tenant"],
+            "meeting_id": _printable(row["meeting_id"]),
+            "name": _printable(row["name"]),
+            "status": row["status"],
+            "records": row["records"],
+            "size": row["size"],
+            "created": _when(row["created_at"]),
+            "uploaded": _when(row["uploaded_at"]),
+        }
+        for row in await conn.fetch(Q.adm_rec_list, tenant, status, limit)
+    ]
+
+
+def _render_job(row: asyncpg.Record) -> Row | None:
+    if row["job_state"] is None:
+        return None
+    return {
+        "state": row["job_state"],
+        "attempts": row["job_attempts"],
+        "queued": _when(row["job_queued_at"]),
+        "not_before": _when(row["job_not_before"]),
+        "locked_until": _when(row["job_locked_until"]),
+        "last_error": _printable(row["job_last_error"]),
+    }
+
+
+async def recording_show(conn: asyncpg.Connection, set_id: str, base_url: str) -> Row:
+    from b3lb.urlguard import loggable  # imports aiohttp: not for every start of the CLI
+
+    row = await _set(conn, set_id)
+    metadata = orjson.loads(row["metadata"])
+    records = [
+        {
+            "record_id": r["record_id"],
+            "profile": r["profile"],
+            "format": r["format"],
+            "published": r["published"],
+            "listed": r["listed"],
+            "deleting": r["deleting"],
+            "size": r["size"],
+            "url": f"{base_url}/b3lb/r/{r['nonce']}",
+            "file": r["file"],
+        }
+        for r in await conn.fetch(Q.adm_rec_records, row["id"])
+    ]
+    outbox = [
+        {
+            "record_id": o["record_id"],
+            "url": loggable(o["url"]),  # a frontend's token may ride in the query string
+            "attempts": o["attempts"],
+            "next_attempt": _when(o["next_attempt"]),
+            "last_error": _printable(o["last_error"]),
+        }
+        for o in await conn.fetch(Q.adm_rec_outbox, row["id"])
+    ]
+    return {
+        "id": row["id"],
+        "tenant": row["tenant_slug"],
+        "secret": secret_label(row["tenant_slug"], row["sub_id"]) if row["sub_id"] is not None else None,
+        "meeting_id": _printable(row["meeting_id"]),
+        "name": _printable(row["meta_name"]),
+        "status": row["status"],
+        "internal_id": _printable(row["internal_id"]) or None,
+        "created": _when(row["created_at"]),
+        "uploaded": _when(row["uploaded_at"]),
+        "start": _when(row["start_time"]),
+        "end": _when(row["end_time"]),
+        "participants": row["participants"],
+        "archive": row["archive_key"] or None,
+        "archive_size": row["raw_size"] if row["archive_key"] else None,
+        "archive_sha256": row["archive_sha256"] or None,
+        "ready_callback": loggable(row["ready_url"]) if row["ready_url"] else None,
+        "metadata": {_printable(k): _printable(str(v)) for k, v in metadata.items()},
+        "render_job": _render_job(row),
+        "records": records,
+        "callbacks_pending": outbox,
+    }
+
+
+def show_recording(data: Row, as_json: bool) -> None:
+    if as_json:
+        print_json(data)
+        return
+    sections = ("metadata", "render_job", "records", "callbacks_pending")
+    fields = {k: v for k, v in data.items() if k not in sections}
+    width = max(len(k) for k in fields)
+    for key, value in fields.items():
+        print(f"{key.ljust(width)}  {'-' if value is None else value}")
+    metadata = ", ".join(f"{k}={v}" for k, v in data["metadata"].items())
+    print(f"{'metadata'.ljust(width)}  {metadata or '-'}")
+    job = data["render_job"]
+    print("\nrender job: none" if job is None else "\nrender job:")
+    if job is not None:
+        print_table([job])
+    print("\nrecords:")
+    print_table(data["records"])
+    print("\nready callbacks not delivered yet:")
+    print_table(data["callbacks_pending"])
+
+
+# delete and rerender -------------------------------------------------------------------------
+
+
+async def recording_mark_deleting(conn: asyncpg.Connection, set_id: str) -> list[Row]:
+    """Step 1 (in the command's transaction): the set becomes DELETING."""
+    row = await _set(conn, set_id)
+    await conn.execute(Q.adm_rec_mark_deleting, row["id"])
+    return [{"id": row["id"], "previous_status": row["status"]}]
+
+
+async def recording_purge(
+    conn: asyncpg.Connection, args: argparse.Namespace, config: Config, rows: list[Row]
+) -> list[Row]:
+    """Step 2 (after the commit): files, then rows, of every DELETING set; this one included."""
+    from b3lb.recordings.retention import purge_deleting  # imports the server's runtime: only delete needs it
+
+    storage = make_storage(config)
+    try:
+        result = await purge_deleting(conn, storage)
+    except StorageError as exc:
+        raise AdminError(
+            f"record set {rows[0]['id']} is marked DELETING, but storage failed ({exc}): "
+            "housekeeping will delete it"
+        ) from None
+    finally:
+        await storage.close()
+    gone = await conn.fetchval(Q.adm_rec_status, rows[0]["id"]) is None
+    return [
+        {
+            **rows[0],
+            "status": "deleted" if gone else "DELETING (housekeeping will delete it)",
+            "files_deleted": result.files,
+            "sets_deleted": result.sets,
+        }
+    ]
+
+
+async def recording_rerender(conn: asyncpg.Connection, set_id: str) -> list[Row]:
+    row = await _set(conn, set_id)
+    if row["status"] == "DELETING":
+        raise AdminError(f"record set {row['id']} is being deleted")
+    if row["status"] == "UNKNOWN" or not row["archive_key"]:
+        raise AdminError(f"record set {row['id']} has no archive yet (status {row['status']}): nothing to render")
+    job = await conn.fetchrow(Q.adm_rec_rerender, row["id"])
+    return [{"id": job["id"], "status": row["status"], "job": job["state"], "attempts": job["attempts"],
+             "queued": _when(job["queued_at"])}]
