@@ -56,6 +56,7 @@ class TenantSettings:
     attendee_limit: int | None = None
     meeting_limit: int | None = None
     record_by_default: bool | None = None
+    hold_time_days: int | None = None  # days recordings are kept (spec 4.10)
 
 
 async def _tenant_apply(conn: asyncpg.Connection, tenant_id: int, settings: TenantSettings) -> None:
@@ -69,6 +70,7 @@ async def _tenant_apply(conn: asyncpg.Connection, tenant_id: int, settings: Tena
         settings.attendee_limit,
         settings.meeting_limit,
         settings.record_by_default,
+        settings.hold_time_days,
     )
 
 
@@ -122,6 +124,7 @@ async def tenant_show(conn: asyncpg.Connection, slug: str, scheme: str, base: st
         "attendee_limit": tenant["attendee_limit"],
         "meeting_limit": tenant["meeting_limit"],
         "record_by_default": tenant["record_by_default"],
+        "hold_time_days": tenant["hold_time_days"],
         "stats_token": tenant["stats_token"],
     }
     shown["secrets"] = []
@@ -148,6 +151,7 @@ class SecretSettings:
     attendee_limit: int | None = None
     meeting_limit: int | None = None
     record_by_default: bool | None = None
+    hold_time_days: int | None = None  # None: 14 (the schema's default)
 
 
 def _secret_row(row: asyncpg.Record) -> Row:
@@ -181,6 +185,7 @@ async def secret_add(conn: asyncpg.Connection, slug: str, sub_ids: range, settin
                 settings.attendee_limit,
                 settings.meeting_limit,
                 settings.record_by_default,
+                settings.hold_time_days,
             )
     return [row for row in await secret_list(conn, slug) if row["sub_id"] in sub_ids]
 

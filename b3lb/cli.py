@@ -100,6 +100,9 @@ MEETING_ID = _typed(V.MEETING_ID.parse, "meeting ID")
 RECORD_SET = _typed(admin_recording.parse_set_id, "record set ID")
 SET_LIMIT = _typed(admin_recording.LIST_LIMIT.parse, "number")
 BOOL = _typed(_parse_bool, "boolean")
+HOLD_DAYS = _typed(V.HOLD_DAYS.parse, "number")
+HOLD_HELP = (f"days recordings are kept, 0..{V.MAX_HOLD_DAYS}; the secret's and the tenant's together: the larger "
+             "if either is 0, else the smaller (0 and 0: deleted at the next housekeeping run)")
 
 
 # Running commands --------------------------------------------------------------------------
@@ -329,10 +332,12 @@ def _tenant_options(parser: Parser, add: bool) -> None:
     parser.add_argument("--attendee-limit", type=LIMIT, metavar="N", help=f"max attendees ({limits})")
     parser.add_argument("--meeting-limit", type=LIMIT, metavar="N", help=f"max meetings ({limits})")
     parser.add_argument("--record-by-default", action=argparse.BooleanOptionalAction, help="record by default")
+    parser.add_argument("--hold-time-days", type=HOLD_DAYS, metavar="N", help=HOLD_HELP)
 
 
 def _tenant_settings(args: argparse.Namespace) -> TenantSettings:
-    return TenantSettings(args.clustergroup, args.attendee_limit, args.meeting_limit, args.record_by_default)
+    return TenantSettings(args.clustergroup, args.attendee_limit, args.meeting_limit, args.record_by_default,
+                          args.hold_time_days)
 
 
 def _add_tenant(sub: Any) -> None:
@@ -376,7 +381,8 @@ def _add_secret(sub: Any) -> None:
         "add",
         "create secrets with random values; nothing is created if any sub-id already exists",
         lambda c, a, _: admin_tenant.secret_add(
-            c, a.tenant, a.sub_id, SecretSettings(a.attendee_limit, a.meeting_limit, a.record_by_default)
+            c, a.tenant, a.sub_id,
+            SecretSettings(a.attendee_limit, a.meeting_limit, a.record_by_default, a.hold_time_days),
         ),
     )
     p.add_argument("tenant", type=TENANT)
@@ -384,6 +390,7 @@ def _add_secret(sub: Any) -> None:
     p.add_argument("--attendee-limit", type=LIMIT, metavar="N", help="override the tenant's limit")
     p.add_argument("--meeting-limit", type=LIMIT, metavar="N", help="override the tenant's limit")
     p.add_argument("--record-by-default", type=BOOL, metavar="true|false", help="override the tenant's choice")
+    p.add_argument("--hold-time-days", type=HOLD_DAYS, metavar="N", help=HOLD_HELP + " (default 14)")
     p = _leaf(commands, "list", "list secrets", lambda c, a, _: admin_tenant.secret_list(c, a.tenant))
     p.add_argument("--tenant", type=TENANT)
     p = _leaf(

@@ -26,6 +26,7 @@ MAX_FACTOR = 1_000_000.0  # load per attendee / per meeting
 MAX_CPU_ITERATIONS = 100  # terms of the CPU series; 0 leaves the CPU out of the load
 MAX_CPU_MAXIMUM = 1_000_000  # load of a full CPU
 MAX_LIMIT = 10_000_000  # attendee and meeting limits (0 = unlimited)
+MAX_HOLD_DAYS = 36_500  # recording hold time; 0 = delete at the next housekeeping run
 MAX_SUB_ID = 999  # secrets are TENANT-NNN
 MAX_PIXELS = 8192  # recording profile widths and heights
 MAX_ROW_ID = 2**31 - 1  # serial primary keys
@@ -324,6 +325,7 @@ CPU_ITERATIONS = Whole(0, MAX_CPU_ITERATIONS)
 CPU_MAXIMUM = Whole(0, MAX_CPU_MAXIMUM)
 LIMIT = Whole(0, MAX_LIMIT)
 PORT = Whole(1, 65535)
+HOLD_DAYS = Whole(0, MAX_HOLD_DAYS)
 SUB_ID = Whole(0, MAX_SUB_ID)
 PIXELS = Whole(1, MAX_PIXELS)
 ROW_ID = Whole(1, MAX_ROW_ID)
@@ -359,6 +361,7 @@ NODE_FIELDS: dict[str, tuple[str, Rule]] = {
 LIMIT_FIELDS: dict[str, tuple[str, Rule]] = {
     "attendee_limit": ("attendee-limit", LIMIT),
     "meeting_limit": ("meeting-limit", LIMIT),
+    "hold_time_days": ("hold-time-days", HOLD_DAYS),
 }
 TENANT_FIELDS: dict[str, tuple[str, Rule]] = {"cluster_group": ("clustergroup", NAME), **LIMIT_FIELDS}
 PROFILE_FIELDS: dict[str, tuple[str, Rule]] = {

@@ -281,6 +281,18 @@ def test_tenant_commands(setup: Cli) -> None:
     assert "ABC" in cli.ok("tenant", "list")
 
 
+def test_recording_hold_times(setup: Cli) -> None:
+    cli = setup
+    rows = cli.json("tenant", "set", "ABC", "--hold-time-days", "30")
+    assert rows[0]["hold_time_days"] == 30
+    assert "from 0 to 36500" in cli.fails(2, "tenant", "set", "ABC", "--hold-time-days", "36501")
+    assert "from 0 to 36500" in cli.fails(2, "secret", "add", "ABC", "--sub-id", "7", "--hold-time-days", "-1")
+    assert cli.json("tenant", "list")[0]["hold_time_days"] == 30  # the refused values changed nothing
+    listed = cli.json("secret", "add", "ABC", "--sub-id", "7", "--hold-time-days", "0")
+    assert listed[0]["hold_time_days"] == 0
+    assert cli.json("secret", "add", "ABC", "--sub-id", "8")[0]["hold_time_days"] == 14
+
+
 def test_tenant_show(setup: Cli) -> None:
     cli = setup
     shown = cli.json("tenant", "show", "ABC")

@@ -114,7 +114,8 @@ UPDATE tenant
 SET cluster_group_id = COALESCE($2::integer, cluster_group_id),
     attendee_limit = COALESCE($3::integer, attendee_limit),
     meeting_limit = COALESCE($4::integer, meeting_limit),
-    record_by_default = COALESCE($5::boolean, record_by_default)
+    record_by_default = COALESCE($5::boolean, record_by_default),
+    hold_time_days = COALESCE($6::integer, hold_time_days)
 WHERE id = $1
 RETURNING id;
 
@@ -124,7 +125,7 @@ FROM tenant t JOIN cluster_group g ON g.id = t.cluster_group_id
 WHERE t.slug = $1;
 
 -- name: admin_tenant_list
-SELECT t.slug, g.name AS cluster_group, t.attendee_limit, t.meeting_limit, t.record_by_default,
+SELECT t.slug, g.name AS cluster_group, t.attendee_limit, t.meeting_limit, t.record_by_default, t.hold_time_days,
        (SELECT count(*) FROM secret s WHERE s.tenant_id = t.id) AS secrets,
        (SELECT count(*) FROM meeting m JOIN secret s ON s.id = m.secret_id WHERE s.tenant_id = t.id)
            AS meetings
@@ -140,8 +141,8 @@ DELETE FROM tenant WHERE id = $1;
 -- Secrets ----------------------------------------------------------------------------------
 
 -- name: admin_secret_insert
-INSERT INTO secret (tenant_id, sub_id, secret, attendee_limit, meeting_limit, record_by_default)
-VALUES ($1, $2, $3, $4, $5, $6)
+INSERT INTO secret (tenant_id, sub_id, secret, attendee_limit, meeting_limit, record_by_default, hold_time_days)
+VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7::integer, 14))
 RETURNING id;
 
 -- name: admin_secret_sub_ids_between
@@ -152,7 +153,7 @@ SELECT * FROM secret WHERE tenant_id = $1 AND sub_id = $2;
 
 -- name: admin_secret_list
 -- Secrets of one tenant ($1) or of all tenants ($1 NULL).
-SELECT t.slug AS tenant, s.sub_id, s.attendee_limit, s.meeting_limit, s.record_by_default,
+SELECT t.slug AS tenant, s.sub_id, s.attendee_limit, s.meeting_limit, s.record_by_default, s.hold_time_days,
        s.secret, s.secret2
 FROM secret s JOIN tenant t ON t.id = s.tenant_id
 WHERE $1::text IS NULL OR t.slug = $1::text
