@@ -8,12 +8,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from b3lb.api.forward import forward, succeeded
-from b3lb.api.xml import (
-    MEETING_NOT_FOUND,
-    MISSING_MEETING_ID,
-    NOT_RUNNING,
-    ApiResult,
-)
+from b3lb.api.xml import MEETING_NOT_FOUND, MISSING_MEETING_ID, NOT_RUNNING, ApiResult
 from b3lb.balancer import NodeEntry
 from b3lb.db import Q
 from b3lb.meetings import MeetingRef

@@ -152,6 +152,11 @@ async def _move(
         return LOST_RACE
     runtime.meetings.remove(ref)
     runtime.loads.unplaced(failed_on.node.id)
+    if ctx.recording_enabled:  # the meeting never ran there: nothing will be uploaded for the old nonce
+        try:
+            await runtime.pool.execute(Q.record_set_unrecorded, ref.nonce, ref.meeting_id)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("cannot drop the record set of meeting %s's failed create: %s", ref.id, exc)
     moved = MeetingRef.from_row(row)
     runtime.meetings.add(moved)
     runtime.loads.placed(entry.node.id)
@@ -176,7 +181,8 @@ async def _open_record_set(runtime: Runtime, req: ApiRequest, ref: MeetingRef) -
 def _row_args(ctx: SecretContext, req: ApiRequest, name: str) -> tuple[str, str, str]:
     """meeting_name, end_callback_url, recording_ready_url of the routing record."""
     callback = p.first_casefold(req.params, END_CALLBACK)
-    ready_url = (p.first(req.params, READY_URL) or "") if ctx.recording_enabled else ""
+    ready = p.first_casefold(req.params, READY_URL) if ctx.recording_enabled else None
+    ready_url = ready[1] if ready else ""
     return name, callback[1] if callback else "", ready_url
 
 
@@ -281,7 +287,9 @@ def _rewrite(runtime: Runtime, ctx: SecretContext, params: p.Params, ref: Meetin
     if ctx.assets.logo:
         params = p.set_default(params, "logo", f"{base}/b3lb/t/{slug}/logo")
     if ctx.recording_enabled:
-        params = p.remove(params, READY_URL)
+        # Any spelling: BBB lower-cases metadata keys, so the node would call the frontend itself with a
+        # token signed by the node's secret, which the frontend cannot verify.
+        params = [(k, v) for k, v in params if k.lower() != READY_URL]
         params = p.set_value(params, RECORDSET_TAG, str(ref.nonce))
     else:
         for flag in RECORD_FLAGS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from api_helpers import all_sent, create, create_ok, meeting_rows, pairs, q
+from api_helpers import all_sent, create, create_ok, meeting_rows, pairs, q, sent
 
 from b3lb.testing.harness import Harness
 
@@ -81,3 +81,32 @@ async def test_end_callback_without_recording_marks_drops_the_set(db_url):
         # An unknown nonce changes nothing either.
         r = await h.request(f"/b3lb/b/meeting/end?nonce={uuid.uuid4()}&meetingID=kept&recordingmarks=false")
         assert r.code == 204 and len(await record_sets(h)) == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_create_moved_to_another_node_keeps_one_record_set(db_url):
+    async with Harness(db_url, nodes=2) as h:
+        await h.pool.execute("UPDATE tenant SET record_by_default = true")
+        await h.reload()
+        bad = h.fleet.nodes[0]
+        bad.call_modes = {"create": "error"}  # fails every create with HTTP 500: the create moves on
+        created = 0
+        while not sent(bad, "create") and created < 20:  # until a create was placed on the bad node first
+            await create_ok(h, f"moved-{created}", extra="record=true")
+            created += 1
+        assert sent(bad, "create")
+        rows = await meeting_rows(h)
+        sets = await record_sets(h)
+        assert len(rows) == created and sorted(str(r["nonce"]) for r in rows) == sorted(rs["id"] for rs in sets)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_the_ready_url_is_taken_out_in_any_spelling(db_url):
+    async with Harness(db_url, nodes=1) as h:
+        await h.pool.execute("UPDATE tenant SET record_by_default = true")
+        await h.reload()
+        await create_ok(h, "spelt", extra=q(record="true", **{"meta_BBB-Recording-Ready-URL": READY}))
+        sent = [k.lower() for k, _ in pairs(all_sent(h, "create")[0])]
+        assert "meta_bbb-recording-ready-url" not in sent
+        (rs,) = await record_sets(h)
+        assert rs["ready_url"] == READY
