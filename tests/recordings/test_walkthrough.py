@@ -3,6 +3,7 @@ through b3lb to the frontend, and after its hold time nothing of it is left."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -19,6 +20,7 @@ from b3lb.recordings.records import store_video
 from b3lb.recordings.storage import archive_key
 from b3lb.testing.harness import LOOPBACK_CALLBACKS, Harness
 
+ADMIN_TOKEN = "walkthrough-admin-token-0123"
 VIDEO = bytes(range(256)) * 4096  # 1 MiB that is not all one byte, so ranges can be told apart
 
 
@@ -65,7 +67,9 @@ async def stored_files(h: Harness, recordings_config: dict[str, object]) -> list
 async def test_a_recorded_meeting_from_node_to_frontend_and_away(db_url, recordings_config):
     received: list[dict[str, list[str]]] = []
     receiver, ready_url = start_receiver(received)
-    async with Harness(db_url, nodes=1, callbacks=LOOPBACK_CALLBACKS, recordings=recordings_config) as h:
+    h = Harness(db_url, nodes=1, callbacks=LOOPBACK_CALLBACKS, recordings=recordings_config)
+    h.config = dataclasses.replace(h.config, metrics=dataclasses.replace(h.config.metrics, admin_token=ADMIN_TOKEN))
+    async with h:
         assert h.pool is not None and h.runtime is not None
         h.fleet.recorder.enabled = True
         h.fleet.recorder.upload_base = f"http://127.0.0.1:{h.port}/"
@@ -106,6 +110,14 @@ async def test_a_recorded_meeting_from_node_to_frontend_and_away(db_url, recordi
         (form,) = received
         claims = jwt.decode(form["signed_parameters"][0], secret, algorithms=["HS256"])
         assert claims == {"meeting_id": "room-42", "record_id": record.record_id}
+
+        # Prometheus shows the upload, the bytes and the callback.
+        scraped = (await h.request("/b3lb/metrics", headers={"Authorization": ADMIN_TOKEN})).body.decode()
+        for name in ('b3lb_recording_uploads_total{result="stored"}', "b3lb_recording_upload_bytes_total",
+                     'b3lb_recording_callbacks_total{result="sent"}'):
+            (line,) = [x for x in scraped.splitlines() if x.startswith(name + " ")]
+            assert float(line.split()[-1]) >= 1, line
+        assert "b3lb_recording_callback_outbox 0.0" in scraped
 
         # The video plays with Range requests, as a browser's player seeks.
         path = urlsplit(url).path
