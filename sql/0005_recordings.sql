@@ -26,6 +26,10 @@ ALTER TABLE record_set
     ADD COLUMN created_at        timestamptz NOT NULL DEFAULT now(),
     ADD COLUMN uploaded_at       timestamptz;
 CREATE INDEX record_set_secret_idx ON record_set (secret_id, created_at);
+-- The recordID a set answers to in the API while none of its videos exists (state processing).
+-- Never the id or nonce: that is the set's upload credential (spec 4.10), which no frontend may learn.
+ALTER TABLE record_set ADD COLUMN public_id uuid NOT NULL DEFAULT gen_random_uuid();
+CREATE UNIQUE INDEX record_set_public_id_key ON record_set (public_id);
 CREATE INDEX record_set_status_idx ON record_set (status) WHERE status IN ('UNKNOWN', 'DELETING');
 
 -- One rendered video of a set per profile. record_id is its UUID (the recordID of the API),
@@ -57,9 +61,10 @@ CREATE TABLE render_job (
 );
 CREATE INDEX render_job_due_idx ON render_job (not_before) WHERE state <> 'FAILED';
 
--- Recording-ready callbacks not yet delivered, one per published record. Claimed with
--- FOR UPDATE SKIP LOCKED (several b3lb processes never send one twice); a claim pushes
--- next_attempt past the request's timeout, so a process that dies mid-send leaves it due again.
+-- Recording-ready callbacks not yet delivered, one per published record. A delivery round locks
+-- its rows with FOR UPDATE SKIP LOCKED for the whole round (send, then delete or reschedule, then
+-- commit), so several b3lb processes never send one twice; a process that dies mid-round releases
+-- its locks and the rows are due again.
 CREATE TABLE callback_outbox (
     id            bigserial PRIMARY KEY,
     record_id     integer NOT NULL UNIQUE REFERENCES record (id) ON DELETE CASCADE,

@@ -6,8 +6,9 @@ tenant (like getMeetings). Nothing is ever visible across tenants. Each call is 
 
 recordID entries are the records' UUIDs, compared in lower case; anything but hex digits and dashes
 matches nothing. getRecordings treats each entry as a prefix (BBB's wildcard); the calls that change
-something match whole IDs only. An uploaded set whose videos are not rendered yet answers to its own
-id (the set id) for getRecordings (state processing), updateRecordings and deleteRecordings.
+something match whole IDs only. An uploaded set whose videos are not rendered yet answers to its
+`public_id` for getRecordings (state processing), updateRecordings and deleteRecordings: never to its
+id, which is its nonce, the node's upload credential (spec 4.10), that no frontend may learn.
 
 A database outage raises out of these functions: the API front door answers it (databaseUnavailable).
 """
@@ -37,13 +38,16 @@ JSON_TYPE = "application/json"
 MISSING_RECORD_ID = failed("missingParamRecordID", "You must specify a recordID.")
 MISSING_PUBLISH = failed("missingParamPublish", "You must specify a publish value true or false.")
 NOT_FOUND = failed("notFound", "We could not find recordings")
+MAX_METADATA_BYTES = 4096  # a recording's metadata after an update, as JSON: bounds a 10,000-recording listing
+TOO_BIG = failed("sizeError", f"Recording metadata is limited to {MAX_METADATA_BYTES} bytes.")
 
 MAX_IDS = 1000  # entries of a meetingID / recordID list that are looked at
 MAX_MEETING_ID = 200  # the schema's meeting_id length
 MAX_PAGE = 100  # BBB: limit 1-100
 MAX_UNPAGED = 10_000  # a getRecordings without limit lists at most this many (bounded memory)
 MAX_META_KEYS = 50  # meta_ parameters of one call that are looked at
-MAX_STORED_KEYS = 100  # metadata keys a recording may hold after an update
+MAX_STORED_KEYS = 100  # metadata keys a recording may hold after an update (each one an XML element)
+TOO_MANY = failed("sizeError", f"Recording metadata is limited to {MAX_STORED_KEYS} keys.")
 MAX_KEY = 100
 MAX_VALUE = 2000
 MAX_NAME = 256  # record.meta_name
@@ -221,10 +225,14 @@ async def update_recordings(runtime: Runtime, req: ApiRequest) -> ApiResult:
     remove, values, name, listed = metadata_changes(req)
     row = await runtime.pool.fetchrow(
         Q.rec_update, scope(runtime, req.ctx), ids, remove, orjson.dumps(values).decode(), name, listed,
-        MAX_STORED_KEYS,
+        MAX_STORED_KEYS, MAX_METADATA_BYTES,
     )  # fmt: skip
     if row is None or not row["matched"]:
         return NOT_FOUND
+    if row["too_big"]:
+        return TOO_BIG
+    if row["too_many"]:
+        return TOO_MANY
     return ApiResult(document(("returncode", "SUCCESS"), ("updated", "true" if row["changed"] else "false")))
 
 

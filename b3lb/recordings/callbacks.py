@@ -1,12 +1,19 @@
 """Recording-ready callbacks to frontends (spec 3.4, 3.5 with its (REC) choices), from a durable outbox.
 
 `add_record` queues one `callback_outbox` row per published record (its set's ready URL). Every b3lb
-process runs `run_outbox`: about once a second (or at once after `wake`) it claims due rows with
-`FOR UPDATE SKIP LOCKED` and a lease (their next_attempt moves past the time one attempt can take),
-sends them, and deletes or reschedules each one. Nothing lives in memory: a restart, or a process
-dying mid-send, leaves the rows in the table, due again when their lease runs out; two processes
-never hold one row at once. (A process that dies after the frontend answered but before the row was
-deleted sends it once more: delivery is at least once, like BBB's own.)
+process runs `run_outbox`: about once a second (or at once after `wake`) it runs one round in one
+transaction on one connection: `SELECT ... FOR UPDATE SKIP LOCKED` of the due rows, send them all at
+once, delete or reschedule each one, commit. The row locks are held for the whole round, so no other
+process can take a row while it is being sent, however slow this one gets (the old lease, a time after
+which others took the row again, let a stalled process and its successor both send). Another process's
+round skips the locked rows and never waits for them.
+
+Nothing lives in memory: a restart, a process dying mid-round or a database error before the commit
+rolls the round back and leaves its rows due again at once. A frontend that already answered may then
+get that callback once more: across a crash, delivery is at least once (inherent: a request cannot be
+part of a database transaction). A round that stops talking to the database (a hung process) cannot
+keep its rows forever: its transaction's idle_in_transaction_session_timeout, a margin more than both
+requests of an attempt, makes the server end it.
 
 The request is BBB's: `POST`, form-encoded `signed_parameters=<JWT>`, HS256 over
 `{"meeting_id": <external meetingID>, "record_id": <recordID>}` signed with the secret of the set's
@@ -37,9 +44,10 @@ from b3lb.urlguard import URLRefused, loggable
 log = logging.getLogger("b3lb.recordings.callbacks")
 
 FORM = "application/x-www-form-urlencoded"
-OUTBOX_BATCH = 20  # rows claimed per round, all sent at once: none waits beyond its lease
+OUTBOX_BATCH = 20  # rows taken per round, all sent at once: the round lasts as long as its slowest
 POLL_INTERVAL = 1.0  # seconds between rounds when nobody wakes the loop
-LEASE_MARGIN = 30.0  # seconds a claim lasts beyond its two requests (database round trips, a slow loop)
+SEND_SLACK = 1.0  # seconds an attempt may take beyond its two requests (URL checks, scheduling)
+ROUND_MARGIN = 30.0  # seconds a round's transaction may idle beyond its attempts (a slow loop, GC)
 MAX_BACKOFF = 3600.0
 FINAL_CODES = frozenset({404, 410})
 MAX_ERROR_CHARS = 200
@@ -77,9 +85,15 @@ class Outcome:
     reason: str  # short, for logs and last_error; never a URL's query, a token or a secret
 
 
-def lease_seconds(runtime: Runtime) -> float:
-    """How long a claim keeps a row from others: both requests of one attempt, and a margin."""
-    return runtime.config.recordings.callback_timeout * 2 + LEASE_MARGIN
+def attempt_seconds(runtime: Runtime) -> float:
+    """The most one attempt takes: its two requests (secret, then secret2), each bounded by callback_timeout."""
+    return runtime.config.recordings.callback_timeout * 2 + SEND_SLACK
+
+
+def round_timeout_ms(runtime: Runtime) -> int:
+    """idle_in_transaction_session_timeout of a round: the server ends a round idle longer than its
+    attempts and a margin (a hung process), which gives its rows back."""
+    return int((attempt_seconds(runtime) + ROUND_MARGIN) * 1000)
 
 
 def backoff_seconds(runtime: Runtime, attempts: int) -> float:
@@ -113,46 +127,80 @@ async def _send(runtime: Runtime, row: asyncpg.Record) -> Outcome:
     return Outcome(RETRY, reason)
 
 
-async def _deliver(runtime: Runtime, row: asyncpg.Record) -> str:
-    """Send one claimed row and store what came of it; its CALLBACKS label."""
-    shown = loggable(row["url"])
+async def _attempt(runtime: Runtime, row: asyncpg.Record) -> Outcome:
+    """_send, bounded in time, a bug counting as a failed attempt (it must not keep a row forever)."""
     try:
-        outcome = await _send(runtime, row)
-    except Exception as exc:  # a bug must not keep a row forever: it counts as an attempt like any failure
-        log.exception("recording-ready callback for %s to %s failed unexpectedly", row["record_id"], shown)
-        outcome = Outcome(RETRY, f"internal error: {type(exc).__name__}")
-    result, reason = outcome.result, outcome.reason[:MAX_ERROR_CHARS]
-    attempts = row["attempts"]
-    if result == RETRY and attempts >= runtime.config.recordings.callback_attempts:
-        log.warning("recording-ready callback for %s to %s given up after %d attempts: %s",
-                    row["record_id"], shown, attempts, reason)
-        result = FAILED
-    elif result == RETRY:
-        delay = backoff_seconds(runtime, attempts)
-        await runtime.pool.execute(Q.outbox_retry, row["id"], attempts, delay, reason)
+        async with asyncio.timeout(attempt_seconds(runtime)):
+            return await _send(runtime, row)
+    except TimeoutError:
+        return Outcome(RETRY, "attempt timed out")
+    except Exception as exc:
+        log.exception("recording-ready callback for %s to %s failed unexpectedly", row["record_id"],
+                      loggable(row["url"]))
+        return Outcome(RETRY, f"internal error: {type(exc).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What becomes of a row after its attempt: deleted (every result but RETRY) or tried again in `delay` s."""
+
+    row: asyncpg.Record
+    result: str
+    reason: str
+    attempts: int  # counting this one
+    delay: float = 0.0
+
+
+def _settle(runtime: Runtime, row: asyncpg.Record, outcome: Outcome) -> Settled:
+    attempts = row["attempts"] + 1
+    reason = outcome.reason[:MAX_ERROR_CHARS]
+    if outcome.result != RETRY:
+        return Settled(row, outcome.result, reason, attempts)
+    if attempts >= runtime.config.recordings.callback_attempts:
+        return Settled(row, FAILED, f"given up after {attempts} attempts: {reason}"[:MAX_ERROR_CHARS], attempts)
+    return Settled(row, RETRY, reason, attempts, backoff_seconds(runtime, attempts))
+
+
+async def _store(conn: asyncpg.Connection, settled: list[Settled]) -> None:
+    """Every outcome of the round in two statements, inside the round's transaction."""
+    done = [item.row["id"] for item in settled if item.result != RETRY]
+    retry = [item for item in settled if item.result == RETRY]
+    if done:
+        await conn.execute(Q.outbox_done, done)
+    if retry:
+        await conn.execute(Q.outbox_retry, [item.row["id"] for item in retry], [item.attempts for item in retry],
+                           [item.delay for item in retry], [item.reason for item in retry])
+
+
+def _report(item: Settled) -> None:
+    """Log and count one outcome (once the round is committed)."""
+    record_id, shown = item.row["record_id"], loggable(item.row["url"])
+    if item.result == RETRY:
         log.info("recording-ready callback for %s to %s failed (attempt %d): %s; next in %.0f s",
-                 row["record_id"], shown, attempts, reason, delay)
-    elif result == FAILED:
-        log.warning("recording-ready callback for %s to %s not delivered: %s", row["record_id"], shown, reason)
-    elif result == DROPPED:
-        log.info("recording-ready callback for %s dropped: %s", row["record_id"], reason)
-    if result != RETRY:
-        await runtime.pool.execute(Q.outbox_done, row["id"])
-    CALLBACKS.labels(result=result).inc()
-    return result
+                 record_id, shown, item.attempts, item.reason, item.delay)
+    elif item.result == FAILED:
+        log.warning("recording-ready callback for %s to %s not delivered: %s", record_id, shown, item.reason)
+    elif item.result == DROPPED:
+        log.info("recording-ready callback for %s dropped: %s", record_id, item.reason)
+    CALLBACKS.labels(result=item.result).inc()
 
 
 async def deliver_due(runtime: Runtime) -> int:
-    """One round: claim the due rows, send them all at once, store the outcomes; how many were claimed.
-    Raises the first database error met (after every claimed row was tried)."""
-    pool = runtime.pool
-    rows = await pool.fetch(Q.outbox_claim, OUTBOX_BATCH, lease_seconds(runtime))
-    if rows:
-        done = await asyncio.gather(*(_deliver(runtime, row) for row in rows), return_exceptions=True)
-        errors = [item for item in done if isinstance(item, BaseException)]
-        if errors:
-            raise errors[0]  # the rows concerned are due again when their lease runs out
-    OUTBOX_DEPTH.set(await pool.fetchval(Q.outbox_depth))
+    """One round (see the module's docstring): take the due rows, send them all at once, store the
+    outcomes, commit; how many rows were taken. Database errors are raised (the round is rolled back)."""
+    settled: list[Settled] = []
+    async with runtime.pool.acquire() as conn:
+        async with conn.transaction():
+            rows = await conn.fetch(Q.outbox_claim, OUTBOX_BATCH)
+            if rows:
+                await conn.execute(Q.outbox_round_timeout, str(round_timeout_ms(runtime)))
+                outcomes = await asyncio.gather(*(_attempt(runtime, row) for row in rows))
+                settled = [_settle(runtime, row, outcome) for row, outcome in zip(rows, outcomes, strict=True)]
+                await _store(conn, settled)
+        depth = await conn.fetchval(Q.outbox_depth)
+    for item in settled:
+        _report(item)
+    OUTBOX_DEPTH.set(depth)
     return len(rows)
 
 

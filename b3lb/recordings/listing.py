@@ -1,10 +1,11 @@
 """The getRecordings document (spec 2.11, B3LB's element order with the REC fixes), built with lxml.
 
 One `<recording>` per rendered record, and one per uploaded set still waiting for its videos
-(state `processing`, recordID = the set id, `<playback></playback>` without a format). Metadata
-elements are sorted by key, as in the spec's example; the keys that carry the load balancer's own
-nonces or the frontend's callback URLs are never shown, and `endcallbackurl` is the frontend's own
-end callback, when it gave one. No `<breakout>` (B3LB's inverted condition; breakouts are never stored).
+(state `processing`, recordID = the set's public_id, never its nonce; `<playback></playback>`
+without a format). Metadata elements are sorted by key, as in the spec's example; the keys that
+carry the load balancer's own nonces or the frontend's callback URLs are never shown, and
+`endcallbackurl` is the frontend's own end callback, when it gave one. No `<breakout>` (B3LB's
+inverted condition; breakouts are never stored).
 
 Speed (issue 10.4: 1,000 recordings in under 50 ms): creating elements costs lxml about three
 times as much as setting a text, and reaching an element from Python costs about as much again.

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
-from b3lb.recordings.storage import ObjectInfo, Storage, StorageError, Stored, Writer, check_key
+from b3lb.recordings.storage import ObjectInfo, Storage, StorageError, Stored, Writer, check_key, loggable_key
 
 INCOMPLETE_DIR = ".incomplete"
 TEMP_SUFFIX = ".part"
@@ -70,7 +70,7 @@ class LocalWriter(Writer):
 
     async def write(self, data: bytes) -> None:
         if self._finished or self._file is None:
-            raise StorageError(f"local storage: write to {self._key} after commit or abort")
+            raise StorageError(f"local storage: write to {loggable_key(self._key)} after commit or abort")
         self._pending += data
         self._size += len(data)
         if len(self._pending) >= WRITE_BATCH:
@@ -83,7 +83,7 @@ class LocalWriter(Writer):
         try:
             await asyncio.to_thread(self._write_batch, batch)
         except OSError as exc:
-            raise StorageError(f"local storage: cannot write {self._key}: {_describe(exc)}") from None
+            raise StorageError(f"local storage: cannot write {loggable_key(self._key)}: {_describe(exc)}") from None
 
     def _write_batch(self, batch: bytes) -> None:
         assert self._file is not None
@@ -92,13 +92,13 @@ class LocalWriter(Writer):
 
     async def commit(self) -> Stored:
         if self._finished or self._file is None:
-            raise StorageError(f"local storage: commit of {self._key} after commit or abort")
+            raise StorageError(f"local storage: commit of {loggable_key(self._key)} after commit or abort")
         try:
             await self._flush()
             await asyncio.to_thread(self._commit_sync)
         except OSError as exc:
             await self.abort()
-            raise StorageError(f"local storage: cannot commit {self._key}: {_describe(exc)}") from None
+            raise StorageError(f"local storage: cannot commit {loggable_key(self._key)}: {_describe(exc)}") from None
         except BaseException:
             await self.abort()
             raise
@@ -174,7 +174,7 @@ class LocalStorage(Storage):
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise StorageError(f"local storage: cannot stat {key}: {_describe(exc)}") from None
+            raise StorageError(f"local storage: cannot stat {loggable_key(key)}: {_describe(exc)}") from None
         if not stat.S_ISREG(info.st_mode):
             return None  # a directory of keys below it, not an object
         return ObjectInfo(size=info.st_size, mtime=info.st_mtime, etag=f"{info.st_size:x}-{info.st_mtime_ns:x}")
@@ -186,9 +186,9 @@ class LocalStorage(Storage):
         try:
             file = await asyncio.to_thread(_open_regular, path)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise StorageError(f"local storage: no object {key}") from None
+            raise StorageError(f"local storage: no object {loggable_key(key)}") from None
         except OSError as exc:
-            raise StorageError(f"local storage: cannot read {key}: {_describe(exc)}") from None
+            raise StorageError(f"local storage: cannot read {loggable_key(key)}: {_describe(exc)}") from None
         try:
             remaining = None if stop is None else stop - start
             await asyncio.to_thread(file.seek, start)
@@ -197,7 +197,7 @@ class LocalStorage(Storage):
                 try:
                     chunk = await asyncio.to_thread(file.read, size)
                 except OSError as exc:
-                    raise StorageError(f"local storage: cannot read {key}: {_describe(exc)}") from None
+                    raise StorageError(f"local storage: cannot read {loggable_key(key)}: {_describe(exc)}") from None
                 if not chunk:
                     return
                 if remaining is not None:
@@ -211,21 +211,63 @@ class LocalStorage(Storage):
         try:
             await asyncio.to_thread(self._delete_sync, path)
         except OSError as exc:
-            raise StorageError(f"local storage: cannot delete {key}: {_describe(exc)}") from None
+            raise StorageError(f"local storage: cannot delete {loggable_key(key)}: {_describe(exc)}") from None
 
     def _delete_sync(self, path: Path) -> None:
         try:
             path.unlink()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return
-        # Prune the set's now-empty folders so the tree does not fill with empty directories.
-        parent = path.parent
-        while parent != self.root and self.root in parent.parents:
+        self._prune(path.parent)
+
+    def _prune(self, directory: Path) -> None:
+        """Remove `directory` and its parents below the root while empty, so the tree does not
+        fill with the empty folders of deleted sets."""
+        while directory != self.root and self.root in directory.parents:
             try:
-                parent.rmdir()
+                directory.rmdir()
             except OSError:
                 break  # not empty (or gone): stop here
-            parent = parent.parent
+            directory = directory.parent
+
+    async def delete_prefix(self, prefix: str) -> int:
+        folder = self.path(prefix)
+        try:
+            return await asyncio.to_thread(self._delete_tree_sync, folder)
+        except OSError as exc:
+            raise StorageError(f"local storage: cannot delete {loggable_key(prefix)}/: {_describe(exc)}") from None
+
+    def _delete_tree_sync(self, folder: Path) -> int:
+        """Every file below `folder`, then its folders. Links are removed, never followed (os.walk
+        does not descend into a linked folder, and a link is unlinked like a file)."""
+        if not folder.is_dir() or folder.is_symlink():
+            return 0  # nothing there, or an object (a file is not a folder of keys)
+        if self.root.resolve() not in folder.resolve().parents:
+            raise OSError(0, "a folder on the way is a link out of the storage root")
+        removed = 0
+        for directory, folders, files in os.walk(folder, topdown=False, followlinks=False):
+            base = Path(directory)
+            for name in files:
+                try:
+                    (base / name).unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
+            for name in folders:
+                child = base / name
+                if child.is_symlink():
+                    child.unlink()
+                    continue
+                try:
+                    child.rmdir()
+                except FileNotFoundError:
+                    continue
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            pass
+        self._prune(folder.parent)
+        return removed
 
     async def cleanup_incomplete(self, older_than: float) -> int:
         try:

@@ -5,7 +5,9 @@ multi-range request gets the whole file, an unsatisfiable one 416). ETag and Las
 the storage and answer conditional requests with 304. The file is read in the storage's chunks and
 each chunk is flushed before the next is read: memory stays bounded, and a client that goes away
 stops the read. Unknown, malformed, unpublished or deleted nonces are 404; a database outage is 503
-(RuntimeHandler), and so is a storage that cannot be read.
+(RuntimeHandler), and so is a storage that cannot be read: logged once when the storage fails and
+once when it works again (storage_outage, shared with uploads), not per request. Keys are logged
+through `loggable_key` (they carry the set's upload nonce).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from tornado.iostream import StreamClosedError
 
 from b3lb.db import Q
 from b3lb.endpoints import RuntimeHandler
-from b3lb.recordings.storage import InvalidKey, ObjectInfo, StorageError
+from b3lb.recordings.storage import InvalidKey, ObjectInfo, StorageError, loggable_key, storage_outage
 
 log = logging.getLogger("b3lb.recordings.playback")
 
@@ -84,13 +86,14 @@ class PlaybackHandler(RuntimeHandler):
         try:
             info = await self.runtime.storage.stat(key)
         except InvalidKey:
-            log.error("recording %s: a key no storage accepts", key[:300])
+            log.error("recording %s: a key no storage accepts", loggable_key(key))
             return self._plain(404, "Not Found")
         except StorageError as exc:
-            log.warning("recording %s: storage unavailable: %s", key, exc)
-            return self._plain(503, "Service Unavailable")
+            storage_outage(self.runtime.storage).failed(exc)
+            return self._unavailable()
+        storage_outage(self.runtime.storage).succeeded()
         if info is None:
-            log.warning("recording %s is listed but its file is missing", key)
+            log.warning("recording %s is listed but its file is missing", loggable_key(key))
             return self._plain(404, "Not Found")
         extension = key.rsplit(".", 1)[-1].lower()
         etag = f'"{info.etag}"'
@@ -166,18 +169,22 @@ class PlaybackHandler(RuntimeHandler):
         except StreamClosedError:
             return  # the client left; leaving the block closed the read
         except StorageError as exc:
-            log.warning("recording %s: read failed after %d bytes: %s", key, sent, exc)
+            storage_outage(self.runtime.storage).failed(exc)
             if not sent:
                 for name in ("Content-Length", "Content-Range", "Content-Disposition"):
                     self.clear_header(name)
-                return self._plain(503, "Service Unavailable")
+                return self._unavailable()
         if sent != stop - start:
             # a short body must not look complete: the client sees the connection drop
-            log.warning("recording %s: %d of %d bytes read", key, sent, stop - start)
+            log.warning("recording %s: %d of %d bytes read", loggable_key(key), sent, stop - start)
             self.request.connection.close()  # type: ignore[union-attr]
             return
         if not self.gone:
             self.finish()
+
+    def _unavailable(self) -> None:
+        self.set_header("Retry-After", "30")
+        self._plain(503, "Service Unavailable")
 
     def _plain(self, status: int, text: str) -> None:
         self.set_status(status)

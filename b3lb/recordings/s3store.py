@@ -32,12 +32,13 @@ import botocore.config
 import botocore.exceptions
 
 from b3lb.config import RecordingsConfig
-from b3lb.recordings.storage import ObjectInfo, Storage, StorageError, Stored, Writer, check_key
+from b3lb.recordings.storage import ObjectInfo, Storage, StorageError, Stored, Writer, check_key, loggable_key
 from b3lb.urlguard import loggable
 
 PART_SIZE = 8 * 1024 * 1024  # S3 wants parts of at least 5 MiB (but the last)
 READ_CHUNK = 256 * 1024
 THREADS = 16
+DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 
 T = TypeVar("T")
@@ -105,7 +106,7 @@ class S3Writer(Writer):
 
     async def write(self, data: bytes) -> None:
         if self._finished:
-            raise StorageError(f"s3 storage: write to {self._key} after commit or abort")
+            raise StorageError(f"s3 storage: write to {loggable_key(self._key)} after commit or abort")
         self._buffer += data
         self._size += len(data)
         while len(self._buffer) >= PART_SIZE:
@@ -134,7 +135,7 @@ class S3Writer(Writer):
 
     async def commit(self) -> Stored:
         if self._finished:
-            raise StorageError(f"s3 storage: commit of {self._key} after commit or abort")
+            raise StorageError(f"s3 storage: commit of {loggable_key(self._key)} after commit or abort")
         s3, client = self._s3, self._s3.client
         rest, self._buffer = bytes(self._buffer), bytearray()
 
@@ -220,7 +221,7 @@ class S3Storage(Storage):
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError) as exc:
             code = _error_code(exc)
             # The message names endpoint, bucket and key; exceptions' own texts may quote request details.
-            message = f"s3 storage ({self.endpoint}, bucket {self.bucket}): {what} {key}: {code}"
+            message = f"s3 storage ({self.endpoint}, bucket {self.bucket}): {what} {loggable_key(key)}: {code}"
             raise S3Failure(message, code) from None
 
     async def open_write(self, key: str) -> Writer:
@@ -248,7 +249,7 @@ class S3Storage(Storage):
         name = self.object_key(key)
         if stop == start:  # S3 has no empty range; still, a missing object is an error
             if await self.stat(key) is None:
-                raise StorageError(f"s3 storage: no object {key}")
+                raise StorageError(f"s3 storage: no object {loggable_key(key)}")
             return
         extra: dict[str, str] = {}
         if start or stop is not None:
@@ -257,7 +258,7 @@ class S3Storage(Storage):
             answer = await self.run("read", key, lambda: self.client.get_object(Bucket=self.bucket, Key=name, **extra))
         except S3Failure as exc:
             if exc.code in MISSING_CODES:
-                raise StorageError(f"s3 storage: no object {key}") from None
+                raise StorageError(f"s3 storage: no object {loggable_key(key)}") from None
             if exc.code == "InvalidRange":
                 return  # start at or past the end (S3 answers 416; the local backend yields nothing)
             raise
@@ -275,6 +276,28 @@ class S3Storage(Storage):
         except S3Failure as exc:
             if exc.code not in MISSING_CODES:
                 raise
+
+    async def delete_prefix(self, prefix: str) -> int:
+        folder = self.object_key(prefix) + "/"
+        return await self.run("delete", prefix + "/", functools.partial(self._delete_prefix_sync, folder))
+
+    def _delete_prefix_sync(self, folder: str) -> int:
+        """List the objects under `folder` a page at a time and delete each page in one request
+        (both at most DELETE_BATCH keys), in this pool thread: a set holds a handful of objects."""
+        deleted = 0
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=folder, PaginationConfig={"PageSize": DELETE_BATCH})
+        for page in pages:
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            for start in range(0, len(keys), DELETE_BATCH):
+                batch = keys[start:start + DELETE_BATCH]
+                answer = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                failed = [e for e in answer.get("Errors", []) if e.get("Code") not in MISSING_CODES]
+                if failed:
+                    raise botocore.exceptions.ClientError({"Error": {"Code": str(failed[0].get("Code", ""))}},
+                                                          "DeleteObjects")
+                deleted += len(batch)
+        return deleted
 
     async def cleanup_incomplete(self, older_than: float) -> int:
         cutoff = time.time() - older_than

@@ -4,7 +4,10 @@
 - `s3` (b3lb/recordings/s3store.py): S3-compatible object storage.
 
 Keys are relative paths built by `archive_key` / `video_key`: every file of a record set lives under
-`{nonce[0:2]}/{nonce[2:4]}/{nonce}/`, so a set's files can be found from its nonce alone.
+`set_prefix(nonce)` = `{nonce[0:2]}/{nonce[2:4]}/{nonce}/`, so `delete_prefix` removes all of a set's
+files, also those no row points to (a crash between a write and the row that records it). The rows
+say which key is which file; an upload's archive key is unique per upload, so it is known from the
+set's row only. A key carries the set's nonce, its upload credential: logs show `loggable_key(key)`.
 
 A write is never visible under its key until it is complete: `open_write` returns a `Writer` that
 takes the bytes as they arrive, counts them and hashes them (sha256), and only `commit` makes the
@@ -15,11 +18,17 @@ writer never committed) leaves nothing behind; `cleanup_incomplete` removes what
 from __future__ import annotations
 
 import abc
+import logging
+import re
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from b3lb.config import Config
+from b3lb.outage import Outage
+
+log = logging.getLogger("b3lb.recordings.storage")
 
 
 class StorageError(Exception):
@@ -101,6 +110,11 @@ class Storage(abc.ABC):
         """Remove an object; a missing one is not an error."""
 
     @abc.abstractmethod
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with `prefix/` (a set's folder, `set_prefix`);
+        returns how many. Nothing there is not an error. InvalidKey for a prefix check_key refuses."""
+
+    @abc.abstractmethod
     async def cleanup_incomplete(self, older_than: float) -> int:
         """Remove writes never committed that started more than `older_than` seconds ago
         (a crashed process's temporary files or multipart uploads); returns how many."""
@@ -124,14 +138,43 @@ def set_prefix(nonce: str) -> str:
     return f"{nonce[0:2]}/{nonce[2:4]}/{nonce}"
 
 
-def archive_key(set_nonce: str) -> str:
-    """The node's uploaded archive of a record set (spec 4.10: `{record set path}/raw.tar`)."""
-    return f"{set_prefix(set_nonce)}/raw.tar"
+def archive_key(set_nonce: str, upload_id: str = "") -> str:
+    """The node's uploaded archive of a record set (spec 4.10: `{record set path}/raw.tar`).
+
+    upload.py names each upload's archive `raw-{upload_id}.tar` (a fresh id per upload), so a new
+    upload never overwrites the archive the set's row describes: the row's `archive_key` is the
+    only way to find it. Without an id: `raw.tar`, for tools and tests that store one themselves."""
+    name = f"raw-{upload_id.lower()}.tar" if upload_id else "raw.tar"
+    return f"{set_prefix(set_nonce)}/{name}"
 
 
 def video_key(set_nonce: str, record_nonce: str, extension: str) -> str:
     """A rendered video of a set, named by its download nonce."""
     return f"{set_prefix(set_nonce)}/{record_nonce.lower()}.{extension}"
+
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def loggable_key(key: str) -> str:
+    """A key as logs and error messages show it: a part that is a UUID (a set's nonce, the upload
+    credential of its set) cut to its first 8 characters, enough to find the folder, not to upload."""
+    if not isinstance(key, str):
+        return "?"
+    return "/".join(f"{part[:8]}..." if _UUID.match(part) else part for part in key[:MAX_KEY_CHARS].split("/"))
+
+
+# Each storage's availability as this process sees it: a failure is logged once, not per request.
+_OUTAGES: weakref.WeakKeyDictionary[Storage, Outage] = weakref.WeakKeyDictionary()
+
+
+def storage_outage(storage: Storage) -> Outage:
+    """The outage tracker of `storage` (shared by uploads and playback: one storage, one state)."""
+    outage = _OUTAGES.get(storage)
+    if outage is None:
+        outage = _OUTAGES[storage] = Outage("recording storage", dependency="recording_storage", logger=log,
+                                            failure_text="recording storage failed")
+    return outage
 
 
 def local_root(config: Config) -> Path:

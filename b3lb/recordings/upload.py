@@ -2,20 +2,28 @@
 
 The body is `multipart/form-data` with a part `file` (a tar of the node's published presentation
 folder, up to `recordings.max_upload_bytes`) and a part `meta` (its metadata.xml). It is parsed as
-it arrives (python-multipart's streaming parser): `file` goes straight to the storage writer of the
-set's archive key, never whole into memory; `meta` is buffered (at most META_MAX bytes). The limits
-of the body (size, time) are the path's own: `body_limit()` for lazyquery.py, which answers 413.
+it arrives (python-multipart's streaming parser): `file` goes straight to a storage writer, never
+whole into memory; `meta` is buffered (at most META_MAX bytes). The limits of the body (size, time)
+are the path's own: `body_limit()` for lazyquery.py, which answers 413.
 
-The archive becomes visible only when the body was complete and valid: then, with the set's row
-locked, the writer is committed (an atomic replace), the set becomes UPLOADED and its render job is
-queued in one transaction, and only then the node gets 204. Any failure aborts the writer, so
-nothing is left behind and the set is unchanged; a client that disconnects half-way the same.
+Each upload writes its own object, `archive_key(nonce, upload_id)`, never the one the set's row
+points to. When the body was complete and valid, the writer is committed (fsync, or the last S3
+part) outside any transaction; then one short transaction locks the set's row, points it at the
+new object, makes the set UPLOADED and queues its render job, and only then the node gets 204; the
+archive the row pointed to before is deleted after that COMMIT. So the row and the stored archive
+always agree: a failure before the COMMIT deletes the new object and leaves the set as it was (503),
+one after it leaves the old object for deletion. What a crash leaves between the steps lies under
+the set's folder, which retention deletes whole (`Storage.delete_prefix`). A client that
+disconnects half-way leaves nothing: the uncommitted write is aborted.
 
 Repeats: an upload whose archive has the sha256 already recorded for an UPLOADED or RENDERED set
-answers 204 and changes nothing (the node retries when a 204 got lost). A different archive
-replaces the stored one and (re)queues the render, also for a RENDERED set (the node re-published
-it); metadata changed through updateRecordings stays. Two concurrent uploads of one set are
-serialised by the row lock, so the archive stored and the sha256 recorded always match.
+(and still stored) answers 204 and changes nothing but deleting its own copy (the node retries when
+a 204 got lost). A different archive replaces the stored one and (re)queues the render, also for a
+RENDERED set (the node re-published it); metadata changed through updateRecordings stays. Two
+concurrent uploads of one set are serialised by the row lock; the last one's archive stays.
+
+The nonce is the set's upload credential: logs name the set by its public_id (the recordID the API
+shows while it is processing) and storage keys through `loggable_key`, never the nonce.
 
 A refusal (405, 400, 404, 503) is answered once the rest of the body has been read and dropped,
 up to LINGER_BYTES of it (else at once, and Tornado closes the connection): closing a connection
@@ -29,47 +37,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-import weakref
 from collections.abc import Awaitable
+from types import TracebackType
 from typing import Any
 
 import orjson
 from python_multipart import MultipartParser
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import parse_options_header
-from tornado.web import stream_request_body
+from tornado.web import HTTPError, stream_request_body
 
 from b3lb.config import Config
 from b3lb.db import Q
 from b3lb.endpoints import RuntimeHandler
 from b3lb.httplimits import LINGER_BYTES
 from b3lb.lazyquery import BodyLimit
-from b3lb.outage import Outage, is_database_unavailable
+from b3lb.outage import is_database_unavailable
 from b3lb.recordings.metadata import MetadataError, RecordingMetadata, parse_metadata
 from b3lb.recordings.metrics import UPLOAD_BYTES, UPLOADS
-from b3lb.recordings.storage import Storage, StorageError, Stored, Writer, archive_key
+from b3lb.recordings.storage import (
+    InvalidKey,
+    StorageError,
+    Stored,
+    Writer,
+    archive_key,
+    loggable_key,
+    storage_outage,
+)
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.recordings.upload")
 
+__all__ = ["UPLOAD_PATH", "UploadHandler", "body_limit", "storage_outage"]
+
 UPLOAD_PATH = "/b3lb/b/record/upload"
 SAVE_FAILED = "Error during file save"  # spec 4.10's body for a storage failure
 DB_UNAVAILABLE = "Service Unavailable: the database is unavailable"
-# Each storage's availability as this process sees it: a failure is logged once, not per upload.
-_OUTAGES: weakref.WeakKeyDictionary[Storage, Outage] = weakref.WeakKeyDictionary()
+NOT_FOUND = "Not Found: no recording set with this nonce"
 _RESULTS = {400: "bad_request", 403: "forbidden", 404: "not_found"}
 META_MAX = 1024 * 1024  # metadata.xml is a few KB
 OTHER_MAX = 1024 * 1024  # all other parts together (ignored, but read)
 MAX_PARTS = 16
 MAX_BOUNDARY = 200  # RFC 2046 allows 70; curl and browsers use about 40
-
-
-def storage_outage(storage: Storage) -> Outage:
-    outage = _OUTAGES.get(storage)
-    if outage is None:
-        outage = _OUTAGES[storage] = Outage("recording storage", dependency="recording_storage", logger=log,
-                                            failure_text="recording storage failed")
-    return outage
 
 
 def body_limit(config: Config) -> BodyLimit:
@@ -188,6 +197,8 @@ class UploadHandler(RuntimeHandler):
     def initialize(self, runtime: Runtime) -> None:  # type: ignore[override]
         super().initialize(runtime)
         self.nonce = ""
+        self.public_id = "-"  # the set as logs name it (never by its nonce)
+        self.upload_id = uuid.uuid4().hex  # this upload's own archive key (module docstring)
         self.form: UploadForm | None = None
         self.writer: Writer | None = None
         self.lock = asyncio.Lock()  # one writer operation at a time (a write vs. a disconnect's abort)
@@ -196,16 +207,20 @@ class UploadHandler(RuntimeHandler):
         self.discarded = 0
         self.body_done = False
         self.abandoned = False
+        self.committing = False  # the upload's transaction is being committed (_store)
 
     # -- before the body ------------------------------------------------------------------------
 
     async def prepare(self) -> None:
         if self.request.method != "POST":
             return self._refuse_early(405, "Method Not Allowed", "bad_request")
-        try:
-            self.nonce = str(uuid.UUID(self.get_query_argument("nonce", "")))
+        raw = self.get_query_argument("nonce", "")
+        if not raw:
+            return self._refuse_early(400, "Bad Request: nonce missing", "bad_request")
+        try:  # spec 4.10: 400 only when missing; a nonce that is no UUID names no set
+            self.nonce = str(uuid.UUID(raw))
         except ValueError:
-            return self._refuse_early(400, "Bad Request: nonce missing or not a UUID", "bad_request")
+            return self._refuse_early(404, NOT_FOUND, "not_found")
         try:
             found = await self.runtime.pool.fetchval(Q.upload_find_set, self.nonce)
         except Exception as exc:
@@ -215,7 +230,8 @@ class UploadHandler(RuntimeHandler):
             return self._refuse_early(503, DB_UNAVAILABLE, "unavailable")
         self.runtime.database.succeeded()
         if found is None:
-            return self._refuse_early(404, "Not Found: no recording set with this nonce", "not_found")
+            return self._refuse_early(404, NOT_FOUND, "not_found")
+        self.public_id = found
         try:
             self.form = UploadForm(form_boundary(self.request.headers.get("Content-Type", "")))
         except (UploadFormError, FormParserError) as exc:
@@ -276,7 +292,7 @@ class UploadHandler(RuntimeHandler):
             data = self.form.take()
             try:
                 if self.writer is None:
-                    self.writer = await self.runtime.storage.open_write(archive_key(self.nonce))
+                    self.writer = await self.runtime.storage.open_write(archive_key(self.nonce, self.upload_id))
                 await self.writer.write(data)
             except (StorageError, OSError) as exc:
                 storage_outage(self.runtime.storage).failed(exc)
@@ -296,7 +312,7 @@ class UploadHandler(RuntimeHandler):
         try:
             await writer.abort()
         except Exception as exc:  # noqa: BLE001 - see docstring
-            log.warning("recording upload of set %s: could not drop the partial archive: %s", self.nonce, exc)
+            log.warning("recording upload of set %s: could not drop the partial archive: %s", self.public_id, exc)
 
     def on_connection_close(self) -> None:
         super().on_connection_close()  # the body will not end: _execute returns without post()
@@ -305,7 +321,7 @@ class UploadHandler(RuntimeHandler):
         self.abandoned = True
         if self.refusal is None:
             UPLOADS.labels("aborted").inc()
-            log.info("recording upload of set %s broken off after %d bytes: nothing stored", self.nonce or "-",
+            log.info("recording upload of set %s broken off after %d bytes: nothing stored", self.public_id,
                      self.received)
         self.runtime.add_task("recording upload abort", self._drop_writer())
 
@@ -337,7 +353,7 @@ class UploadHandler(RuntimeHandler):
         try:
             stored, changed = await self._store(metadata)
         except _Gone:
-            return await self._reject(404, "Not Found: no recording set with this nonce")
+            return await self._reject(404, NOT_FOUND)
         except StorageError as exc:
             storage_outage(self.runtime.storage).failed(exc)
             UPLOADS.labels("storage_error").inc()
@@ -353,11 +369,11 @@ class UploadHandler(RuntimeHandler):
         if changed:
             UPLOADS.labels("stored").inc()
             UPLOAD_BYTES.inc(stored.size)
-            log.info("recording upload of set %s stored: %d bytes, render queued", self.nonce, stored.size)
+            log.info("recording upload of set %s stored: %d bytes, render queued", self.public_id, stored.size)
         else:
             UPLOADS.labels("repeated").inc()
-            log.info("recording upload of set %s repeated (same archive, %d bytes): nothing changed", self.nonce,
-                     stored.size)
+            log.info("recording upload of set %s repeated (same archive, %d bytes): nothing changed",
+                     self.public_id, stored.size)
         self.set_status(204)
         self.finish()
 
@@ -367,29 +383,64 @@ class UploadHandler(RuntimeHandler):
         self._answer(status, text)
 
     async def _store(self, metadata: RecordingMetadata) -> tuple[Stored, bool]:
-        """Commit the archive and update the set in one transaction, the set's row locked
-        throughout; whether anything changed. Raises _Gone, StorageError or a database error."""
-        key = archive_key(self.nonce)
+        """Commit this upload's archive, then record it in the set's row (module docstring);
+        whether anything changed. Raises _Gone, StorageError or a database error, each time with
+        the new object deleted unless the row may point to it."""
+        writer, self.writer = self.writer, None
+        assert writer is not None  # form.problem() saw file data
+        stored = await writer.commit()  # no transaction open: fsync or the last part may take long
+        self.committing = False
+        try:
+            changed, previous = await self._record(stored, metadata)
+        except BaseException:
+            if self.committing:  # COMMIT sent, its outcome unknown: the row may point here (kept for retention)
+                log.warning("recording upload of set %s: outcome unknown, archive %s kept", self.public_id,
+                            loggable_key(stored.key))
+            else:
+                await self._discard(stored.key)
+            raise
+        # After the COMMIT: the object the row no longer points to (the old archive, or a repeat's copy).
+        await self._discard(previous if changed else stored.key)
+        return stored, changed
+
+    async def _record(self, stored: Stored, metadata: RecordingMetadata) -> tuple[bool, str]:
+        """One transaction, the set's row locked: (changed, the archive key the row held before).
+        A repeat (same sha256, the recorded archive still there) changes nothing."""
         async with self.runtime.pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(Q.upload_lock_set, self.nonce)
             if row is None:
                 raise _Gone
-            writer, self.writer = self.writer, None
-            assert writer is not None  # form.problem() saw file data
-            try:
-                stored = await writer.commit()  # a failed commit aborts the write
-            except BaseException:
-                await writer.abort()
-                raise
-            if (row["status"] in ("UPLOADED", "RENDERED") and row["archive_key"] == key
-                    and row["archive_sha256"] == stored.sha256):
-                return stored, False  # the same bytes replaced the same bytes: nothing else to do
+            previous: str = row["archive_key"]
+            if (row["status"] in ("UPLOADED", "RENDERED") and previous and row["archive_sha256"] == stored.sha256
+                    and await self._exists(previous)):
+                return False, previous
             await conn.fetchval(
-                Q.upload_store_set, self.nonce, key, stored.sha256, stored.size, metadata.internal_id,
+                Q.upload_store_set, self.nonce, stored.key, stored.sha256, stored.size, metadata.internal_id,
                 metadata.meeting_name, metadata.start_ms, metadata.end_ms, metadata.participants,
                 orjson.dumps(metadata.meta).decode(),
             )
-        return stored, True
+            self.committing = True  # leaving the block sends COMMIT
+        return True, previous
+
+    async def _exists(self, key: str) -> bool:
+        """Whether the archive a row names is stored (a lost one is replaced like a new upload)."""
+        try:
+            return await self.runtime.storage.exists(key)
+        except InvalidKey:
+            return False
+
+    async def _discard(self, key: str) -> None:
+        """Delete an object no row points to. Never raises: what stays lies under the set's folder,
+        which retention deletes with the set."""
+        if not key:
+            return
+        try:
+            await self.runtime.storage.delete(key)
+        except InvalidKey:
+            return  # no object can exist under a key both backends refuse
+        except StorageError as exc:
+            log.warning("recording upload of set %s: %s not deleted (retention will): %s", self.public_id,
+                        loggable_key(key), exc)
 
     # Every other method is refused in prepare(); here the refusal is answered after the body.
     async def get(self, *args: Any) -> None:
@@ -402,6 +453,14 @@ class UploadHandler(RuntimeHandler):
     def _request_summary(self) -> str:
         # Without the query: the nonce is the set's upload credential.
         return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+
+    def log_exception(
+        self, typ: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if value is None or isinstance(value, HTTPError) or is_database_unavailable(value):
+            return super().log_exception(typ, value, tb)
+        # Tornado's own line would print the request, query (the nonce) and all.
+        log.error("Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         if status_code == 405:  # e.g. a method Tornado does not know, refused before prepare()

@@ -6,7 +6,7 @@
 
 -- name: rec_list
 -- getRecordings: rendered records, and (when $5) uploaded sets without a visible record yet
--- (state processing). $2 meeting IDs and $3 recordID LIKE patterns are NULL for "any";
+-- (state processing, recordID = the set's public_id, never its id: that is the upload nonce). $2 meeting IDs and $3 recordID LIKE patterns are NULL for "any";
 -- $4 the published values wanted; $6 a jsonb object the metadata must contain; $7 offset; $8 limit.
 SELECT record_id, meeting_id, internal_id, name, set_name, published, processing, start_ms, end_ms, participants,
        raw_size, metadata, end_callback_url, size, format_type, nonce, processing_ms, minutes
@@ -33,7 +33,7 @@ FROM (
       AND ($2::text[] IS NULL OR rs.meeting_id = ANY($2::text[]))
     UNION ALL
     SELECT rs.created_at, rs.id, NULL,
-           rs.id, rs.meeting_id, rs.internal_id, rs.meta_name, rs.meta_name, false, true,
+           rs.public_id::text, rs.meeting_id, rs.internal_id, rs.meta_name, rs.meta_name, false, true,
            (extract(epoch FROM rs.start_time) * 1000)::bigint,
            (extract(epoch FROM rs.end_time) * 1000)::bigint,
            rs.participants, rs.raw_size, rs.metadata::text, rs.end_callback_url, 0,
@@ -41,7 +41,7 @@ FROM (
     FROM record_set rs
     WHERE $5::bool AND rs.secret_id = ANY($1::int[]) AND rs.status = 'UPLOADED'
       AND ($2::text[] IS NULL OR rs.meeting_id = ANY($2::text[]))
-      AND ($3::text[] IS NULL OR rs.id LIKE ANY($3::text[]))
+      AND ($3::text[] IS NULL OR rs.public_id::text LIKE ANY($3::text[]))
       AND rs.metadata @> $6::jsonb
       AND NOT EXISTS (SELECT 1 FROM record v WHERE v.recordset_id = rs.id AND v.size > 0 AND NOT v.deleting)
 ) listed
@@ -58,7 +58,7 @@ RETURNING r.id
 
 -- name: rec_mark_deleting
 -- deleteRecordings, step 1: hide the records (files are deleted next, then the rows); move uploaded
--- sets without a visible record (recordID = the set id) to DELETING for housekeeping, and so a set
+-- sets without a visible record (recordID = the set's public_id) to DELETING for housekeeping, and so a set
 -- whose last visible record goes now (nothing of the recording is left to show or to re-render).
 WITH records AS (
     UPDATE record r SET deleting = true
@@ -68,7 +68,7 @@ WITH records AS (
     RETURNING r.id, r.file, r.recordset_id
 ), sets AS (
     UPDATE record_set rs SET status = 'DELETING'
-    WHERE rs.secret_id = ANY($1::int[]) AND rs.id = ANY($2::text[]) AND rs.status = 'UPLOADED'
+    WHERE rs.secret_id = ANY($1::int[]) AND rs.public_id::text = ANY($2::text[]) AND rs.status = 'UPLOADED'
       AND NOT EXISTS (SELECT 1 FROM record v WHERE v.recordset_id = rs.id AND v.size > 0 AND NOT v.deleting)
     RETURNING rs.id
 ), emptied AS (
@@ -90,41 +90,50 @@ DELETE FROM record WHERE id = ANY($1::int[]) AND deleting
 
 -- name: rec_update
 -- updateRecordings: remove the keys $3, merge $4, rename to $5 (NULL: keep), gl-listed $6 (NULL: keep)
--- on the records $2 and on uploaded sets without a visible record; a row whose metadata would pass
--- $7 keys is left alone. Answers how many rows matched and how many changed.
+-- on the records $2 and on uploaded sets without a visible record (by their public_id). Nothing
+-- changes when the update would take a row's metadata past $7 keys or $8 bytes of JSON (as
+-- PostgreSQL writes it) and beyond what it held before (a node's bigger metadata may still shrink):
+-- `too_many` / `too_big` say so. Answers how many rows matched and how many changed.
 WITH targets AS (
-    SELECT r.id FROM record r JOIN record_set rs ON rs.id = r.recordset_id
+    SELECT r.id, r.metadata AS old, (r.metadata - $3::text[]) || $4::jsonb AS new
+    FROM record r JOIN record_set rs ON rs.id = r.recordset_id
     WHERE rs.secret_id = ANY($1::int[]) AND rs.status <> 'DELETING'
       AND r.record_id = ANY($2::text[]) AND r.size > 0 AND NOT r.deleting
     FOR UPDATE OF r
-), changed AS (
-    UPDATE record r
-    SET metadata = (r.metadata - $3::text[]) || $4::jsonb,
-        meta_name = coalesce($5, r.meta_name),
-        listed = coalesce($6, r.listed)
-    FROM targets t
-    WHERE r.id = t.id
-      AND ((r.metadata - $3::text[]) || $4::jsonb, coalesce($5, r.meta_name), coalesce($6, r.listed))
-          IS DISTINCT FROM (r.metadata, r.meta_name, r.listed)
-      AND (SELECT count(*) FROM jsonb_object_keys((r.metadata - $3::text[]) || $4::jsonb)) <= $7
-    RETURNING r.id
 ), set_targets AS (
-    SELECT rs.id FROM record_set rs
-    WHERE rs.secret_id = ANY($1::int[]) AND rs.id = ANY($2::text[]) AND rs.status = 'UPLOADED'
+    SELECT rs.id, rs.metadata AS old, (rs.metadata - $3::text[]) || $4::jsonb AS new
+    FROM record_set rs
+    WHERE rs.secret_id = ANY($1::int[]) AND rs.public_id::text = ANY($2::text[]) AND rs.status = 'UPLOADED'
       AND NOT EXISTS (SELECT 1 FROM record v WHERE v.recordset_id = rs.id AND v.size > 0 AND NOT v.deleting)
     FOR UPDATE OF rs
+), sizes AS (
+    SELECT (SELECT count(*) FROM jsonb_object_keys(t.new)) AS new_keys,
+           (SELECT count(*) FROM jsonb_object_keys(t.old)) AS old_keys,
+           octet_length(t.new::text) AS new_bytes, octet_length(t.old::text) AS old_bytes
+    FROM (SELECT old, new FROM targets UNION ALL SELECT old, new FROM set_targets) t
+), refused AS (
+    SELECT coalesce(bool_or(new_keys > $7 AND new_keys > old_keys), false) AS too_many,
+           coalesce(bool_or(new_bytes > $8 AND new_bytes > old_bytes), false) AS too_big
+    FROM sizes
+), changed AS (
+    UPDATE record r
+    SET metadata = t.new, meta_name = coalesce($5, r.meta_name), listed = coalesce($6, r.listed)
+    FROM targets t, refused
+    WHERE r.id = t.id AND NOT (refused.too_many OR refused.too_big)
+      AND (t.new, coalesce($5, r.meta_name), coalesce($6, r.listed)) IS DISTINCT FROM (r.metadata, r.meta_name, r.listed)
+    RETURNING r.id
 ), set_changed AS (
     UPDATE record_set rs
-    SET metadata = (rs.metadata - $3::text[]) || $4::jsonb, meta_name = coalesce($5, rs.meta_name)
-    FROM set_targets t
-    WHERE rs.id = t.id
-      AND ((rs.metadata - $3::text[]) || $4::jsonb, coalesce($5, rs.meta_name))
-          IS DISTINCT FROM (rs.metadata, rs.meta_name)
-      AND (SELECT count(*) FROM jsonb_object_keys((rs.metadata - $3::text[]) || $4::jsonb)) <= $7
+    SET metadata = t.new, meta_name = coalesce($5, rs.meta_name)
+    FROM set_targets t, refused
+    WHERE rs.id = t.id AND NOT (refused.too_many OR refused.too_big)
+      AND (t.new, coalesce($5, rs.meta_name)) IS DISTINCT FROM (rs.metadata, rs.meta_name)
     RETURNING rs.id
 )
 SELECT (SELECT count(*) FROM targets) + (SELECT count(*) FROM set_targets) AS matched,
-       (SELECT count(*) FROM changed) + (SELECT count(*) FROM set_changed) AS changed
+       (SELECT count(*) FROM changed) + (SELECT count(*) FROM set_changed) AS changed,
+       refused.too_many, refused.too_big
+FROM refused
 
 -- name: rec_exists
 -- getRecordingTextTracks: whether any of the recordIDs $2 is a visible record in scope.

@@ -4,39 +4,38 @@
 -- Outbox ---------------------------------------------------------------------------------------
 
 -- name: outbox_claim
--- Take up to $1 due callbacks: rows another process holds are skipped, and the lease ($2 seconds,
--- longer than both requests of one attempt) keeps them from being due again while they are sent.
--- attempts counts sends begun, so it doubles as a fencing token for outbox_retry. The record's
--- meeting and the set's secrets come along (read now, not when the row was queued).
-WITH due AS (
-    SELECT id, record_id FROM callback_outbox
-    WHERE next_attempt <= now()
-    ORDER BY next_attempt
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE callback_outbox o
-SET next_attempt = now() + make_interval(secs => $2::float8), attempts = o.attempts + 1
-FROM due
-JOIN record r ON r.id = due.record_id
+-- Up to $1 due callbacks, locked until the round's transaction ends: rows another process's round
+-- holds are skipped (never waited for), and only the outbox rows are locked (OF o), not the
+-- records, sets or secrets. The record's meeting and the set's secrets come along (read now, not
+-- when the row was queued).
+SELECT o.id, o.url, o.attempts, r.record_id,
+       COALESCE(NULLIF(r.meeting_id, ''), s.meeting_id) AS meeting_id,
+       (r.deleting OR s.status = 'DELETING') AS gone,
+       k.secret, k.secret2
+FROM callback_outbox o
+JOIN record r ON r.id = o.record_id
 JOIN record_set s ON s.id = r.recordset_id
 LEFT JOIN secret k ON k.id = s.secret_id
-WHERE o.id = due.id
-RETURNING o.id, o.url, o.attempts, r.record_id,
-          COALESCE(NULLIF(r.meeting_id, ''), s.meeting_id) AS meeting_id,
-          (r.deleting OR s.status = 'DELETING') AS gone,
-          k.secret, k.secret2
+WHERE o.next_attempt <= now()
+ORDER BY o.next_attempt
+LIMIT $1
+FOR UPDATE OF o SKIP LOCKED
+
+-- name: outbox_round_timeout
+-- For the rest of the round's transaction only: the server ends it when it idles longer than $1 ms
+-- (a hung process), which gives its rows back.
+SELECT set_config('idle_in_transaction_session_timeout', $1::text, true)
 
 -- name: outbox_done
 -- Delivered, final answer, dropped or given up.
-DELETE FROM callback_outbox WHERE id = $1
+DELETE FROM callback_outbox WHERE id = ANY($1::bigint[])
 
 -- name: outbox_retry
--- Try again after $3 seconds; nothing when another process has claimed the row since ($2 is
--- the attempts this process claimed it with).
-UPDATE callback_outbox
-SET next_attempt = now() + make_interval(secs => $3::float8), last_error = $4
-WHERE id = $1 AND attempts = $2
+-- Try again later: per row ($1) its attempts so far ($2), the delay in seconds ($3) and why ($4).
+UPDATE callback_outbox o
+SET attempts = u.attempts, next_attempt = now() + make_interval(secs => u.delay), last_error = u.error
+FROM unnest($1::bigint[], $2::integer[], $3::float8[], $4::text[]) AS u(id, attempts, delay, error)
+WHERE o.id = u.id
 
 -- name: outbox_depth
 SELECT count(*) FROM callback_outbox
@@ -45,18 +44,23 @@ SELECT count(*) FROM callback_outbox
 
 -- name: retention_mark_expired
 -- Spec 4.10: effective hold days = max(secret, tenant) if either is 0, else the smaller one,
--- counted from the meeting's end (its creation while no upload told us the end). Sets whose
--- secret was deleted go too.
+-- counted from the recording's end (its upload, or the meeting's creation, while no upload told
+-- us the end). A set still waiting for its node's upload (UNKNOWN: the meeting may still run) or
+-- its rendering (UPLOADED) is kept for at least $1 days (recordings.pending_days) from its
+-- creation as well: a short hold time must not delete a set the node is about to upload to.
+-- Sets whose secret was deleted go at once.
 UPDATE record_set s
 SET status = 'DELETING'
 WHERE s.status <> 'DELETING'
-  AND (s.secret_id IS NULL OR EXISTS (
-        SELECT 1 FROM secret k JOIN tenant t ON t.id = k.tenant_id
-        WHERE k.id = s.secret_id
-          AND COALESCE(s.end_time, s.created_at) + make_interval(days =>
-                CASE WHEN k.hold_time_days = 0 OR t.hold_time_days = 0
-                     THEN greatest(k.hold_time_days, t.hold_time_days)
-                     ELSE least(k.hold_time_days, t.hold_time_days) END) <= now()))
+  AND (s.secret_id IS NULL OR (
+        (s.status = 'RENDERED' OR s.created_at + make_interval(days => $1::integer) <= now())
+        AND EXISTS (
+          SELECT 1 FROM secret k JOIN tenant t ON t.id = k.tenant_id
+          WHERE k.id = s.secret_id
+            AND COALESCE(s.end_time, s.uploaded_at, s.created_at) + make_interval(days =>
+                  CASE WHEN k.hold_time_days = 0 OR t.hold_time_days = 0
+                       THEN greatest(k.hold_time_days, t.hold_time_days)
+                       ELSE least(k.hold_time_days, t.hold_time_days) END) <= now())))
 RETURNING s.id
 
 -- name: retention_deleting_sets

@@ -2,11 +2,12 @@
 
 -- name: upload_find_set
 -- Before the body is read: does a set with this nonce take an upload? (DELETING ones do not.)
-SELECT status FROM record_set WHERE id = $1::uuid::text AND status <> 'DELETING'
+-- Its public_id names it in logs (the nonce is the upload credential).
+SELECT public_id::text FROM record_set WHERE id = $1::uuid::text AND status <> 'DELETING'
 
 -- name: upload_lock_set
--- After the body: the set, locked until the upload's transaction ends, so that of two concurrent
--- uploads of one set the second commits its archive and updates the row only after the first.
+-- After the body and the archive's commit: the set, locked until the upload's transaction ends, so
+-- that of two concurrent uploads of one set the second updates the row only after the first.
 SELECT status, archive_key, archive_sha256 FROM record_set
 WHERE id = $1::uuid::text AND status <> 'DELETING'
 FOR UPDATE

@@ -66,6 +66,12 @@ async def record_set(
     return str(nonce)
 
 
+async def public_id(pool: asyncpg.Pool, set_id: str) -> str:
+    """The recordID a set answers to while it is processing (never its id: the upload nonce)."""
+    found: str = await pool.fetchval("SELECT public_id::text FROM record_set WHERE id = $1", set_id)
+    return found
+
+
 async def video(h: Harness, set_id: str, profile_id: int, data: bytes = b"video" * 100, **kw: Any) -> Record:
     assert h.pool is not None and h.runtime is not None
     return await store_video(h.pool, h.runtime.storage, set_id, profile_id, data, **kw)

@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 import pytest
 from api_helpers import q
-from recording_rows import call, profile, record_ids, record_set, root, video
+from recording_rows import call, profile, public_id, record_ids, record_set, root, video
 
 from b3lb.api import handler
 from b3lb.outage import is_database_unavailable
@@ -266,7 +266,9 @@ async def test_states_and_processing_sets(db_url):
         hd = await profile(h.pool)
         published = await video(h, await record_set(h.pool, secret_id(h), "pub"), hd)
         unpublished = await video(h, await record_set(h.pool, secret_id(h), "unpub"), hd, published=False)
-        waiting = await record_set(h.pool, secret_id(h), "waiting")  # uploaded, not rendered
+        waiting_set = await record_set(h.pool, secret_id(h), "waiting")  # uploaded, not rendered
+        waiting = await public_id(h.pool, waiting_set)  # its recordID: not its id, the upload nonce
+        assert waiting != waiting_set
         await record_set(h.pool, secret_id(h), "running", status="UNKNOWN")  # still recording
         await record_set(h.pool, secret_id(h), "gone", status="DELETING")
 
@@ -289,12 +291,15 @@ async def test_states_and_processing_sets(db_url):
             "recordings/recording")]  # the same elements, in the same order
         assert recording.findtext("size") == "0" and recording.findtext("rawSize") == "123456789"
         # Once a video of the set exists, the set is no longer "processing": its record is listed.
-        rendered = await video(h, waiting, hd)
+        rendered = await video(h, waiting_set, hd)
         assert await ids("processing") == []
         assert rendered.record_id in await ids(None)
-        # recordID wildcards find a waiting set by its own id too.
-        other = await record_set(h.pool, secret_id(h), "waiting-2")
+        # recordID wildcards find a waiting set by its public id too, never by its nonce.
+        other_set = await record_set(h.pool, secret_id(h), "waiting-2")
+        other = await public_id(h.pool, other_set)
         assert record_ids(await call(h, "getRecordings", q(state="processing", recordID=other[:10]))) == [other]
+        for nonce in (other_set, other_set[:10]):
+            assert record_ids(await call(h, "getRecordings", q(state="any", recordID=nonce))) == []
     finally:
         await h.__aexit__()
 
@@ -442,12 +447,14 @@ async def test_delete_of_a_set_not_rendered_yet_hands_it_to_housekeeping(db_url)
     try:
         waiting = await record_set(h.pool, secret_id(h), "waiting")
         running = await record_set(h.pool, secret_id(h), "running", status="UNKNOWN")
-        assert top(await call(h, "deleteRecordings", q(recordID=running))) == NOT_FOUND
-        assert success(await call(h, "deleteRecordings", q(recordID=waiting)), "deleted", "true")
+        assert top(await call(h, "deleteRecordings", q(recordID=await public_id(h.pool, running)))) == NOT_FOUND
+        assert top(await call(h, "deleteRecordings", q(recordID=waiting))) == NOT_FOUND  # the nonce is no recordID
+        assert success(await call(h, "deleteRecordings", q(recordID=await public_id(h.pool, waiting))),
+                       "deleted", "true")  # fmt: skip
         statuses = dict(await h.pool.fetch("SELECT id, status FROM record_set"))
         assert statuses == {waiting: "DELETING", running: "UNKNOWN"}
         assert record_ids(await call(h, "getRecordings", q(state="any"))) == []
-        assert top(await call(h, "deleteRecordings", q(recordID=waiting))) == NOT_FOUND
+        assert top(await call(h, "deleteRecordings", q(recordID=await public_id(h.pool, waiting)))) == NOT_FOUND
     finally:
         await h.__aexit__()
 
@@ -510,7 +517,9 @@ async def test_update_of_a_set_not_rendered_yet_carries_over_to_its_videos(db_ur
     try:
         hd = await profile(h.pool)
         waiting = await record_set(h.pool, secret_id(h))
-        assert success(await call(h, "updateRecordings", q(recordID=waiting, meta_name="Renamed", meta_tag="x")),
+        assert top(await call(h, "updateRecordings", q(recordID=waiting, meta_tag="x"))) == NOT_FOUND  # the nonce
+        recording_id = await public_id(h.pool, waiting)
+        assert success(await call(h, "updateRecordings", q(recordID=recording_id, meta_name="Renamed", meta_tag="x")),
                        "updated", "true")  # fmt: skip
         rec = await video(h, waiting, hd)
         result = await call(h, "getRecordings")

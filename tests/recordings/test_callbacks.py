@@ -50,6 +50,9 @@ class Receiver:
     keys: list[str] = field(default_factory=list)
     script: dict[str, list[int]] = field(default_factory=dict)
     delay: float = 0.0
+    hold: int = 0  # this many requests wait for `gate` before being answered (a process stalled mid-round)
+    held: int = 0
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
     requests: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
@@ -83,6 +86,12 @@ class Receiver:
                 self.arrived.clear()
                 await self.arrived.wait()
 
+    async def wait_held(self, count: int) -> None:
+        async with asyncio.timeout(SAFETY):
+            while self.held < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
     def record_ids(self) -> list[str]:
         return [r.payload["record_id"] for r in self.requests if r.payload is not None]
 
@@ -92,8 +101,13 @@ class ReceiverHandler(RequestHandler):
         self.receiver = receiver
 
     async def post(self, _: str) -> None:
-        if self.receiver.delay:
-            await asyncio.sleep(self.receiver.delay)
+        receiver = self.receiver
+        if receiver.held < receiver.hold:
+            receiver.held += 1
+            receiver.arrived.set()
+            await receiver.gate.wait()
+        elif receiver.delay:
+            await asyncio.sleep(receiver.delay)
         self.set_status(self.receiver.handle(self.request))
         self.finish()
 
@@ -422,26 +436,101 @@ async def test_two_processes_send_each_callback_exactly_once(db_url):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_a_restarted_process_delivers_pending_and_abandoned_rows(db_url):
+async def test_rows_of_a_process_that_dies_mid_round_are_due_again_at_once(db_url):
     async with receiving() as receiver:
         async with harness(db_url) as h:
             secret_id, secret = key_of(h)
             receiver.keys = [secret]
-            pending = await queue_callback(h.pool, secret_id, receiver.url())
-            # A process claims it and dies before sending: the lease keeps it from everybody else...
-            (claimed,) = await h.pool.fetch(Q.outbox_claim, 10, 60.0)
-            assert claimed["record_id"] == pending
+            taken = await queue_callback(h.pool, secret_id, receiver.url())
+            # A process takes the row in its round's transaction, then dies before sending.
+            dying = await asyncpg.connect(db_url)
+            await dying.execute("BEGIN")
+            (row,) = await dying.fetch(Q.outbox_claim, 10)
+            assert row["record_id"] == taken
+            pending = await queue_callback(h.pool, secret_id, receiver.url())  # queued meanwhile
             restarted_pool = await asyncpg.create_pool(db_url, min_size=1, max_size=5)
             restarted = Runtime(h.config, restarted_pool)
             try:
-                assert await deliver_due(restarted) == 0
-                assert receiver.requests == []
-                await make_due(h.pool)  # ...until the lease runs out
+                assert await deliver_due(restarted) == 1  # the held row is skipped, not waited for
+                assert receiver.record_ids() == [pending]
+                dying.terminate()  # its transaction ends with it: no lease to wait for
                 assert await deliver_due(restarted) == 1
             finally:
                 await restarted.nodes.aclose()
                 await restarted_pool.close()
-            assert receiver.record_ids() == [pending] and await outbox(h.pool) == []
+            assert receiver.record_ids() == [pending, taken] and await outbox(h.pool) == []
+
+
+async def lease_runs_out(pool: asyncpg.Pool) -> None:
+    """Whatever lease a claim once set runs out: every row is due by the clock. Rows a round holds are
+    left alone (they need nothing: a round does not move them)."""
+    await pool.execute("UPDATE callback_outbox SET next_attempt = now() - interval '1 hour' "
+                       "WHERE id IN (SELECT id FROM callback_outbox FOR UPDATE SKIP LOCKED)")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_stalled_round_keeps_its_rows_from_other_processes(db_url):
+    async with receiving() as receiver, harness(db_url, callback_timeout=30.0) as h:
+        secret_id, secret = key_of(h)
+        receiver.keys = [secret]
+        queued = [await queue_callback(h.pool, secret_id, receiver.url()) for _ in range(3)]
+        receiver.hold = 3  # the first process's requests stall (a slow frontend, a blocked loop)
+        other_pool = await asyncpg.create_pool(db_url, min_size=1, max_size=5)
+        other = Runtime(h.config, other_pool)
+        first = asyncio.ensure_future(deliver_due(h.runtime))
+        try:
+            await receiver.wait_held(3)
+            await lease_runs_out(h.pool)
+            assert all(row["due_in"] <= 0 for row in await outbox(h.pool))  # due by the clock...
+            async with asyncio.timeout(SAFETY):
+                assert await deliver_due(other) == 0  # ...yet held by the stalled round: not sent again
+            # Only the outbox rows are locked: records and sets stay writable during a round.
+            async with other_pool.acquire() as conn, conn.transaction():
+                assert len(await conn.fetch("SELECT 1 FROM record FOR UPDATE NOWAIT")) == 3
+                assert len(await conn.fetch("SELECT 1 FROM record_set FOR UPDATE NOWAIT")) == 3
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    await conn.fetch("SELECT 1 FROM callback_outbox FOR UPDATE NOWAIT")
+            receiver.gate.set()
+            assert await first == 3
+            assert await deliver_due(other) == 0
+        finally:
+            receiver.gate.set()
+            await asyncio.gather(first, return_exceptions=True)
+            await other.nodes.aclose()
+            await other_pool.close()
+        assert sorted(receiver.record_ids()) == sorted(queued)  # each exactly once
+        assert await outbox(h.pool) == []
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_the_server_ends_a_round_that_hangs_and_its_rows_go_to_another_process(db_url, monkeypatch):
+    async with receiving() as receiver, harness(db_url, callback_timeout=30.0) as h:
+        secret_id, secret = key_of(h)
+        receiver.keys = [secret]
+        queued = await queue_callback(h.pool, secret_id, receiver.url())
+        receiver.hold = 1
+        expected = (30.0 * 2 + callbacks.SEND_SLACK + callbacks.ROUND_MARGIN) * 1000  # both requests, a margin
+        assert callbacks.round_timeout_ms(h.runtime) == expected
+        monkeypatch.setattr(callbacks, "round_timeout_ms", lambda runtime: 200)  # a hang outlasts it at once
+        other_pool = await asyncpg.create_pool(db_url, min_size=1, max_size=5)
+        other = Runtime(h.config, other_pool)
+        hung = asyncio.ensure_future(deliver_due(h.runtime))
+        try:
+            await receiver.wait_held(1)
+            async with asyncio.timeout(SAFETY):
+                while not await deliver_due(other):  # until the server has ended the hung round
+                    await asyncio.sleep(0.05)
+            receiver.gate.set()
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+                await hung  # its outcome cannot be stored: that round is gone
+        finally:
+            receiver.gate.set()
+            await asyncio.gather(hung, return_exceptions=True)
+            await other.nodes.aclose()
+            await other_pool.close()
+        # Sent by both (the hung one's request was already on its way): at least once, never lost.
+        assert receiver.record_ids() == [queued, queued]
+        assert await outbox(h.pool) == []
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +20,7 @@ from tornado.web import Application
 
 from b3lb.recordings.playback import UNSATISFIABLE, ByteRange, PlaybackHandler, parse_range
 from b3lb.recordings.records import Record
-from b3lb.recordings.storage import ObjectInfo, Storage, Writer
+from b3lb.recordings.storage import ObjectInfo, Storage, StorageError, Writer, loggable_key
 from b3lb.testing.harness import Harness
 
 DATA = bytes(range(256)) * 4096 + b"tail!"  # 1 MiB + 5 bytes: several storage chunks
@@ -248,6 +249,9 @@ class CountingStorage(Storage):
     async def delete(self, key: str) -> None:
         await self.inner.delete(key)
 
+    async def delete_prefix(self, prefix: str) -> int:
+        return await self.inner.delete_prefix(prefix)
+
     async def cleanup_incomplete(self, older_than: float) -> int:
         return await self.inner.cleanup_incomplete(older_than)
 
@@ -278,3 +282,41 @@ async def test_a_client_that_leaves_stops_the_read(db_url, recordings_config):
         # The server goes on serving.
         r = await p.get(rec.nonce, Range="bytes=0-9")
         assert r.code == 206 and r.body == big[:10]
+
+
+# A storage outage ------------------------------------------------------------------------------------------------
+
+
+class DownStorage(CountingStorage):
+    """The real storage, but failing (stat and read) while `down`."""
+
+    down = True
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        if self.down:
+            raise StorageError(f"test storage: cannot stat {loggable_key(key)}: unreachable")
+        return await self.inner.stat(key)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_storage_outage_is_503_and_logged_once(db_url, recordings_config, caplog):
+    caplog.set_level(logging.INFO)
+    async with Playback(db_url, recordings_config) as p:
+        rec = await p.record(b"abc")
+        runtime = p.harness.runtime
+        down = DownStorage(runtime.storage)
+        runtime._storage = down
+        for method in ("GET", "HEAD", "GET"):
+            r = await p.get(rec.nonce, method)
+            assert r.code == 503 and r.headers["Retry-After"] == "30", method
+        down.down = False
+        for _ in range(2):
+            r = await p.get(rec.nonce)
+            assert r.code == 200 and r.body == b"abc"
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name.startswith("b3lb.recordings")]
+        assert [level for level, _ in lines] == [logging.WARNING, logging.INFO]  # down once, back once
+        assert lines[0][1].startswith("recording storage failed: ") and "available again" in lines[1][1]
+        set_nonce = await p.harness.pool.fetchval("SELECT recordset_id FROM record WHERE id = $1", rec.id)
+        b3lb_lines = [r.getMessage() for r in caplog.records if r.name.startswith(("b3lb", "tornado"))]
+        assert not [line for line in b3lb_lines if set_nonce in line]  # keys are logged without it
+        assert not [r for r in caplog.records if r.exc_info]

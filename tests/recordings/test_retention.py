@@ -4,6 +4,7 @@ orphan, finishes what a crash left; on both storage backends (real local folder,
 from __future__ import annotations
 
 import dataclasses
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -49,20 +50,30 @@ class FailingStorage(Storage):
         await self.inner.delete(key)
         self.deleted.append(key)
 
+    async def delete_prefix(self, prefix: str) -> int:
+        if len(self.deleted) >= self.allowed:
+            raise StorageError("test storage: delete failed")
+        removed = await self.inner.delete_prefix(prefix)
+        self.deleted.append(prefix + "/")
+        return removed
+
     async def cleanup_incomplete(self, older_than: float) -> int:
         return await self.inner.cleanup_incomplete(older_than)
 
 
 class GivenStorage(Runtime):
-    """A Runtime whose storage is the one given (the wrapper above)."""
+    """A Runtime whose storage is the one given (the wrapper above); None: one that cannot be made
+    (what a bad [recordings] configuration does on first use)."""
 
-    def __init__(self, config: Config, pool: asyncpg.Pool, storage: Storage) -> None:
+    def __init__(self, config: Config, pool: asyncpg.Pool, storage: Storage | None) -> None:
         super().__init__(config, pool)
-        self._given = storage
+        self.given = storage
 
     @property
     def storage(self) -> Storage:
-        return self._given
+        if self.given is None:
+            raise StorageError("s3 storage: recordings.s3_bucket is empty")
+        return self.given
 
 
 # ---------------------------------------------------------------- tenants, sets, files
@@ -182,7 +193,10 @@ class world:  # noqa: N801 - used as `async with world(...) as w`
         await self.pool.close()
 
 
-async def run_housekeeping(w: World, storage: Storage | None = None) -> HousekeepingResult:
+async def run_housekeeping(w: World, storage: Storage | None = None, runtime: Runtime | None = None
+                           ) -> HousekeepingResult:
+    if runtime is not None:
+        return await housekeep(runtime)
     runtime = GivenStorage(w.config, w.pool, storage or w.storage)
     try:
         return await housekeep(runtime)
@@ -195,7 +209,8 @@ async def run_housekeeping(w: World, storage: Storage | None = None) -> Housekee
 
 @pytest.mark.gen_test(timeout=120)
 async def test_hold_times_of_tenant_and_secret(db_url, recordings_config, storage, leftovers):
-    async with world(db_url, storage, recordings_config) as w:
+    # pending_days=1: the unrendered sets below follow their hold time too (see the pending_days tests).
+    async with world(db_url, storage, recordings_config, pending_days=1) as w:
         both_zero = await w.secret("AA", 0, 0)  # effective 0: the next run deletes
         secret_only = await w.secret("BB", 0, 5)  # either 0: the larger, 5
         tenant_only = await w.secret("CC", 7, 0)  # 7
@@ -302,11 +317,14 @@ async def test_purge_finishes_what_a_crash_left_without_a_runtime(db_url, record
         # An upload committed its archive, then the crash before the row took its key.
         unrecorded = await w.make_set(secret_id, 0, status="DELETING", videos=0)
         await w.pool.execute("UPDATE record_set SET archive_key = '' WHERE id = $1", unrecorded.id)
+        await storage.put_bytes(archive_key(unrecorded.nonce, uuid.uuid4().hex), b"another upload's archive")
+        # A renderer stored a video, then the crash before its record row existed.
+        await storage.put_bytes(video_key(unrecorded.nonce, str(uuid.uuid4()), "mp4"), b"video")
         # A record whose file is not a key b3lb writes (both backends refuse it).
         odd = await w.make_set(secret_id, 0, status="DELETING", videos=1)
         await w.pool.execute("UPDATE record SET file = '../../etc/passwd' WHERE recordset_id = $1", odd.id)
         await storage.delete(odd.keys[1])
-        assert len(leftovers()) == 2  # the unrecorded archive and the odd set's archive
+        assert len(leftovers()) == 4  # the unrecorded archives and video, and the odd set's archive
 
         result = await purge_deleting(w.pool, storage)  # as `b3lb recording` runs it: a pool and a storage
         assert (result.sets, result.waiting) == (3, 0)
@@ -332,10 +350,13 @@ async def test_a_set_waits_when_a_record_arrives_during_its_deletion(db_url, rec
         late: list[str] = []
         result = await purge_deleting(w.pool, Renderer(storage, allowed=100))
         assert (result.sets, result.waiting) == (0, 1)
-        assert await w.existing(late) == late  # the new video kept its row: not an orphan
+        # The new record keeps the set (and itself) for the next run: no file is left without a row.
+        # (Its file went with the set's folder: the set is DELETING, nothing of it is shown.)
+        assert await w.pool.fetchval("SELECT count(*) FROM record WHERE file = $1", late[0]) == 1
         result = await purge_deleting(w.pool, storage)
         assert result.sets == 1 and await w.existing(late) == []
-        assert await w.set_ids() == set()
+        assert await w.set_ids() == set() and await w.row_counts() == dict.fromkeys(
+            ("record_set", "record", "render_job", "callback_outbox"), 0)
 
 
 # ---------------------------------------------------------------- incomplete writes and gauges
@@ -368,3 +389,125 @@ async def test_incomplete_writes_are_removed_and_gauges_set(db_url, recordings_c
         assert gauge("b3lb_recording_render_jobs", state="QUEUED") == 1
         assert gauge("b3lb_recording_render_jobs", state="FAILED") == 1
         assert gauge("b3lb_recording_render_jobs", state="RUNNING") == 0
+
+
+# ---------------------------------------------------------------- sets waiting for their upload or rendering
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_set_waiting_for_its_upload_outlives_a_zero_hold_time(db_url, recordings_config):
+    from test_upload import archive, form, metadata_xml, new_set, serving, upload
+
+    async with serving(db_url, recordings_config) as h:
+        await h.pool.execute("UPDATE tenant SET hold_time_days = 0; UPDATE secret SET hold_time_days = 0")
+        nonce = await new_set(h)  # UNKNOWN: the meeting still runs, or its node still processes it
+        result = await housekeep(h.runtime)
+        assert result.error == "" and result.expired == 0
+        response = await upload(h, f"?nonce={nonce}", form(("file", archive()), ("meta", metadata_xml())))
+        assert response.code == 204  # not 404, which the node would retry forever
+        assert await h.pool.fetchval("SELECT status FROM record_set WHERE id = $1", nonce) == "UPLOADED"
+        result = await housekeep(h.runtime)  # still to be rendered: kept
+        assert result.expired == 0
+        stored = await h.pool.fetchval("SELECT archive_key FROM record_set WHERE id = $1", nonce)
+        assert stored and await h.runtime.storage.exists(stored)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_unrendered_sets_wait_for_the_longer_of_hold_time_and_pending_days(db_url, recordings_config, storage):
+    async with world(db_url, storage, recordings_config) as w:
+        assert w.config.recordings.pending_days == 7  # the default
+        zero = await w.secret("PA", 0, 0)
+        month = await w.secret("PB", 30, 30)
+        two = await w.secret("PC", 2, 2)
+        gone = [
+            await w.make_set(zero, 8, ended=False, status="UNKNOWN", videos=0),  # never uploaded: given up
+            await w.make_set(zero, 8, status="UPLOADED", videos=0),  # never rendered: given up
+            await w.make_set(two, 7.5, status="UPLOADED", videos=0),
+            await w.make_set(zero, 0.001),  # rendered: its hold time alone
+            await w.make_set(month, 0, ended=False, status="UNKNOWN", videos=0),  # its secret deleted below
+        ]
+        kept = [
+            await w.make_set(zero, 0.001, ended=False, status="UNKNOWN", videos=0),
+            await w.make_set(zero, 6.5, status="UPLOADED", videos=0),
+            await w.make_set(two, 6.5, ended=False, status="UNKNOWN", videos=0),
+            await w.make_set(month, 8, ended=False, status="UNKNOWN", videos=0),  # max(30, 7) days
+            await w.make_set(month, 29, status="UPLOADED", videos=0),
+        ]
+        await w.pool.execute("UPDATE record_set SET secret_id = NULL WHERE id = $1", gone[-1].id)
+        result = await run_housekeeping(w)
+        assert result.error == "" and result.expired == len(gone)
+        assert await w.set_ids() == {s.id for s in kept}
+        for s in gone:
+            assert await w.existing(s.keys) == []
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_rendered_set_holds_from_the_recordings_end_not_its_creation(db_url, recordings_config, storage):
+    async with world(db_url, storage, recordings_config) as w:
+        two = await w.secret("RE", 2, 2)
+        ended_long_ago = await w.make_set(two, 3)
+        ended_recently = await w.make_set(two, 1)
+        uploaded_long_ago = await w.make_set(two, 3, ended=False)
+        uploaded_recently = await w.make_set(two, 1, ended=False)
+        # All created ten days ago (past pending_days too); the end, else the upload, is what counts.
+        await w.pool.execute("UPDATE record_set SET created_at = now() - interval '10 days'")
+        await w.pool.execute("UPDATE record_set SET uploaded_at = now() - interval '3 days' WHERE id = $1",
+                             uploaded_long_ago.id)
+        await w.pool.execute("UPDATE record_set SET uploaded_at = now() - interval '1 day' WHERE id = $1",
+                             uploaded_recently.id)
+        result = await run_housekeeping(w)
+        assert result.expired == 2
+        assert await w.set_ids() == {ended_recently.id, uploaded_recently.id}
+        assert await w.existing(ended_long_ago.keys + uploaded_long_ago.keys) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "3651", "seven"])
+def test_pending_days_must_be_1_to_3650(value: str) -> None:
+    from b3lb.config import ConfigError
+
+    with pytest.raises(ConfigError, match="(?i)pending_days"):
+        load_config(env={"B3LB_RECORDINGS_PENDING_DAYS": value})
+    assert load_config(env={"B3LB_RECORDINGS_PENDING_DAYS": "3650"}).recordings.pending_days == 3650
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_an_orphan_under_a_sets_folder_goes_with_the_set(db_url, recordings_config, storage, leftovers):
+    """A file no row points to (a renderer died before adding its record) is deleted with its set."""
+    async with world(db_url, storage, recordings_config) as w:
+        secret_id = await w.secret("OR", 30, 30)
+        doomed, kept = await w.make_set(secret_id, 0, videos=1), await w.make_set(secret_id, 0, videos=1)
+        orphans = [video_key(s.nonce, str(uuid.uuid4()), "mp4") for s in (doomed, kept)]
+        for key in orphans:
+            await storage.put_bytes(key, b"video")
+        await w.pool.execute("UPDATE record_set SET status = 'DELETING' WHERE id = $1", doomed.id)
+        result = await purge_deleting(w.pool, storage)
+        assert (result.sets, result.files) == (1, 3)  # video, archive, then the orphan under the folder
+        assert await w.set_ids() == {kept.id}
+        assert sorted(leftovers()) == sorted([*kept.keys, orphans[1]])  # another set's folder untouched
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_a_storage_that_cannot_be_made_is_logged_once_per_outage(db_url, recordings_config, storage,
+                                                                       leftovers, caplog):
+    """A bad [recordings] configuration: runtime.storage raises each run; one warning, no traceback,
+    the sets wait (DELETING), and one line when the storage works again."""
+    caplog.set_level(logging.INFO, logger="b3lb.recordings.retention")
+    async with world(db_url, storage, recordings_config) as w:
+        secret_id = await w.secret("BD", 0, 0)
+        doomed = await w.make_set(secret_id, 1)
+        runtime = GivenStorage(w.config, w.pool, None)
+        try:
+            for _ in range(3):
+                result = await run_housekeeping(w, runtime=runtime)
+                assert "s3_bucket" in result.error
+            assert await w.status(doomed.id) == "DELETING" and await w.existing(doomed.keys) == doomed.keys
+            runtime.given = storage
+            result = await run_housekeeping(w, runtime=runtime)
+            assert result.error == "" and result.purged.sets == 1 and leftovers() == []
+        finally:
+            await runtime.nodes.aclose()
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "b3lb.recordings.retention"]
+        (warning,) = [text for level, text in lines if level >= logging.WARNING]
+        assert warning.startswith("recording housekeeping stopped, storage failed: ")
+        assert any("available again" in text for _, text in lines)
+        assert not [r for r in caplog.records if r.exc_info]

@@ -13,7 +13,15 @@ import pytest
 from b3lb.config import RecordingsConfig
 from b3lb.recordings.localstore import LocalStorage
 from b3lb.recordings.s3store import PART_SIZE, S3Storage
-from b3lb.recordings.storage import InvalidKey, Storage, StorageError, archive_key, video_key
+from b3lb.recordings.storage import (
+    InvalidKey,
+    Storage,
+    StorageError,
+    archive_key,
+    loggable_key,
+    set_prefix,
+    video_key,
+)
 
 NONCE = "3f1c0d3e-9b2a-4c55-8e1f-0a6b7c8d9e10"
 KEY = archive_key(NONCE)
@@ -200,6 +208,75 @@ async def test_cleanup_incomplete_removes_a_stale_write(storage: Storage, reques
         await writer.commit()  # what cleanup removed cannot be committed any more
     assert await storage.stat(KEY) is None and await read_all(storage, "aa/done") == b"committed"
     assert await storage.cleanup_incomplete(0) == 0
+
+
+OTHER = "3f1c0d3e-9b2a-4c55-8e1f-0a6b7c8d9e11"  # a set whose folder is next to NONCE's
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_delete_prefix_removes_a_sets_folder_and_nothing_else(storage: Storage, request: pytest.FixtureRequest):
+    s3_client = s3_client_for(request, storage)
+    prefix = set_prefix(NONCE)
+    mine = [archive_key(NONCE), archive_key(NONCE, "0a1b2c"), video_key(NONCE, OTHER, "mp4"), f"{prefix}/deep/er/x"]
+    theirs = [archive_key(OTHER), f"{prefix}-sibling/x", f"{prefix[:5]}/loose"]  # a name that merely starts alike
+    for key in mine + theirs:
+        await storage.put_bytes(key, key.encode())
+    writer = await storage.open_write(archive_key(NONCE, "inflight"))  # an upload under way is not an object
+    await writer.write(b"partial")
+    assert await storage.delete_prefix(prefix) == len(mine)
+    assert [n for n in stored_names(storage, s3_client) if not n.startswith(".incomplete/")] == sorted(theirs)
+    assert await storage.delete_prefix(prefix) == 0  # again: nothing there, no error
+    assert await storage.delete_prefix(set_prefix("00000000-0000-4000-8000-000000000000")) == 0
+    await writer.commit()  # the upload still lands; retention deletes the set's folder again with its row
+    assert await read_all(storage, archive_key(NONCE, "inflight")) == b"partial"
+    if isinstance(storage, LocalStorage):  # empty folders pruned up to the next one still in use
+        assert not (storage.root / prefix / "deep").exists()
+    for key in BAD_KEYS:
+        with pytest.raises(InvalidKey):
+            await storage.delete_prefix(key)
+
+
+@pytest.mark.gen_test(timeout=120)
+async def test_s3_delete_prefix_pages_and_batches(storage: Storage, request: pytest.FixtureRequest):
+    if not isinstance(storage, S3Storage):
+        pytest.skip("S3 paging: the local backend walks a folder")
+    s3_client = request.getfixturevalue("s3_client")
+    prefix = set_prefix(NONCE)
+    for n in range(1005):  # more than one page and one DeleteObjects batch (1000 each)
+        s3_client.put_object(Bucket=storage.bucket, Key=f"{prefix}/v{n:04d}", Body=b"x")
+    s3_client.put_object(Bucket=storage.bucket, Key=archive_key(OTHER), Body=b"kept")
+    assert await storage.delete_prefix(prefix) == 1005
+    assert stored_names(storage, s3_client) == [archive_key(OTHER)]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_local_delete_prefix_never_follows_links(tmp_path: Path):
+    storage = LocalStorage(tmp_path / "rec")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_bytes(b"not b3lb's")
+    prefix = set_prefix(NONCE)
+    await storage.put_bytes(archive_key(NONCE), b"tar")
+    (storage.root / prefix / "link").symlink_to(outside)  # a linked folder inside the set's folder
+    (storage.root / prefix / "file-link").symlink_to(outside / "precious")
+    assert await storage.delete_prefix(prefix) == 2  # the archive and the file link (unlinked, not followed)
+    assert (outside / "precious").read_bytes() == b"not b3lb's" and not (storage.root / prefix).exists()
+    # A folder on the way that links out of the root: refused, nothing outside touched.
+    (storage.root / "3f").mkdir(exist_ok=True)
+    (storage.root / "3f" / "1d").symlink_to(outside)
+    (outside / "3f1d0000-0000-4000-8000-000000000000").mkdir()
+    with pytest.raises(StorageError, match="link out of the storage root"):
+        await storage.delete_prefix(set_prefix("3f1d0000-0000-4000-8000-000000000000"))
+    assert (outside / "precious").exists() and (outside / "3f1d0000-0000-4000-8000-000000000000").exists()
+
+
+def test_keys_in_logs_show_no_nonce():
+    assert archive_key(NONCE) == f"3f/1c/{NONCE}/raw.tar"
+    assert archive_key(NONCE.upper(), "AB12") == f"3f/1c/{NONCE}/raw-ab12.tar"
+    shown = loggable_key(video_key(NONCE, OTHER, "mp4"))
+    assert shown == f"3f/1c/3f1c0d3e.../{OTHER}.mp4" and NONCE not in shown
+    assert loggable_key(NONCE.upper()) == "3F1C0D3E..." and loggable_key("aa/bb/x") == "aa/bb/x"
+    assert len(loggable_key("k" * 5000)) == 300
 
 
 BAD_KEYS = ["../x", "/abs", "a/../../x", "a//b", "a/./b", "a/", "", "a\\b", "..", ".incomplete/x", "a\x00b", "k" * 301]

@@ -17,7 +17,7 @@ from tornado.web import Application, RequestHandler
 
 from b3lb.recordings import callbacks, retention
 from b3lb.recordings.records import store_video
-from b3lb.recordings.storage import archive_key
+from b3lb.recordings.storage import set_prefix
 from b3lb.testing.harness import LOOPBACK_CALLBACKS, Harness
 
 ADMIN_TOKEN = "walkthrough-admin-token-0123"
@@ -88,19 +88,24 @@ async def test_a_recorded_meeting_from_node_to_frontend_and_away(db_url, recordi
         await h.fleet.settle()
         rs = await h.pool.fetchrow("SELECT * FROM record_set WHERE id = $1", nonce)
         assert rs["status"] == "UPLOADED" and rs["ready_url"] == ready_url
-        assert await h.runtime.storage.stat(archive_key(nonce)) is not None
+        assert rs["archive_key"].startswith(set_prefix(nonce) + "/")
+        assert await h.runtime.storage.stat(rs["archive_key"]) is not None
         assert await h.pool.fetchval("SELECT state FROM render_job WHERE recordset_id = $1", nonce) == "QUEUED"
 
         # Uploaded but not rendered: only state=processing shows it, without a playback format.
         assert recordings_of((await h.call("getRecordings", "meetingID=room-42")).body) == []
         (processing,) = recordings_of((await h.call("getRecordings", "meetingID=room-42&state=processing")).body)
         assert processing.findtext("state") == "processing" and processing.find("playback/format") is None
+        # Its recordID is not the nonce (the node's upload credential), which no answer shows.
+        assert processing.findtext("recordID") == str(rs["public_id"])
+        assert nonce.encode() not in (await h.call("getRecordings", "state=any")).body
 
         # Rendering is issue 11: the test stores the video and adds its Record as the renderer will.
         profile_id = await h.pool.fetchval("INSERT INTO record_profile (name) VALUES ('Full HD') RETURNING id")
         record = await store_video(h.pool, h.runtime.storage, nonce, profile_id, VIDEO)
         (listed,) = recordings_of((await h.call("getRecordings", "meetingID=room-42")).body)
         assert listed.findtext("recordID") == record.record_id and listed.findtext("name") == "Weekly Sync (Full HD)"
+        assert nonce.encode() not in (await h.call("getRecordings", "state=any")).body
         url = listed.findtext("playback/format/url")
         assert url == f"https://lb.test/b3lb/r/{record.nonce}"
 
