@@ -72,6 +72,11 @@ setup(
         # multipart-upload API a streamed 10 GiB archive needs; run in threads (aiobotocore pins botocore
         # to versions that conflict with boto3).
         "boto3>=1.34",
+        # ffmpeg for rendering when none is on PATH (b3lb/render/ffmpeg.py): a static build with libx264,
+        # libvpx, opus and librsvg in a wheel, so the README's install command is enough on a fresh machine.
+        "imageio-ffmpeg>=0.5",
+        # Fallback SVG rasteriser for whiteboard drawings when the ffmpeg in use has no librsvg.
+        "resvg-py>=0.5",
     ],
     extras_require={
         "dev": [
@@ -84,8 +89,6 @@ setup(
             "wheel>=0.40",
             # A real S3 HTTP server for the storage tests (moto in server mode, no credentials needed).
             "moto[server]>=5.0",
-            # An ffmpeg binary in a wheel: the fake node makes a real webcams.webm with it.
-            "imageio-ffmpeg>=0.5",
         ],
     },
     entry_points={"console_scripts": ["b3lb=b3lb.cli:main"]},

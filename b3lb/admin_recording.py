@@ -1,5 +1,9 @@
 """`b3lb recording list|show|delete|rerender`: record sets, their videos, render jobs and callbacks.
 
+`list` shows each set's render job (QUEUED, RUNNING with its progress, FAILED); `show` the job's
+worker, heartbeat and progress, and for a failed attempt its reason and ffmpeg's last lines;
+`rerender` queues the job afresh (also a FAILED or RUNNING one: the running worker stops).
+
 A record set's ID is its nonce (a UUID, `b3lb recording list` shows them). `delete` works in two
 steps like housekeeping: the set is marked DELETING and committed, then its files are deleted and
 only then its rows (`b3lb.recordings.retention.purge_deleting`), so a failure half-way leaves a
@@ -67,7 +71,7 @@ async def recording_list(
     if status is not None and status not in STATUSES:
         raise ValueError(f"status: expected one of {', '.join(STATUSES)}, got {status[:20]!r}")
     limit = V.check_value("limit", LIST_LIMIT, limit)
-    return [
+    rows: list[Row] = [
         {
             "id": row["id"],
             "tenant": row["tenant"],
@@ -81,18 +85,52 @@ async def recording_list(
         }
         for row in await conn.fetch(Q.adm_rec_list, tenant, status, limit)
     ]
+    jobs = {j["recordset_id"]: j for j in await conn.fetch(Q.render_adm_jobs, [r["id"] for r in rows])}
+    for row in rows:
+        job = jobs.get(row["id"])
+        row["render"] = job["state"] if job is not None else None
+        row["progress"] = _percent(job["progress"]) if job is not None and job["state"] == "RUNNING" else None
+    return rows
 
 
-def _render_job(row: asyncpg.Record) -> Row | None:
-    if row["job_state"] is None:
+def _percent(fraction: float) -> int:
+    return int(min(max(fraction, 0.0), 1.0) * 100)
+
+
+def show_recordings(rows: list[Row], as_json: bool) -> None:
+    """JSON: `render` (the job's state) and `progress` (percent, running jobs); the table merges them."""
+    if as_json:
+        print_json(rows)
+        return
+    table = []
+    for row in rows:
+        render = row["render"] if row["progress"] is None else f"{row['render']} {row['progress']}%"
+        table.append({**{k: v for k, v in row.items() if k not in ("render", "progress")}, "render": render})
+    print_table(table)
+
+
+def _tail(text: str) -> str:
+    """ffmpeg's last lines as printable text: its line breaks stay, other control characters go."""
+    return "\n".join(_printable(line) for line in text.splitlines())
+
+
+async def _render_job(conn: asyncpg.Connection, row: asyncpg.Record) -> Row | None:
+    job = await conn.fetchrow(Q.render_adm_job, row["id"])
+    if row["job_state"] is None or job is None:
         return None
+    failed = bool(job["last_error"])  # the reason and the tail belong to the last failed attempt
     return {
         "state": row["job_state"],
         "attempts": row["job_attempts"],
         "queued": _when(row["job_queued_at"]),
         "not_before": _when(row["job_not_before"]),
         "locked_until": _when(row["job_locked_until"]),
+        "worker": _printable(job["worker"]) or None,
+        "started": _when(job["started_at"]),
+        "heartbeat": _when(job["heartbeat_at"]),
+        "progress": _percent(job["progress"]) if job["state"] == "RUNNING" else None,
         "last_error": _printable(row["job_last_error"]),
+        "ffmpeg_tail": _tail(job["ffmpeg_tail"]) if failed and job["ffmpeg_tail"] else None,
     }
 
 
@@ -143,7 +181,7 @@ async def recording_show(conn: asyncpg.Connection, set_id: str, base_url: str) -
         "archive_sha256": row["archive_sha256"] or None,
         "ready_callback": loggable(row["ready_url"]) if row["ready_url"] else None,
         "metadata": {_printable(k): _printable(str(v)) for k, v in metadata.items()},
-        "render_job": _render_job(row),
+        "render_job": await _render_job(conn, row),
         "records": records,
         "callbacks_pending": outbox,
     }
@@ -163,7 +201,11 @@ def show_recording(data: Row, as_json: bool) -> None:
     job = data["render_job"]
     print("\nrender job: none" if job is None else "\nrender job:")
     if job is not None:
-        print_table([job])
+        print_table([{k: v for k, v in job.items() if k != "ffmpeg_tail"}])
+        if job["ffmpeg_tail"]:
+            print("\nffmpeg's last lines:")
+            for line in job["ffmpeg_tail"].splitlines():
+                print(f"  {line}")
     print("\nrecords:")
     print_table(data["records"])
     print("\nready callbacks not delivered yet:")
@@ -213,6 +255,6 @@ async def recording_rerender(conn: asyncpg.Connection, set_id: str) -> list[Row]
         raise AdminError(f"record set {row['id']} is being deleted")
     if row["status"] == "UNKNOWN" or not row["archive_key"]:
         raise AdminError(f"record set {row['id']} has no archive yet (status {row['status']}): nothing to render")
-    job = await conn.fetchrow(Q.adm_rec_rerender, row["id"])
+    job = await conn.fetchrow(Q.render_rerender, row["id"])
     return [{"id": job["id"], "status": row["status"], "job": job["state"], "attempts": job["attempts"],
              "queued": _when(job["queued_at"])}]

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import asyncpg
 
-from b3lb import admin, admin_meeting, admin_recording, admin_tenant, resources
+from b3lb import admin, admin_meeting, admin_recording, admin_tenant, cli_render, resources
 from b3lb import migrate as migrations
 from b3lb import validation as V
 from b3lb.admin import AdminError, ClusterSettings, NodeSettings
@@ -478,7 +478,7 @@ def _add_record_profile(sub: Any) -> None:
     p.add_argument("--format", type=str.upper, choices=admin_tenant.RECORD_FORMATS, help="default MP4")
     p.add_argument("--no-annotate", action="store_true", help="leave out whiteboard annotations")
     p.add_argument("--no-backdrop", action="store_true", help="leave out the backdrop")
-    _leaf(commands, "list", "list recording profiles", lambda c, a, _: admin_tenant.record_profile_list(c))
+    cli_render.add_profile_links(commands)  # list (with links), link, unlink
     p = _leaf(
         commands, "remove", "remove an unused profile", lambda c, a, _: admin_tenant.record_profile_remove(c, a.name)
     )
@@ -497,7 +497,7 @@ def _add_meeting(sub: Any) -> None:
 def _add_recording(sub: Any) -> None:
     commands = _group(sub, "recording", "record sets (ID: the set's UUID): uploads, videos, render jobs")
     p = _leaf(commands, "list", "list record sets, newest first", lambda c, a, _: admin_recording.recording_list(
-        c, a.tenant, a.status, a.limit))
+        c, a.tenant, a.status, a.limit), show=admin_recording.show_recordings)
     p.add_argument("--tenant", type=TENANT)
     p.add_argument("--status", type=str.upper, choices=admin_recording.STATUSES)
     p.add_argument("--limit", type=SET_LIMIT, default=admin_recording.DEFAULT_LIMIT, metavar="N",
@@ -553,6 +553,7 @@ def build_parser() -> Parser:
         _add_record_profile,
         _add_meeting,
         _add_recording,
+        cli_render.add_render_command,
     ):
         add(sub)
     return parser

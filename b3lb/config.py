@@ -160,6 +160,32 @@ class RecordingsConfig:
     callback_attempts: int = 15
     # Seconds between housekeeping runs (retention, unfinished deletions, stale temporary files).
     housekeeping_interval: float = 300.0
+    # Days a record set may wait for its node's upload and its rendering before housekeeping gives
+    # up on it (its hold time starts only once it is rendered).
+    pending_days: int = 7
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    # Run one render worker inside `b3lb serve` (the single-machine set-up); `b3lb render` runs more.
+    embedded: bool = True
+    # Jobs one worker renders at once, and ffmpeg threads per job (0: ffmpeg decides).
+    concurrency: int = 1
+    threads: int = 0
+    # Seconds a claimed job stays a worker's without a heartbeat (then another worker takes it
+    # again), and seconds between heartbeats.
+    lease_seconds: float = 60.0
+    heartbeat_seconds: float = 15.0
+    # Attempts per job; a failed one is tried again after backoff_seconds, doubled each time.
+    max_attempts: int = 3
+    backoff_seconds: float = 60.0
+    # ffmpeg binary (a path or a name on PATH). Empty: `ffmpeg` on PATH, else imageio-ffmpeg's.
+    ffmpeg: str = ""
+    # Scratch folder of the jobs (archive, extracted files, videos). Empty: {server.data_dir}/render.
+    work_dir: str = ""
+    # Caps on an archive's extracted bytes and files; a larger archive fails its job.
+    max_archive_bytes: int = 16 * 1024**3
+    max_archive_files: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -173,6 +199,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     recordings: RecordingsConfig = field(default_factory=RecordingsConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
 
     @property
     def public_base_url(self) -> str:
@@ -281,6 +308,7 @@ def _validate(config: Config) -> None:
         raise ConfigError("poller.error_after / poller.recover_after: must be at least 1")
     _validate_node_client(config)
     _validate_recordings(config.recordings)
+    _validate_render(config.render)
 
 
 def _validate_recordings(rec: RecordingsConfig) -> None:
@@ -294,6 +322,30 @@ def _validate_recordings(rec: RecordingsConfig) -> None:
         raise ConfigError("recordings: timeouts, back-off and intervals must be more than 0 seconds")
     if not 1 <= rec.callback_attempts <= 100:
         raise ConfigError("recordings.callback_attempts: must be between 1 and 100")
+    if not 1 <= rec.pending_days <= 3650:
+        raise ConfigError("recordings.pending_days: must be between 1 and 3650")
+
+
+def _validate_render(render: RenderConfig) -> None:
+    import shutil
+
+    if not 1 <= render.concurrency <= 64:
+        raise ConfigError("render.concurrency: must be between 1 and 64")
+    if not 0 <= render.threads <= 256:
+        raise ConfigError("render.threads: must be between 0 (ffmpeg decides) and 256")
+    if not 5 <= render.lease_seconds <= 86400:
+        raise ConfigError("render.lease_seconds: must be between 5 and 86400 seconds")
+    if not 0 < render.heartbeat_seconds <= render.lease_seconds / 2:
+        raise ConfigError("render.heartbeat_seconds: must be more than 0 and at most half of render.lease_seconds "
+                          "(a lease must outlive a missed heartbeat)")
+    if not 1 <= render.max_attempts <= 100:
+        raise ConfigError("render.max_attempts: must be between 1 and 100")
+    if not 0 < render.backoff_seconds <= 86400:
+        raise ConfigError("render.backoff_seconds: must be more than 0 and at most 86400 seconds")
+    if render.ffmpeg and shutil.which(render.ffmpeg) is None:
+        raise ConfigError(f"render.ffmpeg: {render.ffmpeg!r} is not an executable file or a program on PATH")
+    if render.max_archive_bytes < 1024 * 1024 or not 10 <= render.max_archive_files <= 10_000_000:
+        raise ConfigError("render.max_archive_bytes / max_archive_files: at least 1 MiB, and 10 to 10000000 files")
 
 
 def _validate_node_client(config: Config) -> None:

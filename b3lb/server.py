@@ -39,6 +39,10 @@ async def run_server(config: Config, *, ready: asyncio.Event | None = None) -> N
         runtime.poller = Poller(runtime)
         runtime.add_task("poller", Leadership(runtime, runtime.poller).run())
         recording_tasks.start(runtime)  # ready callbacks from the outbox; housekeeping while leading
+        if config.render.embedded:  # one render worker in this process (b3lb/render/worker.py)
+            from b3lb.render.worker import start_embedded
+
+            start_embedded(runtime)
         if config.redis.url:
             runtime.events = MeetingEvents(runtime, config.redis.url)
             runtime.add_task("meeting events", runtime.events.listen())

@@ -38,8 +38,11 @@ def _field(rows: dict[str, Row], name: str, key: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def targets(http_rows: list[Row], poll_rows: list[Row], recording_rows: list[Row] | None = None) -> list[Target]:
-    """The targets of issues 5 and 10 that this run can judge."""
+def targets(
+    http_rows: list[Row], poll_rows: list[Row], recording_rows: list[Row] | None = None,
+    render_doc: dict[str, Any] | None = None,
+) -> list[Target]:
+    """The targets of issues 5, 10 and 11 that this run can judge."""
     rows = {r["scenario"]: r for r in http_rows}
     recordings = {r["scenario"]: r for r in recording_rows or []}
     polls = {r["scenario"]: r for r in poll_rows}
@@ -68,6 +71,7 @@ def targets(http_rows: list[Row], poll_rows: list[Row], recording_rows: list[Row
     found.append(Target("poll-10k: RSS with 10k meetings", _field(polls, "poll-10k", "rss_mb"), 150, " MB", False))
     found.append(Target("getRecordings: 1,000 listed, p50 server time",
                         _field(recordings, "getRecordings-1000", "p50_ms"), 50, " ms", False))  # fmt: skip
+    found += [Target(**t) for t in (render_doc or {}).get("targets", [])]  # issue 11.8, judged by benchmarks.render
     all_rows = http_rows + poll_rows
     errors = float(sum(r.get("errors", 0) for r in all_rows)) if all_rows else None
     found.append(Target("errors in all scenarios", errors, 0, "", False))
@@ -133,7 +137,7 @@ def poll_table(rows: list[Row]) -> str:
 
 def render(
     meta: dict[str, Any], http_rows: list[Row], poll_rows: list[Row], found: list[Target],
-    recording_rows: list[Row] | None = None,
+    recording_rows: list[Row] | None = None, render_doc: dict[str, Any] | None = None,
 ) -> str:
     parts = [
         f"b3lb benchmark {meta['date']}: {meta['cores']} cores ({meta['cpu_model']}), load by {meta['tool']}, "
@@ -149,6 +153,10 @@ def render(
         from benchmarks.recordings import table as recordings_table
 
         parts += [recordings_table(recording_rows), ""]
+    if render_doc:
+        from benchmarks.render import table as render_table
+
+        parts += [render_table(render_doc, with_targets=False), ""]
     notes = [f"  {r['scenario']}: {e}" for r in http_rows + poll_rows for e in r.get("examples", [])[:3]]
     notes += [
         f"  {r['scenario']}: only {r['paths']:,} distinct requests, some sent twice"
@@ -157,19 +165,20 @@ def render(
     ]
     if notes:
         parts += ["notes:", *notes, ""]
-    parts += ["targets (issue 5):", *(t.line() for t in found)]
+    parts += ["targets (issues 5, 10, 11):", *(t.line() for t in found)]
     return "\n".join(parts)
 
 
 def write_json(
     path: Path, meta: dict[str, Any], http_rows: list[Row], poll_rows: list[Row], found: list[Target],
-    recording_rows: list[Row] | None = None,
+    recording_rows: list[Row] | None = None, render_doc: dict[str, Any] | None = None,
 ) -> None:
     document = {
         **meta,
         "rows": http_rows,
         "poll": poll_rows,
         "recordings": recording_rows or [],
+        "render": render_doc,
         "targets": [{**asdict(t), "verdict": t.verdict} for t in found],
     }
     path.parent.mkdir(parents=True, exist_ok=True)

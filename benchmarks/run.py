@@ -277,6 +277,18 @@ def run_recordings(args: argparse.Namespace, postgres: Postgres, folder: Path, c
     return rows
 
 
+def run_render(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """benchmarks.render in its own process, not pinned: ffmpeg may use every core (issue 11.8)."""
+    out = folder / "render.json"
+    # --quick: the 1-minute recording, without two workers vs one
+    command = [PYTHON, "-m", "benchmarks.render", "--json", str(out)] + (["--quick", "--no-pair"] if args.quick else [])
+    print("render: the synthetic recording per profile, two workers vs one ...", file=sys.stderr, flush=True)
+    done = subprocess.run(command, cwd=REPO, timeout=7200, check=True, capture_output=True, text=True)
+    print(done.stdout, file=sys.stderr, flush=True)
+    document: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return document
+
+
 def tidy(folder: Path) -> None:
     """Drop the big files of a run (embedded database, request lists); the logs stay."""
     shutil.rmtree(folder / "pgdata", ignore_errors=True)
@@ -329,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args, folder, cores, use_wrk)
     poll_rows: list[report.Row] = []
     recording_rows: list[report.Row] = []
+    render_doc: dict[str, Any] | None = None
     try:
         if http_names:
             runner.run_http(postgres, http_names)
@@ -336,12 +349,14 @@ def main(argv: list[str] | None = None) -> int:
             poll_rows = run_poll(args, postgres, folder, cores)
         if "getRecordings" in args.selected:
             recording_rows = run_recordings(args, postgres, folder, cores)
+        if "render" in args.selected:
+            render_doc = run_render(args, folder)
     finally:
         postgres.stop()
         tidy(folder)
-    found = report.targets(runner.rows, poll_rows, recording_rows)
-    print(report.render(meta, runner.rows, poll_rows, found, recording_rows))
-    report.write_json(args.json, meta, runner.rows, poll_rows, found, recording_rows)
+    found = report.targets(runner.rows, poll_rows, recording_rows, render_doc)
+    print(report.render(meta, runner.rows, poll_rows, found, recording_rows, render_doc))
+    report.write_json(args.json, meta, runner.rows, poll_rows, found, recording_rows, render_doc)
     print(f"\nwrote {args.json}", file=sys.stderr)
     return 0
 

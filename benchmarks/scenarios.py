@@ -29,9 +29,9 @@ PLAUSIBLE_RPS = 8_000  # more than this stack serves on one core: sizing of dist
 # fake nodes that later poll cycles (and the server's meeting table) carry along.
 ORDER = (
     "ceiling", "ping", "metrics", "join", "join-1c", "isMeetingRunning", "getMeetingInfo",
-    "getMeetings-50", "getMeetings-500", "create-repeat", "create", "poll", "getRecordings",
+    "getMeetings-50", "getMeetings-500", "create-repeat", "create", "poll", "getRecordings", "render",
 )
-HTTP_SCENARIOS = ORDER[:-2]
+HTTP_SCENARIOS = ORDER[:-3]
 
 PathMaker = Callable[[str, int], list[str]]  # (phase "w"/"m", how many) -> request paths
 

@@ -449,9 +449,9 @@ def test_every_command_has_help(cli: Cli) -> None:
         "secret": ["add", "list", "rotate", "remove"],
         "parameter": ["add", "list", "remove"],
         "asset": ["set", "clear", "list"],
-        "recordprofile": ["add", "list", "remove"],
+        "recordprofile": ["add", "list", "link", "unlink", "remove"],
     }
-    for top in ("serve", "migrate", "db-url", "config-example", *groups):
+    for top in ("serve", "render", "migrate", "db-url", "config-example", *groups):
         assert cli(top, "--help")[0] == 0
     for group, commands in groups.items():
         for command in commands:

@@ -124,14 +124,15 @@ def test_list_filters_and_columns(sets: Cli) -> None:
     assert (newest["tenant"], newest["status"], newest["records"], newest["size"]) == ("ABC", "RENDERED", 1, 150)
     assert (new["records"], new["size"], new["name"]) == (0, 300, "Evil ?[31mName")  # no terminal escapes
     assert (old["size"], old["uploaded"], old["meeting_id"]) == (0, None, "room-1111")
-    assert set(newest) == {"id", "tenant", "meeting_id", "name", "status", "records", "size", "created", "uploaded"}
+    assert set(newest) == {"id", "tenant", "meeting_id", "name", "status", "records", "size", "created", "uploaded",
+                           "render", "progress"}
     assert [r["id"] for r in cli.json("recording", "list", "--tenant", "abc")] == [NEWEST, NEW]
     assert [r["id"] for r in cli.json("recording", "list", "--status", "uploaded")] == [NEW]
     assert [r["id"] for r in cli.json("recording", "list", "--tenant", "XYZ", "--status", "RENDERED")] == []
     assert [r["id"] for r in cli.json("recording", "list", "--limit", "2")] == [NEWEST, NEW]
     table = cli.ok("recording", "list")
     assert table.splitlines()[0].split() == ["ID", "TENANT", "MEETING_ID", "NAME", "STATUS", "RECORDS", "SIZE",
-                                             "CREATED", "UPLOADED"]
+                                             "CREATED", "UPLOADED", "RENDER"]
     assert NEWEST in table and "\x1b" not in table
 
 

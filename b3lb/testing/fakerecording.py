@@ -7,11 +7,14 @@ published presentation folder (spec 4.10, 4.11) and uploads it like the node's p
 ``POST {b3lb}/b3lb/b/record/upload?nonce={b3lb-recordset}``, multipart parts ``file`` (the folder as
 ``tar -C folder .``) and ``meta`` (its metadata.xml), retried a few times on anything but a 2xx.
 
-The folder mirrors what BBB's presentation format publishes: ``metadata.xml`` (BBB's element names and
-order), ``shapes.svg``, ``panzooms.xml``, ``cursor.xml``, ``deskshare.xml``, slide PNGs with thumbnails
-and ``video/webcams.webm``: 2 s of a test pattern with a tone, made by ffmpeg (imageio-ffmpeg) once per
-process, else the committed fixture ``fixtures/webcams.webm`` (5 KB). Everything else is derived from
-the meeting and its end time, so a recording is small (a 30 KB tar, made in ~20 ms) and reproducible.
+The folder is a synthetic recording (b3lb.testing.synthetic: BBB's file layout, content known
+exactly): a `RECORDING_SECONDS` (6 s) recording of `SLIDES` flat-colour slides, a whiteboard stroke on
+each, a deskshare from 2.5 s to 3.5 s, and ``video/webcams.webm`` (a colour and a tone), the videos made by
+ffmpeg (imageio-ffmpeg) once per process and length. Without ffmpeg (or with ``use_ffmpeg = False``)
+the committed fixture ``fixtures/webcams.webm`` (2 s, 5 KB) is the video, the recording is 2 s long and
+has no deskshare. metadata.xml is derived from the meeting and its end time (its <duration> is the
+recorded length, as on a node), so a recording is small (a ~40 KB tar) and reproducible; each
+upload's `FakeUpload.truth` says what a rendering of it must show when.
 
 b3lb's address is taken from the meeting's ``endcallbackurl`` (b3lb's own end callback). When that
 name does not resolve (the harness uses https://lb.test), set ``fleet.recorder.upload_base`` to where
@@ -24,23 +27,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import shutil
-import struct
 import tarfile
 import tempfile
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
-from lxml import etree
 
+from b3lb.testing import synthetic
 from b3lb.testing.fakebbb_xml import FakeMeeting, is_loopback_url, is_xml_name
 from b3lb.urlguard import loggable
+
+Interval = tuple[float, float]
 
 if TYPE_CHECKING:
     from b3lb.testing.fakebbb import FakeNode
@@ -51,12 +53,18 @@ RECORDSET_META = "b3lb-recordset"
 UPLOAD_PATH = "b3lb/b/record/upload"
 FIXTURE_WEBM = Path(__file__).resolve().parent / "fixtures" / "webcams.webm"
 SLIDES = 3
-SLIDE_SIZE = (320, 240)
-THUMB_SIZE = (176, 136)  # BBB's thumbnail size, also named in metadata.xml's preview
+SLIDE_SIZE = (320, 240)  # 4:3 slides: a 16:9 rendering shows the backdrop beside them
+THUMB_SIZE = synthetic.THUMB_SIZE  # BBB's thumbnail size, also named in metadata.xml's preview
+WEBCAM_SIZE = (160, 120)
+WEBCAM_FPS = 5
+DESKSHARE_FPS = 5
+RECORDING_SECONDS = 6.0  # the recorded length of every fake recording (with ffmpeg)
+DESKSHARE: Interval = (2.5, 3.5)  # interrupts slide 2, which resumes after it
+FIXTURE_SECONDS = 2.0  # length of fixtures/webcams.webm
 PROCESSING_MS = 1234  # a fixed "processing time": the same meeting gives the same metadata.xml
-FFMPEG_SECONDS = 30.0
-_INVALID_XML_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_webm_cache: dict[bool, bytes | None] = {}  # use_ffmpeg -> the video (None: none available)
+_webm_cache: dict[tuple[bool, float], bytes | None] = {}  # (use_ffmpeg, seconds) -> webcams.webm
+_deskshare_cache: dict[tuple[float, Interval], bytes | None] = {}
+_fixture_cache: dict[str, bytes | None] = {}
 
 
 @dataclass
@@ -70,6 +78,7 @@ class FakeUpload:
     attempts: int = 0
     archive_bytes: int = 0
     error: str = ""
+    truth: synthetic.SyntheticTruth | None = None  # what the uploaded recording shows when
 
     @property
     def ok(self) -> bool:
@@ -77,38 +86,6 @@ class FakeUpload:
 
 
 # Files of the published folder ---------------------------------------------------------------
-
-
-def png(width: int, height: int, background: tuple[int, int, int], band: tuple[int, int, int]) -> bytes:
-    """A valid RGB PNG: a plain background with a horizontal band (so slides differ)."""
-    plain = b"\x00" + bytes(background) * width  # filter byte 0, then the pixels of one row
-    striped = b"\x00" + bytes(band) * width
-    rows = [striped if height // 3 <= y < height // 2 else plain for y in range(height)]
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, truecolour, no interlace
-    return b"".join(
-        (b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", header), chunk(b"IDAT", zlib.compress(b"".join(rows), 9)),
-         chunk(b"IEND", b""))
-    )
-
-
-def _slide_colour(number: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    shade = (40 * number) % 256
-    return (255, 255, 255 - shade), (shade, 80, 160)
-
-
-def _text(value: object) -> str:
-    return _INVALID_XML_CHARS.sub("", str(value))
-
-
-def _sub(parent: etree._Element, tag: str, text: object = None, **attributes: str) -> etree._Element:
-    child = etree.SubElement(parent, tag, {k: _text(v) for k, v in attributes.items()})
-    if text is not None:
-        child.text = _text(text)
-    return child
 
 
 def presentation_id(meeting: FakeMeeting) -> str:
@@ -129,93 +106,50 @@ def meta_values(meeting: FakeMeeting) -> dict[str, str]:
     return values
 
 
-def metadata_xml(meeting: FakeMeeting, node_domain: str, end_ms: int, size: int, raw_size: int) -> bytes:
-    """The published metadata.xml, as BBB's presentation publish script leaves it."""
-    internal = meeting.internal_meeting_id
-    root = etree.Element("recording")
-    _sub(root, "id", internal)
-    _sub(root, "state", "published")
-    _sub(root, "published", "true")
-    _sub(root, "start_time", meeting.create_time)
-    _sub(root, "end_time", end_ms)
-    _sub(root, "participants", len({a.user_id for a in meeting.attendees}))
-    _sub(root, "meeting", id=internal, externalId=meeting.meeting_id, name=meeting.name,
-         breakout="true" if meeting.is_breakout else "false")
-    meta = _sub(root, "meta")
-    for key, value in meta_values(meeting).items():
-        _sub(meta, key, value)
-    playback = _sub(root, "playback")
-    _sub(playback, "format", "presentation")
-    _sub(playback, "link", f"https://{node_domain}/playback/presentation/2.3/{internal}")
-    _sub(playback, "processing_time", PROCESSING_MS)
-    _sub(playback, "duration", max(0, end_ms - meeting.create_time))
-    images = _sub(_sub(_sub(playback, "extensions"), "preview"), "images")
-    base = f"https://{node_domain}/presentation/{internal}/presentation/{presentation_id(meeting)}"
-    for number in range(1, SLIDES + 1):
-        _sub(images, "image", f"{base}/thumbnails/thumb-{number}.png", width=str(THUMB_SIZE[0]),
-             height=str(THUMB_SIZE[1]), alt=f"Slide {number}")
-    _sub(playback, "size", size)
-    _sub(root, "raw_size", raw_size)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+def meeting_values(meeting: FakeMeeting, node_domain: str, end_ms: int, duration_ms: int) -> dict[str, object]:
+    """metadata.xml's values for b3lb.testing.synthetic.metadata_xml."""
+    return {
+        "id": meeting.internal_meeting_id, "external_id": meeting.meeting_id, "name": meeting.name,
+        "breakout": meeting.is_breakout, "start_ms": meeting.create_time, "end_ms": end_ms,
+        "participants": len({a.user_id for a in meeting.attendees}), "meta": meta_values(meeting),
+        "domain": node_domain, "processing_ms": PROCESSING_MS, "duration_ms": duration_ms, "slides": SLIDES,
+        "presentation_id": presentation_id(meeting),
+    }  # fmt: skip
 
 
-def shapes_svg(meeting: FakeMeeting, duration_s: float) -> bytes:
-    """The slides with their display intervals and one pencil stroke, in BBB's shapes.svg layout."""
-    svg_ns, xlink = "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"
-    width, height = SLIDE_SIZE
-    root = etree.Element(f"{{{svg_ns}}}svg", nsmap={None: svg_ns, "xlink": xlink},
-                         id="svgfile", version="1.1", viewBox=f"0 0 {width} {height}")
-    step = round(max(duration_s, 0.3) / SLIDES, 1)
-    for number in range(1, SLIDES + 1):
-        start, out = round(step * (number - 1), 1), round(step * number, 1)
-        etree.SubElement(root, f"{{{svg_ns}}}image", {
-            "id": f"image{number}", "class": "slide", "in": str(start), "out": str(out),
-            f"{{{xlink}}}href": f"presentation/{presentation_id(meeting)}/slide-{number}.png",
-            "width": str(width), "height": str(height), "x": "0", "y": "0", "style": "visibility:hidden",
-        })
-        canvas = etree.SubElement(root, f"{{{svg_ns}}}g", {"class": "canvas", "id": f"canvas{number}",
-                                                          "image": f"image{number}", "display": "none"})
-        shape = etree.SubElement(canvas, f"{{{svg_ns}}}g", {
-            "class": "shape", "id": f"draw{number}", "timestamp": str(start), "undo": "-1",
-            "style": "stroke:#ff0000;stroke-linecap:round;stroke-linejoin:round;stroke-width:4;"
-                     "visibility:hidden;fill:none",
-        })
-        etree.SubElement(shape, f"{{{svg_ns}}}path", d=f"M {20 * number} 40 L {60 * number} 120 L 280 200")
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+def build_recording(
+    folder: Path, meeting: FakeMeeting, node_domain: str, end_ms: int, webcams: bytes | None, *,
+    duration_s: float | None = None, deskshare: tuple[Interval, bytes] | None = None,
+) -> tuple[bytes, synthetic.SyntheticTruth]:
+    """Write the published presentation folder of `meeting` into `folder` (created).
 
-
-def _event_document(name: str, events: list[tuple[str, str, str]]) -> bytes:
-    root = etree.Element("recording", id=name)
-    for timestamp, tag, text in events:
-        _sub(_sub(root, "event", timestamp=timestamp), tag, text)
-    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+    `duration_s` is the recorded length (<playback><duration>; default: the meeting's, from its
+    create to `end_ms`); `webcams` and `deskshare` (its interval and deskshare.webm) are the videos,
+    made beforehand for that length (`recording_media`). Returns metadata.xml and the truth."""
+    real_ms = max(0, end_ms - meeting.create_time)
+    seconds = real_ms / 1000 if duration_s is None else duration_s
+    truth = synthetic.plan(
+        duration_s=max(seconds, 0.3), slides=SLIDES, size=SLIDE_SIZE, deskshare=deskshare[0] if deskshare else None,
+        webcams=webcams is not None, audio=webcams is not None, presentation_id=presentation_id(meeting),
+        webcam_size=WEBCAM_SIZE, start_ms=meeting.create_time,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    synthetic.write_documents(folder, truth)
+    if webcams is not None:
+        (folder / "video").mkdir(exist_ok=True)
+        (folder / "video" / "webcams.webm").write_bytes(webcams)
+    if deskshare is not None:
+        (folder / "deskshare").mkdir(exist_ok=True)
+        (folder / "deskshare" / "deskshare.webm").write_bytes(deskshare[1])
+    duration_ms = real_ms if duration_s is None else round(duration_s * 1000)
+    values = meeting_values(meeting, node_domain, end_ms, duration_ms)
+    return synthetic.write_metadata(folder, truth, values), truth
 
 
 def build_presentation(folder: Path, meeting: FakeMeeting, node_domain: str, end_ms: int,
                        webcams: bytes | None) -> bytes:
-    """Write the published presentation folder of `meeting` into `folder` (created); returns metadata.xml."""
-    pres = folder / "presentation" / presentation_id(meeting)
-    (pres / "thumbnails").mkdir(parents=True, exist_ok=True)
-    for number in range(1, SLIDES + 1):
-        colours = _slide_colour(number)
-        (pres / f"slide-{number}.png").write_bytes(png(*SLIDE_SIZE, *colours))
-        (pres / "thumbnails" / f"thumb-{number}.png").write_bytes(png(*THUMB_SIZE, *colours))
-    duration_s = max(0, end_ms - meeting.create_time) / 1000
-    (folder / "shapes.svg").write_bytes(shapes_svg(meeting, duration_s))
-    width, height = SLIDE_SIZE
-    (folder / "panzooms.xml").write_bytes(
-        _event_document("panzoom_events", [("0.0", "viewBox", f"0.0 0.0 {width}.0 {height}.0")]))
-    (folder / "cursor.xml").write_bytes(_event_document("cursor_events", [("0.0", "cursor", "-1.0 -1.0")]))
-    (folder / "deskshare.xml").write_bytes(_event_document("deskshare_events", []))
-    (folder / "captions.json").write_bytes(b"[]\n")
-    if webcams is not None:
-        (folder / "video").mkdir(exist_ok=True)
-        (folder / "video" / "webcams.webm").write_bytes(webcams)
-    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-    # raw_size is the node's raw recording (events, audio, video): several times the published size.
-    document = metadata_xml(meeting, node_domain, end_ms, size, 4 * size)
-    (folder / "metadata.xml").write_bytes(document)
-    return document
+    """The published folder of a recording as long as the meeting, without deskshare; returns metadata.xml."""
+    return build_recording(folder, meeting, node_domain, end_ms, webcams)[0]
 
 
 def tar_folder(folder: Path, target: Path, mtime: int) -> int:
@@ -232,56 +166,76 @@ def tar_folder(folder: Path, target: Path, mtime: int) -> int:
     return target.stat().st_size
 
 
-def publish_files(scratch: Path, meeting: FakeMeeting, node_domain: str, end_ms: int,
-                  webcams: bytes | None) -> tuple[bytes, bytes]:
-    """The published folder under `scratch` and its tar: (metadata.xml, archive)."""
+def publish_files(
+    scratch: Path, meeting: FakeMeeting, node_domain: str, end_ms: int, media: RecordingMedia
+) -> tuple[bytes, bytes, synthetic.SyntheticTruth]:
+    """The published folder under `scratch` and its tar: (metadata.xml, archive, truth)."""
     folder, archive = scratch / meeting.internal_meeting_id, scratch / "archive.tar"
-    metadata = build_presentation(folder, meeting, node_domain, end_ms, webcams)
+    metadata, truth = build_recording(folder, meeting, node_domain, end_ms, media.webcams,
+                                      duration_s=media.duration_s, deskshare=media.deskshare)
     tar_folder(folder, archive, end_ms // 1000)
-    return metadata, archive.read_bytes()
+    return metadata, archive.read_bytes(), truth
 
 
-async def webcams_webm(use_ffmpeg: bool = True) -> bytes | None:
-    """2 s of VP8 video with Opus audio: made by ffmpeg once per process, else the fixture, else None."""
-    if use_ffmpeg not in _webm_cache:
-        data = await _ffmpeg_webm() if use_ffmpeg else None
-        if data is None and FIXTURE_WEBM.is_file():
-            data = FIXTURE_WEBM.read_bytes()
-        _webm_cache[use_ffmpeg] = data
-    return _webm_cache[use_ffmpeg]
+# Videos: made once per process and length ---------------------------------------------------------
 
 
-async def _ffmpeg_webm() -> bytes | None:
+@dataclass(frozen=True)
+class RecordingMedia:
+    duration_s: float
+    webcams: bytes | None
+    deskshare: tuple[Interval, bytes] | None
+
+
+def _media_truth(duration_s: float, deskshare: Interval | None) -> synthetic.SyntheticTruth:
+    return synthetic.plan(duration_s=duration_s, slides=SLIDES, size=SLIDE_SIZE, deskshare=deskshare,
+                          webcam_size=WEBCAM_SIZE, deskshare_size=SLIDE_SIZE)
+
+
+def _ffmpeg_video(kind: str, duration_s: float, deskshare: Interval | None) -> bytes | None:
+    """webcams.webm or deskshare.webm of a fake recording (runs in a thread); None without ffmpeg."""
+    truth = _media_truth(duration_s, deskshare)
     try:
-        import imageio_ffmpeg
-
-        ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception as error:  # noqa: BLE001 - not installed, or no binary for this platform
-        log.debug("fake BBB: no ffmpeg (%s), using the fixture webcams.webm", error)
+        with tempfile.TemporaryDirectory(prefix="b3lb-fake-webm-") as scratch:
+            target = Path(scratch) / f"{kind}.webm"
+            if kind == "webcams":
+                synthetic.webcams_video(target, truth, fps=WEBCAM_FPS, audio_kbps=8)
+            else:
+                synthetic.deskshare_video(target, truth, fps=DESKSHARE_FPS)
+            return target.read_bytes()
+    except synthetic.SyntheticError as error:
+        log.debug("fake BBB: no %s video (%s)", kind, error)
         return None
-    with tempfile.TemporaryDirectory(prefix="b3lb-fake-webm-") as scratch:
-        target = Path(scratch) / "webcams.webm"
-        args = [
-            "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-            "-f", "lavfi", "-i", "testsrc=duration=2:size=160x120:rate=5",
-            "-f", "lavfi", "-i", "sine=frequency=440:duration=2:sample_rate=48000",
-            "-c:v", "libvpx", "-b:v", "8k", "-deadline", "realtime", "-cpu-used", "8",
-            "-c:a", "libopus", "-b:a", "8k", "-ac", "1",
-            "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1",
-            "-shortest", str(target),
-        ]
-        try:
-            process = await asyncio.create_subprocess_exec(
-                ffmpeg, *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
-            )
-            _, stderr = await asyncio.wait_for(process.communicate(), FFMPEG_SECONDS)
-        except (OSError, TimeoutError) as error:
-            log.debug("fake BBB: ffmpeg failed to run: %s", error)
-            return None
-        if process.returncode != 0 or not target.is_file():
-            log.debug("fake BBB: ffmpeg failed: %s", stderr[-300:].decode(errors="replace"))
-            return None
-        return target.read_bytes()
+
+
+def _fixture() -> bytes | None:
+    if "fixture" not in _fixture_cache:
+        _fixture_cache["fixture"] = FIXTURE_WEBM.read_bytes() if FIXTURE_WEBM.is_file() else None
+    return _fixture_cache["fixture"]
+
+
+async def webcams_webm(use_ffmpeg: bool = True, duration_s: float = RECORDING_SECONDS) -> bytes | None:
+    """VP9 video with an Opus tone of `duration_s`: made by ffmpeg once per process and length, else the
+    fixture (2 s), else None."""
+    key = (use_ffmpeg, duration_s)
+    if key not in _webm_cache:
+        data = await asyncio.to_thread(_ffmpeg_video, "webcams", duration_s, None) if use_ffmpeg else None
+        _webm_cache[key] = data if data is not None else _fixture()
+    return _webm_cache[key]
+
+
+async def recording_media(use_ffmpeg: bool, duration_s: float, deskshare: Interval | None) -> RecordingMedia:
+    """The videos of a fake recording of `duration_s`. Without ffmpeg: the fixture's 2 s, no deskshare."""
+    webcams = await webcams_webm(use_ffmpeg, duration_s)
+    if webcams is None or webcams == _fixture():
+        return RecordingMedia(FIXTURE_SECONDS, webcams, None)
+    if deskshare is None:
+        return RecordingMedia(duration_s, webcams, None)
+    key = (duration_s, deskshare)
+    if key not in _deskshare_cache:
+        _deskshare_cache[key] = await asyncio.to_thread(_ffmpeg_video, "deskshare", duration_s, deskshare)
+    video = _deskshare_cache[key]
+    return RecordingMedia(duration_s, webcams, None if video is None else (deskshare, video))
 
 
 # Upload ----------------------------------------------------------------------------------------
@@ -304,6 +258,8 @@ class FakeRecorder:
         self.attempts = 4  # uploads tried at most this often
         self.retry_delay = 0.1  # seconds before the second attempt, doubled for each further one
         self.use_ffmpeg = True  # False: the committed fixture webcams.webm (no subprocess)
+        self.duration_s = RECORDING_SECONDS  # recorded length of every recording (with ffmpeg)
+        self.deskshare: Interval | None = DESKSHARE  # when the screen is shared (None: never)
         self.uploads: list[FakeUpload] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -343,12 +299,12 @@ class FakeRecorder:
             upload.error = f"not uploading to {loggable(url) if url else 'an unknown b3lb'}"
             log.debug("fake BBB: %s", upload.error)
             return upload
-        webcams = await webcams_webm(self.use_ffmpeg)
+        media = await recording_media(self.use_ffmpeg, self.duration_s, self.deskshare)
         scratch = Path(tempfile.mkdtemp(prefix="b3lb-fake-recording-"))
         # Files are written in a thread, so a benchmark's event loop keeps serving meanwhile.
-        files = asyncio.ensure_future(asyncio.to_thread(publish_files, scratch, meeting, node.domain, end_ms, webcams))
+        files = asyncio.ensure_future(asyncio.to_thread(publish_files, scratch, meeting, node.domain, end_ms, media))
         try:
-            metadata, archive = await asyncio.shield(files)
+            metadata, archive, upload.truth = await asyncio.shield(files)
             upload.archive_bytes = len(archive)
             await self._send(upload, url, archive, metadata)
         finally:  # gone after the last attempt, whatever its answer: tests and benchmarks leave no files

@@ -50,10 +50,3 @@ UPDATE record_set SET status = 'DELETING' WHERE id = $1 RETURNING id
 
 -- name: adm_rec_status
 SELECT status FROM record_set WHERE id = $1
-
--- name: adm_rec_rerender
--- The set's render job queued afresh (a failed or finished one too), due now.
-INSERT INTO render_job (recordset_id) VALUES ($1)
-ON CONFLICT (recordset_id) DO UPDATE SET
-    state = 'QUEUED', attempts = 0, not_before = now(), locked_until = NULL, last_error = '', queued_at = now()
-RETURNING recordset_id AS id, state, attempts, queued_at

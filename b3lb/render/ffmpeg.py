@@ -1,0 +1,195 @@
+"""The ffmpeg binary: finding it, asking what it can do, probing media, running it.
+
+Which binary: `render.ffmpeg` when configured, else `ffmpeg` on PATH, else the one the
+imageio-ffmpeg wheel ships (so a pip install is enough on a fresh machine). There is no ffprobe:
+media are probed by `ffmpeg -i FILE`, whose stream lines are stable enough for what is needed
+(duration, video size, whether there is audio). A run reports progress through `-progress pipe:1`
+(out_time_us against the known duration), keeps ffmpeg's last stderr lines for the error report,
+is killed when its task is cancelled and when it stops making progress for `stall_s` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shutil
+import subprocess
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from b3lb.render.model import RenderError
+
+log = logging.getLogger(__name__)
+
+TAIL_LINES = 20
+STALL_S = 300.0
+PROBE_TIMEOUT = 60.0
+_VERSION = re.compile(r"ffmpeg version \S*?(\d+)\.(\d+)")
+_DURATION = re.compile(r"Duration: (\d+):(\d{2}):(\d{2}(?:\.\d+)?)")
+_VIDEO = re.compile(r"Stream #\d+:\d+.*?: Video: .*?(?<![0-9])(\d{2,5})x(\d{2,5})(?![0-9])")
+_AUDIO = re.compile(r"Stream #\d+:\d+.*?: Audio: ")
+
+
+@dataclass(frozen=True)
+class FfmpegInfo:
+    path: str
+    version: tuple[int, int]  # (0, 0): unknown (a git build): treated as new
+    librsvg: bool  # can decode SVG (whiteboard drawings rasterised inside ffmpeg)
+
+    @property
+    def script_option(self) -> str:
+        """How a filter graph is read from a file: ffmpeg 7 has `-/filter_complex FILE` (and 8
+        dropped -filter_complex_script)."""
+        return "-filter_complex_script" if (0, 0) < self.version < (7, 0) else "-/filter_complex"
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    duration: float | None
+    video: tuple[int, int] | None  # width, height of the first video stream
+    audio: bool
+
+
+def find_ffmpeg(configured: str = "") -> str:
+    """The configured binary, else ffmpeg on PATH, else imageio-ffmpeg's; RenderError when none."""
+    if configured:
+        found = shutil.which(configured)
+        if found is None:
+            raise RenderError(f"render.ffmpeg {configured!r} is not an executable file")
+        return found
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError, OSError) as exc:
+        raise RenderError(f"no ffmpeg: install it, or pip install imageio-ffmpeg ({exc})") from None
+
+
+_infos: dict[str, FfmpegInfo] = {}
+
+
+def ffmpeg_info(path: str) -> FfmpegInfo:
+    """Version and SVG support of the binary at `path` (asked once per process)."""
+    if path in _infos:
+        return _infos[path]
+    try:
+        version = subprocess.run([path, "-hide_banner", "-version"], capture_output=True, timeout=PROBE_TIMEOUT,
+                                 check=False).stdout.decode(errors="replace")  # fmt: skip
+        decoders = subprocess.run([path, "-hide_banner", "-decoders"], capture_output=True, timeout=PROBE_TIMEOUT,
+                                  check=False).stdout.decode(errors="replace")  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RenderError(f"ffmpeg {path!r} does not run: {exc}") from None
+    found = _VERSION.search(version)
+    info = FfmpegInfo(path, (int(found.group(1)), int(found.group(2))) if found else (0, 0),
+                      bool(re.search(r"^\s*V\S*\s+librsvg\s", decoders, re.MULTILINE)))  # fmt: skip
+    _infos[path] = info
+    return info
+
+
+def parse_probe(text: str) -> MediaInfo:
+    """What `ffmpeg -i FILE` printed about its first input."""
+    duration = None
+    if found := _DURATION.search(text):
+        duration = int(found.group(1)) * 3600 + int(found.group(2)) * 60 + float(found.group(3))
+    video = None
+    for line in text.splitlines():
+        if (match := _VIDEO.search(line)) and "attached pic" not in line:
+            video = (int(match.group(1)), int(match.group(2)))
+            break
+    return MediaInfo(duration, video, any(_AUDIO.search(line) for line in text.splitlines()))
+
+
+async def probe(ffmpeg: str, path: Path) -> MediaInfo:
+    """Streams and duration of a media file; RenderError when ffmpeg cannot read it at all."""
+    process = await asyncio.create_subprocess_exec(
+        ffmpeg, "-hide_banner", "-nostdin", "-i", f"file:{path}", stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)  # fmt: skip
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), PROBE_TIMEOUT)
+    except (TimeoutError, asyncio.CancelledError):
+        await _kill(process)
+        raise
+    text = err.decode(errors="replace")[-200_000:]
+    info = parse_probe(text)
+    if info.video is None and not info.audio:
+        last = text.strip().splitlines()[-1:] or [""]
+        raise RenderError(f"{path.name} is not a readable video: {last[0][:200]}")
+    return info
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+    with contextlib.suppress(Exception):
+        await process.wait()
+
+
+def _progress_value(line: str) -> float | None:
+    """Seconds of output from a -progress line (out_time_us, or out_time_ms, which is µs too)."""
+    key, _, value = line.partition("=")
+    if key in ("out_time_us", "out_time_ms"):
+        try:
+            return max(0.0, int(value) / 1_000_000)
+        except ValueError:
+            return None
+    return None
+
+
+async def run(ffmpeg: str, args: Sequence[str], *, cwd: Path, duration: float,
+              progress: Callable[[float], None] | None = None, stall_s: float = STALL_S) -> None:  # fmt: skip
+    """Run ffmpeg to the end; RenderError with its last lines when it fails or stalls. Killed on cancel."""
+    process = await asyncio.create_subprocess_exec(
+        ffmpeg, *args, cwd=str(cwd), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)  # fmt: skip
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    stderr_task = asyncio.ensure_future(_collect(process.stderr, tail))
+    try:
+        await _follow(process.stdout, duration, progress, stall_s)
+        code = await process.wait()
+        await stderr_task
+    except TimeoutError:
+        await _kill(process)
+        await _finish(stderr_task)
+        raise RenderError(f"ffmpeg made no progress for {stall_s:.0f} s: stopped", "\n".join(tail)) from None
+    except BaseException:
+        await _kill(process)
+        await _finish(stderr_task)
+        raise
+    if code != 0:
+        last = tail[-1] if tail else f"exit code {code}"
+        raise RenderError(f"ffmpeg failed ({code}): {last[:300]}", "\n".join(tail))
+
+
+async def _follow(stream: asyncio.StreamReader | None, duration: float, progress: Callable[[float], None] | None,
+                  stall_s: float) -> None:  # fmt: skip
+    assert stream is not None
+    while True:
+        line = await asyncio.wait_for(stream.readline(), stall_s)
+        if not line:
+            return
+        seconds = _progress_value(line.decode(errors="replace").strip())
+        if seconds is not None and progress is not None and duration > 0:
+            with contextlib.suppress(Exception):  # a broken callback must not break the render
+                progress(min(1.0, seconds / duration))
+
+
+async def _collect(stream: asyncio.StreamReader | None, tail: deque[str]) -> None:
+    assert stream is not None
+    while line := await stream.readline():
+        text = line.decode(errors="replace").rstrip()
+        if text:
+            tail.append(text[:1000])
+
+
+async def _finish(task: asyncio.Future[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
