@@ -6,12 +6,20 @@ meetings are cut out of the bytes directly: each `<meeting>...</meeting>` slice 
 (what getMeetings serves) and only the few fields b3lb needs are read from it. Anything that
 does not look like BBB's template (CDATA, attributes, unbalanced tags) makes `scan` return None
 and the caller parses the document with lxml instead.
+
+b3lb's own metadata (`b3lb-recordset`, and `endcallbackurl`, which b3lb points at itself) carries
+the meeting's nonce, an upload and end-callback credential: it is cut out of each element here,
+once per changed element, so what getMeetings serves never shows it.
 """
 
 from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 OPEN, CLOSE = b"<meeting>", b"</meeting>"
 _FIELDS = ("participantCount", "listenerCount", "voiceParticipantCount", "videoCount", "moderatorCount")
@@ -23,6 +31,10 @@ _BREAKOUT_OPEN = _TAGS["isBreakout"][0]
 _BREAKOUT_OPEN_LEN = len(_BREAKOUT_OPEN)
 _COUNT_OPEN, _COUNT_CLOSE = _TAGS["participantCount"]
 _COUNT_OPEN_LEN = len(_COUNT_OPEN)
+# Metadata b3lb adds to every create, never shown to the tenant (BBB lower-cases the keys).
+PRIVATE_KEYS = ("b3lb-recordset", "endcallbackurl")
+_PRIVATE = tuple((f"<{key}>".encode(), f"</{key}>".encode()) for key in PRIVATE_KEYS)
+_META_OPEN, _META_CLOSE = b"<metadata>", b"</metadata>"
 _META = {name: (f"<{name}>".encode(), f"</{name}>".encode()) for name in ("bbb-origin", "bbb-origin-server-name")}
 
 
@@ -34,15 +46,91 @@ class ScannedMeeting:
     body: bytes  # the whole document: a slice is only made for the meetings b3lb routes
     start: int
     end: int
+    cuts: list[tuple[int, int]] | None = None  # private_spans of the element, once asked for
+
+    def _cuts(self) -> list[tuple[int, int]]:
+        if self.cuts is None:
+            self.cuts = private_spans(self.body, self.start, self.end)
+        return self.cuts
 
     @property
     def xml(self) -> bytes:
-        """The node's own <meeting> element, byte for byte."""
-        return self.body[self.start : self.end]
+        """The node's own <meeting> element, byte for byte but for b3lb's private metadata."""
+        cuts = self._cuts()
+        if not cuts:
+            return self.body[self.start : self.end]
+        return cut(self.body, self.start, self.end, cuts)
 
     def same_as(self, xml: bytes | None) -> bool:
-        """Whether the element is exactly `xml`, compared in place (no copy of it is made)."""
-        return xml is not None and len(xml) == self.end - self.start and self.body.startswith(xml, self.start)
+        """Whether `xml` equals `self.xml`, compared in place (no copy of either is made)."""
+        if xml is None:
+            return False
+        body, cuts = self.body, self._cuts()
+        if not cuts:
+            return len(xml) == self.end - self.start and body.startswith(xml, self.start)
+        if len(xml) != self.end - self.start - sum(stop - begin for begin, stop in cuts):
+            return False
+        view, offset, position = memoryview(xml), 0, self.start
+        for begin, stop in (*cuts, (self.end, self.end)):
+            length = begin - position
+            if not body.startswith(view[offset : offset + length], position):
+                return False
+            offset, position = offset + length, stop
+        return True
+
+
+def private_spans(body: bytes, start: int, end: int) -> list[tuple[int, int]]:
+    """Where b3lb's private metadata elements lie in body[start:end], in order.
+
+    The meeting's own <metadata> is its last one (attendees carry <customdata>). An element left
+    open (not BBB's output) is cut to the end of the metadata: the nonce must not show either way.
+    """
+    meta = body.rfind(_META_OPEN, start, end)
+    if meta < 0:
+        return []
+    meta_end = body.find(_META_CLOSE, meta, end)
+    if meta_end < 0:
+        meta_end = end
+    spans: list[tuple[int, int]] = []
+    for opening, closing in _PRIVATE:
+        found = body.find(opening, meta, meta_end)
+        while found >= 0:
+            closed = body.find(closing, found, meta_end)
+            stop = closed + len(closing) if closed >= 0 else meta_end
+            spans.append((found, stop))
+            found = body.find(opening, stop, meta_end)
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for begin, stop in spans:  # an element left open swallows any found inside it
+        if merged and begin < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(stop, merged[-1][1]))
+        else:
+            merged.append((begin, stop))
+    return merged
+
+
+def cut(body: bytes, start: int, end: int, spans: list[tuple[int, int]]) -> bytes:
+    """body[start:end] without the given spans (sorted, disjoint, inside it)."""
+    pieces, position = [], start
+    for begin, stop in spans:
+        pieces.append(body[position:begin])
+        position = stop
+    pieces.append(body[position:end])
+    return b"".join(pieces)
+
+
+def without_private(xml: bytes) -> bytes:
+    """`xml` (a <meeting> element or a getMeetingInfo answer) without b3lb's private metadata."""
+    spans = private_spans(xml, 0, len(xml))
+    return cut(xml, 0, len(xml), spans) if spans else xml
+
+
+def drop_private(metadata: etree._Element) -> bool:
+    """Removes b3lb's private children from a parsed <metadata>; whether there were any."""
+    private = [child for child in metadata if child.tag in PRIVATE_KEYS]
+    for child in private:
+        metadata.remove(child)
+    return bool(private)
 
 
 def _text(chunk: bytes, tags: tuple[bytes, bytes]) -> bytes | None:

@@ -288,6 +288,8 @@ class Poller:
             _count(meeting, "moderatorCount"),
         )
         meeting.tail = None
+        if meta is not None:
+            bbbxml.drop_private(meta)  # the set's nonce is b3lb's, never the tenant's to read
         xml = etree.tostring(meeting, encoding="utf-8", xml_declaration=False)
         origin = meta.findtext("bbb-origin") or "" if meta is not None else ""
         server = meta.findtext("bbb-origin-server-name") or "" if meta is not None else ""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
 import asyncpg
+from lxml import etree
 
+from b3lb import bbbxml
 from b3lb.api.forward import forward, succeeded
 from b3lb.api.xml import MEETING_NOT_FOUND, MISSING_MEETING_ID, NOT_RUNNING, ApiResult
 from b3lb.balancer import NodeEntry
@@ -18,7 +21,8 @@ if TYPE_CHECKING:
     from b3lb.api.handler import ApiRequest
 
 log = logging.getLogger("b3lb.api")
-
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
+_PRIVATE_TAGS = tuple(f"<{key}>".encode() for key in bbbxml.PRIVATE_KEYS)
 
 
 async def owner(runtime: Runtime, req: ApiRequest) -> tuple[MeetingRef, NodeEntry] | None:
@@ -58,7 +62,27 @@ async def _simple(runtime: Runtime, req: ApiRequest) -> ApiResult:
     return await pass_through(runtime, req, found[1])
 
 
-get_meeting_info = _simple
+async def get_meeting_info(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    return without_private_metadata(await _simple(runtime, req))
+
+
+def without_private_metadata(result: ApiResult) -> ApiResult:
+    """The node's getMeetingInfo answer without b3lb's private metadata (the set's nonce, b3lb's
+    own end callback); byte for byte the node's when it has none."""
+    body = result.body
+    if b"<metadata>" not in body or not any(tag in body for tag in _PRIVATE_TAGS):
+        return result
+    try:
+        root = etree.fromstring(body, _PARSER)
+    except (etree.XMLSyntaxError, ValueError):  # not XML: cut the bytes rather than pass the nonce on
+        return dataclasses.replace(result, body=bbbxml.without_private(body))
+    metadata = root.find("metadata")
+    if metadata is None or not bbbxml.drop_private(metadata):
+        return result  # the tags are elsewhere (an attendee's customdata): not b3lb's
+    declared = body.lstrip().startswith(b"<?xml")
+    return dataclasses.replace(result, body=etree.tostring(root, encoding="utf-8", xml_declaration=declared))
+
+
 insert_document = _simple
 send_chat_message = _simple
 set_config_xml = _simple

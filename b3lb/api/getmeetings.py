@@ -10,7 +10,8 @@ The polling process answers from memory. Other instances read the list the polle
 `secret_meeting_list` (one indexed query), which is at most one poll interval old. A meeting
 created since its node's last poll is listed at once, as BBB does: its element comes from one
 getMeetingInfo call to its node (same children as a getMeetings element) and is kept until the
-poll brings the node's own.
+poll brings the node's own. Either way b3lb's private metadata (bbbxml.PRIVATE_KEYS) is already
+cut out of the stored element, so nothing is rewritten per request.
 """
 
 from __future__ import annotations
@@ -131,4 +132,7 @@ def meeting_element(info: bytes) -> bytes | None:
     for child in list(root):
         if child.tag not in _ENVELOPE:
             meeting.append(child)
+    metadata = meeting.find("metadata")
+    if metadata is not None:
+        bbbxml.drop_private(metadata)  # as the poller does: the set's nonce is not the tenant's
     return etree.tostring(meeting, encoding="utf-8")
