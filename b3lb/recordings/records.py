@@ -10,8 +10,9 @@ always has a row that names it, so housekeeping (which deletes the files of rows
    with a ready URL, queues its recording-ready callback in the outbox in the same statement.
 
 A crash after 1 or 2 leaves a size-0 row (with or without its file): a retried render reuses it,
-and deleting the set deletes its file. The render worker runs steps 2-3 in one transaction that
-holds the set's row (b3lb/render/jobs.py); `store_video` (tests and fixtures) follows the same order.
+and deleting the set deletes its file. The render worker uploads outside any transaction, then sets
+file and size in a short one (b3lb/render/jobs.py; a re-rendered record's video goes under a new key
+and is swapped in); `store_video` (tests and fixtures) follows the same order.
 `add_record` inserts the row of a file stored otherwise (with its size) in one statement.
 """
 

@@ -16,6 +16,12 @@ recording at several times real time):
 - the webcams are scaled to the profile's box and overlaid in the bottom-right corner;
 - the audio is the webcams file's, or silence.
 
+Nothing from the archive chooses how it is read: the -i inputs get their demuxer from their file
+name (`ffmpeg.input_args`), and the `movie` sources open their concat list with only the file
+protocol, the concat demuxer in safe mode, and only image demuxers for the listed files (`MOVIE_OPTIONS`;
+the concat demuxer passes these whitelists on to every file it opens). A slide file that looks
+like a playlist (a DASH manifest named slide-1.png) is refused instead of followed.
+
 Slides and the share are placed by the same expressions as `place()` computes here, so that the
 drawings (rendered in Python at the slide's place) line up with the slide ffmpeg draws.
 """
@@ -23,9 +29,11 @@ drawings (rendered in Python at the slide's place) line up with the slide ffmpeg
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from b3lb.render.ffmpeg import input_args
 from b3lb.render.model import Profile
 from b3lb.render.timeline import Span
 
@@ -36,6 +44,11 @@ COLOUR_TAGS = "setparams=colorspace=bt709:color_primaries=bt709:color_trc=bt709:
 TO_BT709 = "out_color_matrix=bt709:out_range=tv"
 HEARTBEAT_S = 1.0  # a share frame at least this often, even outside the share
 MAX_EXPRESSION_TERMS = 4000
+IMAGE_DEMUXERS = "png_pipe,jpeg_pipe,jpegls_pipe,svg_pipe"
+# Escaped for the graph text: quoted for the graph parser, `\:` separates the dictionary's entries.
+MOVIE_OPTIONS = (f"f=concat:format_opts='protocol_whitelist=file\\:safe=1\\:"
+                 f"format_whitelist=concat,{IMAGE_DEMUXERS}'")  # fmt: skip
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -99,17 +112,37 @@ def fit_chain(layout: Layout) -> str:
 
 
 def enable_expression(spans: Sequence[Span]) -> str:
-    """'between(t,a,b)+...' for the spans; at most MAX_EXPRESSION_TERMS (the longest kept)."""
+    """An expression of t, 1 inside the spans and 0 outside: a binary search over the (joined) spans,
+    `if(lt(t,start),LEFT,RIGHT)`, so a frame costs log2(n) comparisons and the nesting stays shallow
+    (ffmpeg refuses a flat `a+b+...` of more than 100 terms). At most MAX_EXPRESSION_TERMS spans, the
+    longest kept; the caller says when some were left out."""
     chosen = sorted(spans, key=lambda s: s.end - s.start, reverse=True)[:MAX_EXPRESSION_TERMS]
-    chosen.sort(key=lambda s: s.start)
-    return "+".join(f"between(t,{s.start:.3f},{s.end:.3f})" for s in chosen) or "0"
+    joined: list[Span] = []
+    for span in sorted(chosen, key=lambda s: s.start):
+        if joined and span.start <= joined[-1].end:
+            joined[-1] = Span(joined[-1].start, max(joined[-1].end, span.end))
+        else:
+            joined.append(span)
+    if not joined:
+        return "0"
+
+    def search(low: int, high: int) -> str:
+        if high - low == 1:
+            return f"between(t,{joined[low].start:.3f},{joined[low].end:.3f})"
+        middle = (low + high) // 2
+        return f"if(lt(t,{joined[middle].start:.3f}),{search(low, middle)},{search(middle, high)})"
+
+    return search(0, len(joined))
 
 
 def concat_list(entries: Sequence[tuple[str, float]]) -> str:
     """An ffconcat file of (name, seconds): consecutive repeats joined, the last file listed twice
-    (the concat demuxer ignores the last entry's duration). Names must be plain: generated ones."""
+    (the concat demuxer ignores the last entry's duration). Names must be plain file names in
+    ffmpeg's working folder (generated ones): ValueError for anything else."""
     joined: list[list[object]] = []
     for name, seconds in entries:
+        if not _PLAIN_NAME.fullmatch(name):
+            raise ValueError(f"not a plain file name for a concat list: {name[:100]!r}")
         if seconds <= 0:
             continue
         if joined and joined[-1][0] == name:
@@ -168,11 +201,11 @@ def filter_graph(plan: GraphPlan) -> tuple[str, list[str], str]:
     """The graph text, the -i inputs (in order) and the audio to map ('N:a:0' or '[aout]')."""
     layout = plan.layout
     inputs: list[str] = []
-    chains = [f"movie={plan.slides_list}:f=concat,{fit_chain(layout)},fps={layout.fps},"
+    chains = [f"movie={plan.slides_list}:{MOVIE_OPTIONS},{fit_chain(layout)},fps={layout.fps},"
               f"tpad=stop=-1:stop_mode=clone,trim=end_frame={plan.frames}[slides]"]  # fmt: skip
     current = "slides"
     if plan.annotations_list and plan.annotation_spans:
-        chains.append(f"movie={plan.annotations_list}:f=concat,scale={TO_BT709},format=yuva420p,"
+        chains.append(f"movie={plan.annotations_list}:{MOVIE_OPTIONS},scale={TO_BT709},format=yuva420p,"
                       f"fps={layout.fps}[ann]")  # fmt: skip
         chains.append(f"[{current}][ann]overlay=0:0:enable='{enable_expression(plan.annotation_spans)}':"
                       "eof_action=pass:format=yuv420[drawn]")  # fmt: skip
@@ -225,7 +258,7 @@ def command(plan: GraphPlan, profile: Profile, graph_file: str, output: str, *, 
     graph, inputs, audio = filter_graph(plan)
     args = ["-hide_banner", "-nostdin", "-y", "-loglevel", "error", "-progress", "pipe:1", "-nostats"]
     for path in inputs:
-        args += ["-i", f"file:{path}"]
+        args += input_args(path)
     if script_option == "-/filter_complex":
         args += ["-/filter_complex", graph_file]
     else:

@@ -6,14 +6,18 @@ state RUNNING, so a worker whose job was requeued (a new upload, `b3lb recording
 taken over after its lease ran out writes nothing: it gets `LostJob` and drops its work.
 
 Storing a video (`store_output`) follows the orphan rule of b3lb/recordings/records.py: the record
-row is committed first (size 0), then the file is written and the size set in one transaction
-that holds the set row (`FOR SHARE`: it cannot become DELETING, so housekeeping cannot list the
-set's files before the new one is there, nor can another archive arrive) and extends the lease
-(the fence). A crash at any point leaves a row for every file. The record row itself is not
-locked during the upload (publishRecordings & co. on a re-rendered record need not wait for it): a
-deleteRecordings of that very record meanwhile makes the size update find it deleting, and the
-worker deletes its new file; only a worker crash in that instant leaves the file, which goes with
-the set's folder (`Storage.delete_prefix`) when the set is deleted.
+row is committed first (size 0, or the rendered record a re-render replaces), then the file is
+uploaded OUTSIDE any transaction (an upload may outlast the lease: heartbeats must keep going, and
+no row stays locked for its length), then a short fenced transaction makes it the record's: it
+holds the set row (`FOR SHARE`: not DELETING, same archive), extends the lease (the fence), sets
+file and size (`render_record_swap`) and, for a record that becomes visible, queues its callback.
+
+A new record's (size 0) video is written under the row's own key. A rendered record's video (an
+in-place re-render, or a format change) is written under a NEW key, so the old video stays
+visible and playable until the swap replaces it; the old file is deleted after the commit. When
+the swap does not happen (the job was lost, the record deleted meanwhile), the new file is deleted.
+A crash between the upload and the swap (or the swap and the deletion) leaves a file no row names,
+inside the set's folder: it goes with the set (`Storage.delete_prefix`), as storage.py says.
 
 `finish` ends the job in one transaction: the set still has the claimed archive, the lease is still
 this worker's, the job row goes and the set is RENDERED.
@@ -26,14 +30,14 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
 from b3lb.db import Q
 from b3lb.recordings import records
-from b3lb.recordings.storage import InvalidKey, Storage, Stored, video_key
+from b3lb.recordings.storage import InvalidKey, Storage, StorageError, Stored, loggable_key, video_key
 
 log = logging.getLogger("b3lb.render")
 
@@ -58,8 +62,6 @@ class Claim:
     set_nonce: str
     archive_key: str
     archive_sha256: str
-    raw_size: int
-    duration_s: float | None  # the meeting's length as the upload's metadata says
     previous_worker: str  # the worker whose lease ran out, when this claim took its job over
     done_profiles: frozenset[int] = frozenset()  # stored from this archive by an earlier attempt
 
@@ -70,7 +72,6 @@ class Claim:
             recordset_id=row["recordset_id"], public_id=row["public_id"], lease_id=row["lease_id"],
             attempts=row["attempts"], set_nonce=row["set_nonce"], archive_key=row["archive_key"],
             archive_sha256=row["archive_sha256"],
-            raw_size=row["raw_size"], duration_s=row["duration_s"],
             previous_worker=(row["previous_worker"] or "?") if taken_over else "",
             done_profiles=frozenset(row["done_profiles"]),
         )  # fmt: skip
@@ -142,37 +143,32 @@ async def store_output(
         )
     if pending is None:
         return None
-    if not pending.key.endswith(f".{extension}"):
-        pending = await _move_key(pool, storage, job, pending, extension, lease_seconds)
-        if pending is None:
-            return None
-    async with fenced(pool, job, lease_seconds) as conn:
-        if await conn.fetchval(Q.render_record_live, pending.id) is None:
-            return None
-        stored = await upload(storage, pending.key, path)
-        # If this transaction does not commit, the row (committed above) still names the file.
-        record = await records.complete_record(conn, pending, stored.size, processing_ms=processing_ms)
-        if record is None:  # deleteRecordings took the record meanwhile: its new file goes too
-            await _delete(storage, pending.key)
-            return None
-        await conn.execute(Q.render_mark_done, job.recordset_id, job.lease_id, job.archive_sha256, profile_id)
-        return record
+    key = pending.key
+    if pending.size > 0 or not key.endswith(f".{extension}"):
+        key = replacement_key(job.set_nonce, pending.nonce, extension)
+    stored = await upload(storage, key, path)  # no transaction, no connection held meanwhile
+    try:
+        async with fenced(pool, job, lease_seconds) as conn:
+            row = await conn.fetchrow(Q.render_record_swap, pending.id, stored.size,
+                                      max(0, min(processing_ms, 2**31 - 1)), key, pending.key)  # fmt: skip
+            if row is not None:
+                await conn.execute(Q.render_mark_done, job.recordset_id, job.lease_id, job.archive_sha256, profile_id)
+    except BaseException:
+        if key != pending.key:  # no row names it (the row's own key stays with its size-0 row)
+            await _discard(storage, key)
+        raise
+    if row is None:  # deleteRecordings took the record meanwhile: its new file goes too
+        await _discard(storage, key)
+        return None
+    if row["old_file"] and row["old_file"] != key:
+        await _discard(storage, row["old_file"])  # replaced: no row names it any more
+    return records.Record(id=row["id"], record_id=row["record_id"], nonce=row["nonce"], key=row["file"],
+                          size=row["size"], published=row["published"], outbox_id=row["outbox_id"])  # fmt: skip
 
 
-async def _move_key(
-    pool: Pool, storage: Storage, job: Claim, pending: records.Pending, extension: str, lease_seconds: float
-) -> records.Pending | None:
-    """The profile's format changed since its record was made (SQL edits): the record is hidden,
-    its old file deleted, then it names a key with the new extension. Each step commits first."""
-    async with fenced(pool, job, lease_seconds) as conn:
-        if await conn.fetchval(Q.render_record_hide, pending.id) is None:
-            return None
-    await _delete(storage, pending.key)
-    key = video_key(job.set_nonce, pending.nonce, extension)
-    async with fenced(pool, job, lease_seconds) as conn:
-        if await conn.fetchval(Q.render_record_rekey, pending.id, key) is None:
-            return None
-    return replace(pending, key=key, size=0)
+def replacement_key(set_nonce: str, record_nonce: str, extension: str) -> str:
+    """A fresh key in the set's folder for a record's new video (its URL nonce stays the same)."""
+    return video_key(set_nonce, f"{record_nonce}-{uuid.uuid4().hex[:12]}", extension)
 
 
 async def _delete(storage: Storage, key: str) -> None:
@@ -180,6 +176,15 @@ async def _delete(storage: Storage, key: str) -> None:
         await storage.delete(key)
     except InvalidKey:  # not a key b3lb writes: no object can exist under it
         log.warning("render: skipping invalid storage key %r", key[:100])
+
+
+async def _discard(storage: Storage, key: str) -> None:
+    """Delete a file no row names; a storage failure is only logged (the file is in the set's
+    folder, which goes with the set), so that it neither hides the job's own outcome nor fails it."""
+    try:
+        await _delete(storage, key)
+    except StorageError as exc:
+        log.warning("render: could not delete %s: %s", loggable_key(key), exc)
 
 
 # Ending a job --------------------------------------------------------------------------------

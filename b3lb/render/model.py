@@ -10,12 +10,15 @@ FORMATS = ("MP4", "WEBM")
 
 
 class RenderError(Exception):
-    """Rendering failed: `reason` says why in one line, `tail` holds ffmpeg's last lines (or '')."""
+    """Rendering failed: `reason` says why in one line, `tail` holds ffmpeg's last lines (or '').
 
-    def __init__(self, reason: str, tail: str = "") -> None:
+    `permanent`: retrying cannot help (a broken or hostile archive): the job fails at once."""
+
+    def __init__(self, reason: str, tail: str = "", *, permanent: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.tail = tail
+        self.permanent = permanent
 
     def __str__(self) -> str:
         return self.reason

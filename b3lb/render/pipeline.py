@@ -24,7 +24,16 @@ from b3lb.render.annotate import Placement, Rasteriser
 from b3lb.render.archive import Presentation, extract_archive, load_presentation
 from b3lb.render.bbbformat import MAX_PIXELS
 from b3lb.render.ffmpeg import MediaInfo, ffmpeg_info, find_ffmpeg, probe, run
-from b3lb.render.graph import GraphPlan, Layout, command, concat_list, make_layout, place, webcam_mode
+from b3lb.render.graph import (
+    MAX_EXPRESSION_TERMS,
+    GraphPlan,
+    Layout,
+    command,
+    concat_list,
+    make_layout,
+    place,
+    webcam_mode,
+)
 from b3lb.render.model import Profile, RenderError, RenderOutput
 from b3lb.render.timeline import Timeline, build_timeline, merge_spans
 
@@ -56,9 +65,12 @@ async def render_profile(presentation: Presentation, profile: Profile, output: P
     if profile.annotate and presentation.shapes and rasteriser != "none":
         drawer = annotate.choose_rasteriser(info.librsvg, rasteriser)
     layout = make_layout(profile, webcam_video=webcams is not None and webcams.video is not None)
-    timeline = build_timeline(presentation, duration, deskshare=share is not None and share.video is not None,
-                              annotate=drawer is not None,
-                              max_states=drawer.max_states if drawer is not None else 0)  # fmt: skip
+    timeline = await asyncio.to_thread(  # a long recording with many drawings: not on the event loop
+        build_timeline, presentation, duration, deskshare=share is not None and share.video is not None,
+        annotate=drawer is not None, max_states=drawer.max_states if drawer is not None else 0)  # fmt: skip
+    if len(timeline.deskshare) > MAX_EXPRESSION_TERMS:
+        presentation.warnings.append(f"screen share: {len(timeline.deskshare)} on/off spans, only the "
+                                     f"{MAX_EXPRESSION_TERMS} longest are shown")  # fmt: skip
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=".render-", dir=output.parent))
     partial = output.with_name(output.name + ".part")

@@ -5,19 +5,29 @@ the whole recording (a span without a slide shows the background). The screen sh
 whatever is below it while it runs. A whiteboard state is the set of drawings visible on one slide
 from `start` to `end`; states change at drawings' timestamps and undo times, but states that would
 last less than `merge_s` are skipped (their drawings appear with the next kept state, never early)
-and the window grows until at most `max_states` remain, so the number of overlays stays bounded.
+and the window grows until at most `max_states` remain and their markup (each state's overlay
+holds every drawing visible then) fits `total_bytes`, so overlays stay bounded in number and in
+scratch disk. A state whose drawings exceed `state_bytes` (or, when even one state per change
+window is too much, its share of `total_bytes`) shows only its newest drawings, with a warning.
+
+The states are found in one sweep per slide span over the drawings' events, keeping the visible
+set as it goes: the markup size at every change time is known before any state is built, so the
+window is chosen on those numbers and the states are built once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
 
 from b3lb.render.archive import Presentation
 from b3lb.render.bbbformat import Shape, SlideImage
 
 MERGE_S = 0.5
 MAX_STATES = 2000
+MAX_STATE_BYTES = 4 * 1024 * 1024  # the drawings' markup in one overlay
+MAX_TOTAL_BYTES = 256 * 1024 * 1024  # in all overlays of one render (scratch disk)
 EPSILON = 1e-6
 
 
@@ -52,18 +62,31 @@ class Timeline:
 
 
 def build_timeline(presentation: Presentation, duration: float, *, deskshare: bool, annotate: bool,
-                   merge_s: float = MERGE_S, max_states: int = MAX_STATES) -> Timeline:  # fmt: skip
+                   merge_s: float = MERGE_S, max_states: int = MAX_STATES, state_bytes: int = MAX_STATE_BYTES,
+                   total_bytes: int = MAX_TOTAL_BYTES) -> Timeline:  # fmt: skip
     """The timeline of `presentation` over [0, duration]; `deskshare`: the share video is usable."""
     slides = slide_spans(presentation.slides, duration)
     shares = deskshare_spans(presentation, duration) if deskshare else []
     states: list[AnnotationState] = []
     window = merge_s
     if annotate and presentation.shapes:
+        sweeps = _sweeps(slides, presentation.shapes)
         while True:
-            states = annotation_states(slides, presentation.shapes, window)
-            if len(states) <= max_states or window > duration:
+            picked = [sweep.pick(window) for sweep in sweeps]
+            count = sum(len(points) for points in picked)
+            size = sum(min(sweep.sizes[i], state_bytes) for sweep, points in zip(sweeps, picked, strict=True)
+                       for i, _, _ in points)  # fmt: skip
+            if (count <= max_states and size <= total_bytes) or window > duration:
                 break
             window *= 2
+        budget = state_bytes if size <= total_bytes else max(1, total_bytes // max(1, count))
+        trimmed: list[int] = []
+        for sweep, points in zip(sweeps, picked, strict=True):
+            states.extend(sweep.states(points, budget, trimmed.append))
+        if trimmed:
+            presentation.warnings.append(
+                f"whiteboard: {len(trimmed)} drawing states hold more than {budget} bytes of drawings: only their "
+                f"newest drawings are shown ({sum(trimmed)} older drawings left out)")  # fmt: skip
     return Timeline(duration, slides, shares, states, window)
 
 
@@ -111,48 +134,151 @@ def deskshare_spans(presentation: Presentation, duration: float) -> list[Span]:
 
 def annotation_states(slides: Sequence[SlideSpan], shapes: dict[str, list[Shape]],
                       merge_s: float) -> list[AnnotationState]:  # fmt: skip
+    """The whiteboard states of `slides` with changes at least `merge_s` apart (no size limits)."""
     states: list[AnnotationState] = []
-    for span in slides:
-        if span.slide is None or not shapes.get(span.slide.id):
-            continue
-        states.extend(_span_states(span, span.slide, shapes[span.slide.id], merge_s))
+    for sweep in _sweeps(slides, shapes):
+        states.extend(sweep.states(sweep.pick(merge_s), 0, None))
     return states
 
 
-def _change_points(span: SlideSpan, drawings: Sequence[Shape], merge_s: float) -> list[float]:
-    """The span's start, then change times at least `merge_s` apart, chosen from the end backwards so
-    that the final state is always exact."""
-    changes = sorted({t for d in drawings for t in (d.timestamp, d.undo) if span.start + EPSILON < t < span.end})
-    kept: list[float] = []
-    for t in reversed(changes):
-        if not kept or kept[-1] - t >= merge_s:
-            kept.append(t)
-    return [span.start, *reversed(kept)]
+def _sweeps(slides: Sequence[SlideSpan], shapes: dict[str, list[Shape]]) -> list[_Sweep]:
+    return [_Sweep(span, span.slide, shapes[span.slide.id]) for span in slides
+            if span.slide is not None and shapes.get(span.slide.id)]  # fmt: skip
 
 
-def _span_states(span: SlideSpan, slide: SlideImage, drawings: Sequence[Shape],
-                 merge_s: float) -> list[AnnotationState]:  # fmt: skip
-    points = _change_points(span, drawings, merge_s)
-    versions = sorted(range(len(drawings)), key=lambda i: (drawings[i].timestamp, i))
-    latest: dict[str, Shape] = {}  # drawing -> its newest version so far; insertion order = drawing order
-    states: list[AnnotationState] = []
-    pointer = 0
-    for index, t in enumerate(points):
-        while pointer < len(versions) and drawings[versions[pointer]].timestamp <= t + EPSILON:
-            shape = drawings[versions[pointer]]
-            latest[shape.key] = shape
-            pointer += 1
-        visible = tuple(s for s in latest.values() if s.undo < 0 or s.undo > t + EPSILON)
-        end = points[index + 1] if index + 1 < len(points) else span.end
-        if not visible:
-            continue
-        if states and states[-1].shapes == visible and abs(states[-1].end - t) <= EPSILON:
-            states[-1] = AnnotationState(states[-1].start, end, slide, visible)
-        else:
-            states.append(AnnotationState(t, end, slide, visible))
-    return states
+@dataclass
+class _Visible:
+    """The drawings visible at the sweep's current time, in drawing order (a drawing's place is
+    where its first version appeared), with their markup size, changed in place event by event."""
+
+    rank: dict[str, int] = field(default_factory=dict)  # drawing -> order of its first version
+    latest: dict[str, Shape] = field(default_factory=dict)  # drawing -> its newest version so far
+    shown: dict[str, Shape] = field(default_factory=dict)  # the visible ones (their newest version)
+    slots: list[Shape | None] = field(default_factory=list)  # the same, by rank
+    size: int = 0
+    top: int = -1  # the highest rank in `shown` while its order is right
+    ordered: bool = True  # `shown` is in rank order (a drawing shown again breaks it)
+
+    def appear(self, shape: Shape) -> None:
+        if shape.key not in self.rank:
+            self.rank[shape.key] = len(self.slots)
+            self.slots.append(None)
+        self.latest[shape.key] = shape
+
+    def settle(self, keys: Sequence[str], t: float, sizes: dict[int, int]) -> bool:
+        """Show or hide the drawings `keys` as they are at `t`; True when anything changed."""
+        changed = False
+        for key in sorted(keys, key=self.rank.__getitem__):
+            shape, rank = self.latest[key], self.rank[key]
+            old = self.slots[rank]
+            if shape.undo < 0 or shape.undo > t + EPSILON:
+                if old is shape:
+                    continue
+                if old is None:
+                    self.ordered = self.ordered and rank > self.top
+                    self.top = max(self.top, rank)
+                else:
+                    self.size -= sizes[id(old)]
+                self.shown[key] = self.slots[rank] = shape  # a drawing still shown keeps its place
+                self.size += sizes[id(shape)]
+                changed = True
+            elif old is not None:
+                del self.shown[key]
+                self.slots[rank] = None
+                self.size -= sizes[id(old)]
+                changed = True
+        return changed
+
+    def snapshot(self) -> tuple[Shape, ...]:
+        if self.ordered:
+            return tuple(self.shown.values())
+        shown = tuple(filter(None, self.slots))  # C speed, no sort
+        self.shown = dict(zip(map(attrgetter("key"), shown), shown, strict=True))
+        self.ordered, self.top = True, self.rank[shown[-1].key] if shown else -1
+        return shown
 
 
-def frame_index(t: float, fps: int) -> int:
-    """The frame shown at `t` in a video of `fps` frames per second starting at 0."""
-    return round(t * fps)
+class _Sweep:
+    """One slide span's drawings: the change times, and the visible markup size and a version number
+    (changes whenever the visible set does) at each of them."""
+
+    def __init__(self, span: SlideSpan, slide: SlideImage, drawings: Sequence[Shape]) -> None:
+        self.span, self.slide = span, slide
+        changes = sorted({t for d in drawings for t in (d.timestamp, d.undo) if span.start + EPSILON < t < span.end})
+        self.times = [span.start, *changes]
+        self.appearing = [drawings[i] for i in sorted(range(len(drawings)), key=lambda i: (drawings[i].timestamp, i))]
+        self.undone = sorted((d for d in drawings if d.undo >= 0), key=lambda d: d.undo)
+        self.bytes = {id(d): len(d.svg.encode()) for d in drawings}
+        self.sizes: list[int] = []
+        self.versions: list[int] = []
+        version = 0
+        for _, visible, changed in self._run():
+            version += changed
+            self.sizes.append(visible.size)
+            self.versions.append(version)
+
+    def _run(self) -> Iterator[tuple[int, _Visible, bool]]:
+        """Per change time: its index, the visible set then, whether it changed since the last time."""
+        visible = _Visible()
+        appear = undo = 0
+        for index, t in enumerate(self.times):
+            keys: set[str] = set()
+            while appear < len(self.appearing) and self.appearing[appear].timestamp <= t + EPSILON:
+                visible.appear(self.appearing[appear])
+                keys.add(self.appearing[appear].key)
+                appear += 1
+            while undo < len(self.undone) and self.undone[undo].undo <= t + EPSILON:
+                if self.undone[undo].key in visible.latest:
+                    keys.add(self.undone[undo].key)
+                undo += 1
+            yield index, visible, visible.settle(list(keys), t, self.bytes)
+
+    def pick(self, window: float) -> list[tuple[int, float, float]]:
+        """(index, start, end) of the states kept with changes at least `window` apart: the span's start,
+        then change times chosen from the end backwards (so that the final state is always exact);
+        empty states left out, consecutive unchanged ones joined."""
+        kept: list[int] = []
+        for index in range(len(self.times) - 1, 0, -1):
+            if not kept or self.times[kept[-1]] - self.times[index] >= window:
+                kept.append(index)
+        points = [0, *reversed(kept)]
+        chosen: list[tuple[int, float, float]] = []
+        for n, index in enumerate(points):
+            end = self.times[points[n + 1]] if n + 1 < len(points) else self.span.end
+            if self.sizes[index] == 0:
+                continue
+            last = chosen[-1] if chosen else None
+            if last and self.versions[last[0]] == self.versions[index] and abs(last[2] - self.times[index]) <= EPSILON:
+                chosen[-1] = (last[0], last[1], end)
+            else:
+                chosen.append((index, self.times[index], end))
+        return chosen
+
+    def states(self, points: Sequence[tuple[int, float, float]], budget: int,
+               trimmed: Callable[[int], None] | None) -> list[AnnotationState]:  # fmt: skip
+        """The states at `points`; with `budget` > 0, a state over it keeps its newest drawings that fit
+        (`trimmed` is told how many were left out)."""
+        wanted = {index: (start, end) for index, start, end in points}
+        states: list[AnnotationState] = []
+        for index, visible, _ in self._run():
+            if index not in wanted:
+                continue
+            start, end = wanted[index]
+            shown = visible.snapshot()
+            if budget and visible.size > budget:
+                shown = self._newest(shown, budget)
+                if trimmed is not None:
+                    trimmed(len(visible.shown) - len(shown))
+            if states and states[-1].shapes == shown and abs(states[-1].end - start) <= EPSILON:
+                states[-1] = AnnotationState(states[-1].start, end, self.slide, shown)
+            elif shown:
+                states.append(AnnotationState(start, end, self.slide, shown))
+        return states
+
+    def _newest(self, shown: tuple[Shape, ...], budget: int) -> tuple[Shape, ...]:
+        used = 0
+        for first in range(len(shown) - 1, -1, -1):
+            used += self.bytes[id(shown[first])]
+            if used > budget:
+                return shown[first + 1 :]
+        return shown

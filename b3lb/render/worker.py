@@ -29,14 +29,16 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import asyncpg
 
@@ -48,18 +50,42 @@ from b3lb.recordings.storage import Storage, StorageError
 from b3lb.render import jobs
 from b3lb.render.jobs import Claim, LostJob
 from b3lb.render.metrics import JOBS, REALTIME_FACTOR, RENDER_SECONDS, RUNNING
+from b3lb.render.model import RenderError
+
+if TYPE_CHECKING:
+    from b3lb.render.archive import Presentation
+    from b3lb.render.model import Profile
+    from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.render")
 
 POLL_INTERVAL = 2.0  # seconds between looks at the queue while nothing wakes the worker
 DOWNLOAD_BATCH = 1024 * 1024  # bytes per file write (one thread hop each)
 RELEASE_TIMEOUT = 5.0  # seconds a stopping worker waits to give a job back
-JOB_DIR_PREFIX = "job-"  # scratch folders: job-{pid}-{random}; a dead pid's are removed at start
+JOB_DIR_PREFIX = "job-"  # scratch folders: job-{pid}@{host}@{random}; this host's dead pids' go at start
+
+
+class Rendered(Protocol):
+    """What a renderer returns (pipeline.RenderOutput)."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def duration_s(self) -> float: ...
+    @property
+    def extension(self) -> str: ...  # 'mp4' | 'webm'
+
+
+class _Digest(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
 
 # The pipeline's functions (b3lb/render/pipeline.py); tests may pass their own.
-Renderer = Callable[..., Awaitable[Any]]  # (presentation, profile, output, *, threads, progress) -> RenderOutput
-Extractor = Callable[..., Any]  # (tar_path, dest, *, max_bytes, max_files) -> Presentation; run in a thread
-ProfileFactory = Callable[[asyncpg.Record], Any]  # record_profile row -> pipeline.Profile
+Renderer = Callable[..., Awaitable[Rendered]]  # (presentation, profile, output, *, threads, progress)
+Extractor = Callable[..., Any]  # (tar_path, dest, *, max_bytes, max_files): a coroutine function, or run in a thread
+ProfileFactory = Callable[[asyncpg.Record], "Profile"]  # record_profile row -> pipeline.Profile
 
 
 class JobFailed(Exception):
@@ -95,17 +121,45 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_work_dirs(root: Path) -> int:
-    """Scratch folders of processes that died (killed mid-job); other live workers' stay."""
-    removed = 0
+def host_tag() -> str:
+    """This machine's name as scratch folders carry it: render.work_dir may be shared by several
+    machines (or containers, each with its own pids), and a pid only means something on its host."""
+    return re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "host"
+
+
+def job_dir_prefix() -> str:
+    """`job-{pid}@{host}@`: mkdtemp adds the random rest (letters, digits, `_`: never `@`)."""
+    return f"{JOB_DIR_PREFIX}{os.getpid()}@{host_tag()}@"
+
+
+def stale_work_dirs(root: Path) -> list[Path]:
+    """Scratch folders of this host's processes that died (killed mid-job); other hosts' folders and
+    live processes' stay."""
     if not root.is_dir():
-        return 0
-    for path in root.glob(f"{JOB_DIR_PREFIX}*"):
-        pid = path.name[len(JOB_DIR_PREFIX) :].split("-", 1)[0]
-        if path.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
-    return removed
+        return []
+    host, stale = host_tag(), []
+    for path in root.glob(f"{JOB_DIR_PREFIX}*@*@*"):
+        parts = path.name[len(JOB_DIR_PREFIX) :].split("@")
+        if len(parts) != 3 or parts[1] != host or not parts[0].isdigit():
+            continue
+        pid = int(parts[0])
+        if pid != os.getpid() and not _pid_alive(pid) and path.is_dir():
+            stale.append(path)
+    return stale
+
+
+def remove_stale_work_dirs(root: Path) -> int:
+    """Start removing `stale_work_dirs` in a thread (a killed render can leave gigabytes: start-up
+    must not wait for them); the number of folders being removed."""
+    stale = stale_work_dirs(root)
+    if stale:
+        threading.Thread(target=_remove_all, args=(stale,), name="render scratch clean-up", daemon=True).start()
+    return len(stale)
+
+
+def _remove_all(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass
@@ -128,7 +182,7 @@ class _Progress:
                      min(index + 1, self.profiles), self.profiles)  # fmt: skip
 
 
-def _write(sink: IO[bytes], digest: Any, data: bytes) -> None:
+def _write(sink: IO[bytes], digest: _Digest, data: bytes) -> None:
     digest.update(data)
     sink.write(data)
 
@@ -158,8 +212,7 @@ class RenderWorker:
         self._render = render
         self._extract = extract
         self._profile = profile
-        self._render_errors: tuple[type[BaseException], ...] = ()
-        self._wake: asyncio.Event | None = None
+        self._render_errors: tuple[type[BaseException], ...] = (RenderError,)
         self._prepared = False
 
     # -- set-up -------------------------------------------------------------------------------
@@ -172,8 +225,10 @@ class RenderWorker:
                 from b3lb.render import pipeline
             except (ImportError, OSError) as exc:  # e.g. a system library of the SVG rasteriser
                 raise RendererUnavailable(f"the render pipeline cannot be loaded: {describe(exc)}") from None
-            self._render = self._render or functools.partial(pipeline.render_profile, ffmpeg=self.settings.ffmpeg)
-            self._extract = self._extract or pipeline.extract_archive
+            from b3lb.render import isolated  # each step in a child process: this one's loop stays free
+
+            self._render = self._render or functools.partial(isolated.render, ffmpeg=self.settings.ffmpeg)
+            self._extract = self._extract or isolated.extract_async
             self._profile = self._profile or pipeline.Profile.from_row
             self._render_errors = (pipeline.RenderError,)
         try:
@@ -185,11 +240,6 @@ class RenderWorker:
             log.info("removed %d scratch folders of render workers that died", removed)
         self._prepared = True
 
-    def wake(self) -> None:
-        """Look at the queue now (e.g. after an upload in this process)."""
-        if self._wake is not None:
-            self._wake.set()
-
     # -- the loop -----------------------------------------------------------------------------
 
     async def run(self, *, until_idle: bool = False) -> int:
@@ -197,7 +247,7 @@ class RenderWorker:
         `until_idle`, until no job is due and none is running). Returns the jobs processed."""
         if not self._prepared:
             self.prepare()
-        self._wake = wake = asyncio.Event()
+        wake = asyncio.Event()  # a job ended: a slot is free
         running: set[asyncio.Task[str]] = set()
         processed = 0
 
@@ -294,7 +344,7 @@ class RenderWorker:
     async def _work_dir(self, job: Claim) -> Path:
         try:
             return Path(await asyncio.to_thread(
-                tempfile.mkdtemp, prefix=f"{JOB_DIR_PREFIX}{os.getpid()}-", dir=self.work_root))  # fmt: skip
+                tempfile.mkdtemp, prefix=job_dir_prefix(), dir=self.work_root))  # fmt: skip
         except OSError as exc:
             raise JobFailed(f"cannot make a scratch folder in {self.work_root}: {exc.strerror}") from None
 
@@ -307,7 +357,7 @@ class RenderWorker:
                             "b3lb recording rerender", permanent=True)  # fmt: skip
         progress.profiles = len(rows)
         started = time.monotonic()
-        presentation = None
+        presentation: Presentation | None = None
         for index, row in enumerate(rows):
             if row["id"] in job.done_profiles:
                 log.info("render job %s: profile %r was stored by an earlier attempt", job.public_id, row["name"])
@@ -343,20 +393,21 @@ class RenderWorker:
         if digest.hexdigest() != job.archive_sha256:
             raise JobFailed("the stored archive does not match its recorded sha256 (replaced meanwhile, or damaged)")
 
-    async def _unpack(self, archive: Path, dest: Path) -> Any:
+    async def _unpack(self, archive: Path, dest: Path) -> Presentation:
         assert self._extract is not None
         try:
-            presentation = await asyncio.to_thread(
-                self._extract, archive, dest,
-                max_bytes=self.settings.max_archive_bytes, max_files=self.settings.max_archive_files,
-            )  # fmt: skip
+            limits = {"max_bytes": self.settings.max_archive_bytes, "max_files": self.settings.max_archive_files}
+            if asyncio.iscoroutinefunction(self._extract):  # isolated.extract_async: a cancel kills its child
+                presentation = await self._extract(archive, dest, **limits)
+            else:
+                presentation = await asyncio.to_thread(self._extract, archive, dest, **limits)
             await asyncio.to_thread(archive.unlink)  # its files are out: give the disk back
         except OSError as exc:
             raise JobFailed(f"cannot extract the archive: {exc.strerror or exc}") from None
         return presentation
 
     async def _render_profile(
-        self, job: Claim, progress: _Progress, presentation: Any, row: asyncpg.Record, index: int, work: Path
+        self, job: Claim, progress: _Progress, presentation: Presentation, row: asyncpg.Record, index: int, work: Path
     ) -> None:
         assert self._render is not None and self._profile is not None
         profile = self._profile(row)
@@ -449,7 +500,7 @@ class RenderWorker:
             self._database_failed("render gauges", exc)
 
 
-def start_embedded(runtime: Any) -> None:
+def start_embedded(runtime: Runtime) -> None:
     """`b3lb serve` with render.embedded: one worker on the server's pool and storage."""
     worker = RenderWorker(runtime.pool, runtime.storage, runtime.config, default_name("serve"),
                           outage=runtime.database)  # fmt: skip

@@ -38,8 +38,7 @@ SET state = 'RUNNING', worker = $1, lease_id = gen_random_uuid(), attempts = j.a
 FROM due, record_set s
 WHERE j.recordset_id = due.recordset_id AND s.id = j.recordset_id
 RETURNING j.recordset_id, j.attempts, j.lease_id, due.previous_state, due.previous_worker,
-          s.nonce::text AS set_nonce, s.public_id::text AS public_id, s.archive_key, s.archive_sha256, s.raw_size, s.meeting_id, s.tenant_slug,
-          (extract(epoch FROM s.end_time - s.start_time))::float8 AS duration_s,
+          s.nonce::text AS set_nonce, s.public_id::text AS public_id, s.archive_key, s.archive_sha256,
           CASE WHEN j.done_sha256 = s.archive_sha256 THEN j.done_profiles ELSE '{}' END AS done_profiles
 
 -- name: render_extend
@@ -60,8 +59,9 @@ SET done_profiles = CASE WHEN done_sha256 = $3 THEN array_append(array_remove(do
 WHERE recordset_id = $1 AND lease_id = $2 AND state = 'RUNNING'
 
 -- name: render_lock_set
--- Held while a video is stored: the set can neither become DELETING (so housekeeping cannot list
--- its files before the new one lands) nor get another archive. NULL: deleting, or archive changed.
+-- Held while a stored video is made the record's (a short transaction; the upload itself runs
+-- before it, outside any transaction): the set can neither become DELETING (so housekeeping cannot
+-- list its files before the new one is named) nor get another archive. NULL: deleting, or archive changed.
 SELECT nonce::text AS set_nonce FROM record_set
 WHERE id = $1 AND status <> 'DELETING' AND archive_sha256 = $2
 FOR SHARE
@@ -146,12 +146,6 @@ FROM record_set rs, record_profile p
 WHERE rs.id = $1 AND rs.status <> 'DELETING' AND p.id = $2
 RETURNING id, record_id, nonce::text AS nonce, file, size, published, deleting
 
--- name: render_record_live
--- Before its file is written: NULL when the record is gone or being deleted. (Not locked: publish,
--- update and delete calls on a record whose video is replaced need not wait for the upload;
--- render_record_complete checks again, and the worker deletes its file if the record went.)
-SELECT id FROM record WHERE id = $1 AND NOT deleting
-
 -- name: render_record_complete
 -- The file is stored: its size makes the record visible, and a record that becomes visible now
 -- (it had no file before) and is published gets its ready callback, in the same statement.
@@ -172,12 +166,28 @@ SELECT done.id, done.record_id, done.nonce::text AS nonce, done.file, done.size,
        (SELECT id FROM outbox) AS outbox_id
 FROM done
 
--- name: render_record_hide
--- Before a record's file is replaced under another key: invisible first (then the old file goes).
-UPDATE record SET size = 0 WHERE id = $1 AND NOT deleting RETURNING id
-
--- name: render_record_rekey
-UPDATE record SET file = $2 WHERE id = $1 AND size = 0 AND NOT deleting RETURNING id
+-- name: render_record_swap
+-- A rendered video stored under key $4 becomes record $1's (size $2, processing_ms $3), if the row
+-- still names file $5 and is not being deleted; its old file (old_file, deleted after the commit
+-- when it differs) stays visible until this statement. A record that becomes visible now (it had
+-- no file before) and is published gets its ready callback, in the same statement.
+WITH old AS (
+    SELECT id, size, file FROM record WHERE id = $1 AND file = $5 AND NOT deleting FOR UPDATE
+), done AS (
+    UPDATE record r SET size = $2, processing_ms = $3, file = $4
+    FROM old WHERE r.id = old.id
+    RETURNING r.id, r.record_id, r.nonce, r.file, r.size, r.published, r.recordset_id, old.size AS old_size,
+              old.file AS old_file
+), outbox AS (
+    INSERT INTO callback_outbox (record_id, url)
+    SELECT done.id, rs.ready_url FROM done JOIN record_set rs ON rs.id = done.recordset_id
+    WHERE done.old_size = 0 AND done.published AND rs.ready_url <> ''
+    ON CONFLICT (record_id) DO NOTHING
+    RETURNING id
+)
+SELECT done.id, done.record_id, done.nonce::text AS nonce, done.file, done.size, done.published, done.old_file,
+       (SELECT id FROM outbox) AS outbox_id
+FROM done
 
 -- name: render_record_drop
 -- store_video's clean-up when its file could not be stored (the file is deleted first).

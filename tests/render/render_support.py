@@ -11,7 +11,7 @@ import hashlib
 import io
 import tarfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,8 @@ from typing import Any
 import asyncpg
 
 from b3lb.config import Config, load_config
-from b3lb.recordings.storage import Storage, archive_key, make_storage
+from b3lb.recordings.localstore import LocalStorage
+from b3lb.recordings.storage import Storage, StorageError, Stored, Writer, archive_key, make_storage
 from b3lb.render.worker import JobFailed, RenderWorker
 
 READY_URL = "https://gl.example/ready?token=abc"
@@ -180,11 +181,14 @@ class StandIn:
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     waiting: dict[str, int] = field(default_factory=dict)  # renders waiting at a gate, by profile
     failures: list[Exception] = field(default_factory=list)
+    extract_failures: list[Exception] = field(default_factory=list)  # raised by the next extractions
     active: int = 0
     most_active: int = 0
 
     def extract(self, tar_path: Path, dest: Path, *, max_bytes: int, max_files: int) -> Path:
         assert max_bytes > 0 and max_files > 0
+        if self.extract_failures:
+            raise self.extract_failures.pop(0)
         with tarfile.open(tar_path) as tar:
             tar.extractall(dest, filter="data")
         return dest
@@ -227,3 +231,47 @@ def render_error(reason: str, tail: str = "") -> JobFailed:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+Hook = Callable[[str], Awaitable[None]]
+
+
+class HookedStorage(LocalStorage):
+    """Real local storage whose video writes run `before_commit(key)` when all bytes are written but
+    the file is not there yet (a slow upload, or a look at the database meanwhile) and `hook(key)`
+    right after the commit (to put a concurrent API call exactly there), or fail with `fail` (a full
+    disk, S3 down)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root)
+        self.before_commit: Hook | None = None
+        self.hook: Hook | None = None
+        self.fail = False
+
+    async def open_write(self, key: str) -> Writer:
+        writer = await super().open_write(key)
+        if key.endswith((".mp4", ".webm")):
+            if self.fail:
+                await writer.abort()
+                raise StorageError("local storage: cannot write (disk full)")
+            return _HookedWriter(writer, key, self)
+        return writer
+
+
+class _HookedWriter(Writer):
+    def __init__(self, inner: Writer, key: str, storage: HookedStorage) -> None:
+        self.inner, self.key, self.storage = inner, key, storage
+
+    async def write(self, data: bytes) -> None:
+        await self.inner.write(data)
+
+    async def commit(self) -> Stored:
+        if self.storage.before_commit is not None:
+            await self.storage.before_commit(self.key)
+        stored = await self.inner.commit()
+        if self.storage.hook is not None:
+            await self.storage.hook(self.key)
+        return stored
+
+    async def abort(self) -> None:
+        await self.inner.abort()

@@ -271,3 +271,67 @@ def test_load_presentation_of_a_folder(tmp_path: Path) -> None:
     assert presentation.webcams is not None  # the audio alone
     assert presentation.deskshare_video is None and presentation.deskshare == []
     assert len(presentation.slides) == len(truth.timeline)
+
+
+def raw_header(name: str, size: int, kind: bytes) -> bytes:
+    """A header block that tarfile would never write itself (a declared size without its data)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.type = size, kind
+    return info._create_header(info.get_info(), tarfile.GNU_FORMAT, "utf-8", "surrogateescape")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                                  tarfile.XGLTYPE])  # fmt: skip
+def test_oversized_extended_headers_are_refused_before_they_are_read(tmp_path: Path, kind: bytes) -> None:
+    # declares 1 GiB, holds 1 KB: tarfile would read all of it into memory (or fail at its end)
+    data = raw_header("././@LongLink", 1 << 30, kind) + b"a" * 1024 + b"\0" * 1024
+    with pytest.raises(RenderError, match=f"extended tar header of {1 << 30} bytes") as caught:
+        extract(tmp_path, data)
+    assert caught.value.permanent
+
+
+def test_small_extended_headers_still_work(tmp_path: Path) -> None:
+    long_name = "presentation/" + "p" * 150 + "/slide-1.png"
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        (tmp_path / str(fmt)).mkdir()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
+            for name, data in minimal(**{long_name: b"png"}).items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+        extract(tmp_path / str(fmt), buffer.getvalue())
+        assert (tmp_path / str(fmt) / "out" / long_name).read_bytes() == b"png"
+
+
+def test_chained_and_global_extended_headers_are_capped(tmp_path: Path) -> None:
+    record = b"20 comment=xxxxxxxx\n"  # a pax record: its length, a key, a value
+    chain = b"".join(raw_header("x", len(record), tarfile.XHDTYPE) + record.ljust(512, b"\0") for _ in range(6))
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    assert "chains more than 4 extended tar headers" in refused(tmp_path / "a", chain + tar_of(minimal()))
+    big = b"%d comment=%s\n" % (60_006, b"x" * 59_991)
+    assert len(big) == 60_006
+    globals_ = b"".join(raw_header("g", len(big), tarfile.XGLTYPE) + big + b"\0" * ((-len(big)) % 512)
+                        + tar_of({f"f{i}.txt": b""})[:512] for i in range(3))  # fmt: skip
+    assert "global tar headers exceed" in refused(tmp_path / "b", globals_ + tar_of(minimal()))
+
+
+def test_sparse_members_are_refused(tmp_path: Path) -> None:
+    data = raw_header("sparse.png", 0, tarfile.GNUTYPE_SPARSE) + b"\0" * 1024
+    assert "sparse file" in refused(tmp_path, data)
+
+
+def test_skipped_members_count_against_the_byte_cap(tmp_path: Path) -> None:
+    # thumbnails are never written, but reading through them costs as much
+    files = minimal(**{f"presentation/p/thumbnails/thumb-{i}.png": b"x" * 4000 for i in range(10)})
+    with pytest.raises(RenderError, match="more than 20000 bytes") as caught:
+        extract(tmp_path, tar_of(files), max_bytes=20_000)
+    assert caught.value.permanent
+    assert not (tmp_path / "out" / "presentation" / "p" / "thumbnails").exists()
+
+
+def test_parse_errors_are_permanent(tmp_path: Path) -> None:
+    with pytest.raises(RenderError) as caught:
+        extract(tmp_path, tar_of({"metadata.xml": b"<recording><id>"}))
+    assert caught.value.permanent

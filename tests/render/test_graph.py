@@ -4,6 +4,8 @@ concat lists, encoder settings, probing output and progress lines."""
 
 from __future__ import annotations
 
+import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 
 from b3lb.render import ffmpeg as ff
 from b3lb.render.graph import (
+    MOVIE_OPTIONS,
     GraphPlan,
     Layout,
     command,
@@ -63,11 +66,12 @@ def test_full_graph_structure() -> None:
     ))  # fmt: skip
     assert inputs == ["/r/video/webcams.webm", "/r/deskshare/deskshare.webm"] and audio == "0:a:0"
     chains = graph.strip().split(";\n")
-    assert chains[0].startswith("movie=slides.ffconcat:f=concat,scale=") and chains[0].endswith(
+    assert chains[0].startswith(f"movie=slides.ffconcat:{MOVIE_OPTIONS},scale=") and chains[0].endswith(
         "fps=15,tpad=stop=-1:stop_mode=clone,trim=end_frame=150[slides]"
     )
-    assert chains[1].startswith("movie=annotations.ffconcat:f=concat,") and chains[1].endswith("fps=15[ann]")
-    assert chains[2] == ("[slides][ann]overlay=0:0:enable='between(t,1.000,2.000)+between(t,4.000,5.500)':"
+    assert chains[1].startswith(f"movie=annotations.ffconcat:{MOVIE_OPTIONS},") and chains[1].endswith("fps=15[ann]")
+    assert chains[2] == ("[slides][ann]overlay=0:0:enable='if(lt(t,4.000),between(t,1.000,2.000),"
+                         "between(t,4.000,5.500))':"
                          "eof_action=pass:format=yuv420[drawn]")  # fmt: skip
     assert chains[3].startswith(
         "[1:v]select='between(t,3.000,6.000)+isnan(prev_selected_t)+gte(t-prev_selected_t,1.0)'"
@@ -119,9 +123,16 @@ def test_command_and_encoders() -> None:
         ["-threads", "2"],
         ["-f", "mp4"],
         ["-progress", "pipe:1"],
-        ["-i", "file:/r/video/webcams.webm"],
     ):
         assert any(args[i : i + 2] == pair for i in range(len(args))), pair
+    # the demuxer is chosen by the name and only local files are read, never what the content asks for
+    where = args.index("file:/r/video/webcams.webm")
+    assert args[where - 5 : where] == ["-f", "matroska", "-protocol_whitelist", "file", "-i"]
+    mp4, _ = command(plan(webcams="/r/video/webcams.mp4"), profile(), "graph.txt", "/out/v.mp4.part")
+    assert mp4[mp4.index("file:/r/video/webcams.mp4") - 5 : mp4.index("file:/r/video/webcams.mp4") - 3] == [
+        "-f", "mov"]  # fmt: skip
+    with pytest.raises(RenderError, match="no known demuxer"):
+        command(plan(webcams="/r/video/webcams.m3u8"), profile(), "graph.txt", "/out/v.mp4.part")
     webm, _ = command(
         plan(), profile(format="WEBM"), "graph.txt", "/out/v.webm.part", script_option="-filter_complex_script"
     )
@@ -142,8 +153,32 @@ def test_concat_list_and_enable_expression() -> None:
     text = concat_list([("a.png", 1.0), ("a.png", 2.5), ("b.png", 0.0), ("c.png", 1.25)])
     assert text == ("ffconcat version 1.0\nfile 'a.png'\nduration 3.500000\nfile 'c.png'\nduration 1.250000\n"
                     "file 'c.png'\n")  # fmt: skip
+    for bad in ("../x.png", "/etc/passwd", "a'b.png", ".hidden", "sub/a.png", "a\nfile 'b'", ""):
+        with pytest.raises(ValueError, match="plain file name"):
+            concat_list([(bad, 1.0)])
     assert enable_expression([]) == "0"
-    assert enable_expression([Span(5, 6), Span(1, 2)]) == "between(t,1.000,2.000)+between(t,5.000,6.000)"
+    assert enable_expression([Span(5, 6), Span(1, 2)]) == (
+        "if(lt(t,5.000),between(t,1.000,2.000),between(t,5.000,6.000))")  # fmt: skip
+    assert enable_expression([Span(1, 3), Span(2, 4)]) == "between(t,1.000,4.000)"  # overlaps joined
+
+
+@pytest.mark.parametrize("count", [3, 150, 4000])
+def test_enable_expression_as_ffmpeg_evaluates_it(tmp_path: Path, count: int) -> None:
+    """ffmpeg keeps exactly the frames inside the spans, also for thousands of spans (a flat sum of more
+    than 100 terms is refused by ffmpeg's expression parser)."""
+    # frames every 2 ms, span ends on odd milliseconds: no frame on a boundary (floating-point ties)
+    spans = [Span(round(i * 0.02 + 0.001 + (i % 3) * 0.004, 3), round(i * 0.02 + 0.007 + (i % 5) * 0.004, 3))
+             for i in range(count)]  # fmt: skip
+    duration = count * 0.02 + 0.1
+    graph = tmp_path / "graph.txt"
+    graph.write_text(f"color=red:size=16x16:rate=500:d={duration:.3f},select='{enable_expression(spans)}',"
+                     "showinfo[out]")  # fmt: skip
+    done = subprocess.run([ff.find_ffmpeg(), "-hide_banner", "-nostdin", "-/filter_complex", str(graph), "-map",
+                           "[out]", "-f", "null", "-"], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = [int(n) for n in re.findall(r"\bpts:\s*(\d+)", done.stderr)]
+    expected = sorted({n for s in spans for n in range(math.ceil(s.start * 500), math.floor(s.end * 500) + 1)})
+    assert shown == expected
 
 
 @pytest.mark.parametrize(("frame", "webcam", "image"), [

@@ -7,10 +7,14 @@ end with a RenderError (or the cancellation) and leave no file behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import signal
+import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ import pytest
 from b3lb.render import annotate
 from b3lb.render import ffmpeg as ff
 from b3lb.render.archive import load_presentation
+from b3lb.render.bbbformat import DeskshareEvent
 from b3lb.render.graph import make_layout, place
 from b3lb.render.model import Profile, RenderError
 from b3lb.render.pipeline import render_profile
@@ -272,3 +277,114 @@ def test_stalled_ffmpeg_is_stopped(tmp_path: Path) -> None:
     with pytest.raises(RenderError, match="no progress for 1 s") as caught:
         asyncio.run(ff.run(binary_path, ["-progress", "pipe:1"], cwd=tmp_path, duration=2.0, stall_s=1.0))
     assert caught.value.tail == "stuck"
+
+
+def lavfi(source: str) -> list[str]:
+    """ffmpeg's arguments for a paced synthetic input written nowhere, with progress on stdout."""
+    return ["-hide_banner", "-nostdin", "-re", "-f", "lavfi", "-i", source, "-progress", "pipe:1", "-nostats",
+            "-f", "null", "-"]  # fmt: skip
+
+
+def test_ffmpeg_printing_progress_without_advancing_is_stopped(tmp_path: Path) -> None:
+    # one frame per 5 s, paced: ffmpeg prints a progress block every 0.5 s, but its output time stands still
+    args = lavfi("color=red:size=32x32:rate=0.2")
+    with pytest.raises(RenderError, match=r"no progress for 2 s \(stuck at 5.0 s of 60.0 s\): stopped"):
+        asyncio.run(ff.run(binary(), args, cwd=tmp_path, duration=60.0, stall_s=2.0))
+
+
+def test_ffmpeg_running_too_long_is_stopped(tmp_path: Path) -> None:
+    seen: list[float] = []
+    with pytest.raises(RenderError, match=r"ffmpeg ran longer than 2 s \(at [0-9.]+ s of 600.0 s\): stopped"):
+        asyncio.run(ff.run(binary(), lavfi("color=red:size=32x32:rate=25"), cwd=tmp_path, duration=600.0,
+                           progress=seen.append, stall_s=30.0, max_s=2.0))  # fmt: skip
+    assert seen and 0 < seen[-1] < 0.1  # it advanced all along: the wall-clock cap stopped it
+    assert ff.wall_cap(3600.0) == 2 * 3600.0 + ff.WALL_BASE_S
+
+
+ORPHAN_SCRIPT = """
+import asyncio, resource, sys
+from pathlib import Path
+from b3lb.render import ffmpeg as ff
+resource.setrlimit(resource.RLIMIT_AS, (8 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+asyncio.run(ff.run(sys.argv[1], ["-progress", "pipe:1"], cwd=Path(sys.argv[2]), duration=60.0))
+"""
+
+
+def test_ffmpeg_dies_with_its_parent_and_drops_its_address_space_limit(tmp_path: Path) -> None:
+    """The render process (which lowers its own RLIMIT_AS) is SIGKILLed: its ffmpeg goes too, though it
+    runs in its own session; and ffmpeg ran without the lowered limit."""
+    binary_path = fake_ffmpeg(tmp_path, f'ulimit -v > "{tmp_path}/limit"; exec sleep 60')
+    parent = subprocess.Popen([".venv/bin/python", "-c", ORPHAN_SCRIPT, binary_path, str(tmp_path)],
+                              cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    try:
+        for _ in range(200):
+            if (tmp_path / "pid").exists() and (tmp_path / "limit").exists():
+                break
+            time.sleep(0.05)
+        pid = int((tmp_path / "pid").read_text())
+        assert (tmp_path / "limit").read_text().strip() == "unlimited"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        for _ in range(100):
+            if not alive(pid):
+                break
+            time.sleep(0.05)
+        assert not alive(pid), "ffmpeg outlived its killed parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        with contextlib.suppress(Exception):
+            os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie waiting for init to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+MPD = """<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" profiles="urn:mpeg:dash:profile:isoff-on-demand:2011" type="static"
+ mediaPresentationDuration="PT2S" minBufferTime="PT1S"><Period><AdaptationSet mimeType="video/webm">
+<Representation id="1" bandwidth="1000" width="320" height="240"><BaseURL>{url}</BaseURL></Representation>
+</AdaptationSet></Period></MPD>
+"""
+
+
+@pytest.mark.parametrize("target", ["file", "http"])
+def test_hostile_webcams_cannot_choose_a_demuxer(tmp_path: Path, target: str) -> None:
+    """A DASH manifest saved as webcams.webm would make ffmpeg read any local file or URL it names: the
+    file is read as Matroska, only from the file protocol, and so it is just a broken video."""
+    truth = syn.make_presentation(tmp_path / "rec", duration_s=2.0, slides=1, deskshare=None)
+    secret = tmp_path / "secret" / "other.webm"
+    secret.parent.mkdir()
+    syn.colour_video(secret, [(2.0, (255, 0, 255))], (320, 240), 5, ffmpeg=binary())
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.0)
+    url = str(secret) if target == "file" else f"http://127.0.0.1:{listener.getsockname()[1]}/other.webm"
+    (tmp_path / "rec" / "video" / "webcams.webm").write_text(MPD.format(url=url))
+    output = tmp_path / "out" / "video.mp4"
+    try:
+        with pytest.raises(RenderError, match="webcams.webm is not a readable video"):
+            asyncio.run(render_profile(load_presentation(tmp_path / "rec"), profile(), output))
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    finally:
+        listener.close()
+    assert truth.duration_s == 2.0 and not output.parent.exists()  # failed before anything was written
+
+
+def test_too_many_share_spans_are_reported(tmp_path: Path) -> None:
+    syn.make_presentation(tmp_path / "rec", duration_s=2.0, slides=1, deskshare=(0.5, 1.5))
+    source = load_presentation(tmp_path / "rec")
+    # 4,100 separate flickers of the share: the graph keeps the 4,000 longest, and says so
+    source.deskshare = [DeskshareEvent(0.1 + i * 0.0004, 0.1 + i * 0.0004 + 0.0001 * (1 + i % 3), 640, 480)
+                        for i in range(4100)]  # fmt: skip
+    output = tmp_path / "out" / "video.mp4"
+    asyncio.run(render_profile(source, profile(annotate=False), output))
+    assert output.stat().st_size > 0
+    assert [w for w in source.warnings if w.startswith("screen share")] == [
+        "screen share: 4100 on/off spans, only the 4000 longest are shown"]  # fmt: skip

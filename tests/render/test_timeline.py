@@ -129,3 +129,89 @@ def test_spans_always_cover_the_duration(duration: float) -> None:
     result = slide_spans([image("image1", 0.2, 0.4), image("image2", 0.4, 5000.0)], duration)
     assert result[0].start == 0.0 and result[-1].end == duration
     assert all(a.end == b.start for a, b in zip(result, result[1:], strict=False))
+
+
+def reference_state(shapes: list[Shape], t: float) -> list[str]:
+    """What a whiteboard shows at `t`, computed from scratch: per drawing its newest version drawn by
+    then, unless undone by then, in the order the drawings first appeared."""
+    newest: dict[str, Shape] = {}
+    for version in sorted(shapes, key=lambda s: s.timestamp):  # stable: document order breaks ties
+        if version.timestamp <= t + 1e-6:
+            newest[version.key] = version
+    return [s.svg for s in newest.values() if s.undo < 0 or s.undo > t + 1e-6]
+
+
+def busy_board(count: int, duration: float) -> list[Shape]:
+    """`count` versions of count/4 drawings: updates, undos, undone drawings drawn again later (their
+    place stays where they first appeared), timestamps shared by several versions."""
+    shapes = []
+    for i in range(count):
+        key = f"d{(i * 7919) % (count // 4)}"
+        timestamp = round((i * 104729) % count * duration / count, 1)
+        undo = -1.0 if i % 3 else round(timestamp + (i % 11) * 0.7, 1)
+        shapes.append(Shape("image1", key, timestamp, undo, f'<g id="{key}@{i}"/>'))
+    return shapes
+
+
+def check_against_recount(shapes: list[Shape], states: list, samples: int = 0) -> None:
+    """Every state (or `samples` spread over them, and the last) shows exactly the drawings visible at
+    its start, counted from scratch."""
+    assert all(a.end <= b.start + 1e-9 for a, b in zip(states, states[1:], strict=False))
+    for state in states[:: max(1, len(states) // samples)] + states[-1:] if samples else states:
+        assert [s.svg for s in state.shapes] == reference_state(shapes, state.start), state.start
+
+
+def test_the_sweep_matches_a_recount_at_every_change() -> None:
+    shapes = busy_board(2000, 600.0)
+    slides = slide_spans([image("image1", 0.0, 600.0)], 600.0)
+    states = annotation_states(slides, {"image1": shapes}, 0.0)
+    assert len(states) > 1000  # (almost) one per change: updates, undos and drawings drawn again
+    check_against_recount(shapes, states)
+    changes = {t for s in shapes for t in (s.timestamp, s.undo) if 0.0 < t < 600.0}
+    assert {s.start for s in states} <= changes | {0.0}
+
+
+def test_twenty_thousand_drawings_on_two_hours() -> None:
+    """One sweep over the events (the old rebuild per change took ~13 s here, this ~0.2 s): the states
+    are still exact, their number and markup within the caps, the last one complete."""
+    shapes = busy_board(20_000, 7200.0)
+    source = presentation([image("image1", 0.0, 7200.0)], {"image1": shapes})
+    result = build_timeline(source, 7200.0, deskshare=False, annotate=True)
+    assert 100 < len(result.annotations) <= 2000
+    check_against_recount(shapes, result.annotations, samples=100)
+    last = max(t for s in shapes for t in (s.timestamp, s.undo) if t < 7200.0)
+    assert result.annotations[-1].start == last and source.warnings == []
+
+
+def test_the_markup_of_all_overlays_is_capped_by_thinning_states() -> None:
+    # 400 drawings of 1 kB drawn one per 0.1 s and never undone: 400 states averaging 200 kB = 80 MB
+    shapes = [Shape("image1", f"s{i}", i * 0.1, -1.0, f'<g id="s{i}"/>'.ljust(1000)) for i in range(400)]
+    source = presentation([image("image1", 0.0, 60.0)], {"image1": shapes})
+    result = build_timeline(source, 60.0, deskshare=False, annotate=True, merge_s=0.05, total_bytes=4_000_000)
+    total = sum(len(s.svg) for state in result.annotations for s in state.shapes)
+    assert total <= 4_000_000 and result.merge_s > 0.05 and len(result.annotations) >= 5
+    assert [s.key for s in result.annotations[-1].shapes] == [f"s{i}" for i in range(400)]  # still exact
+    assert source.warnings == []  # thinning alone was enough: nothing left out
+
+
+def test_a_state_over_its_cap_keeps_its_newest_drawings() -> None:
+    shapes = [Shape("image1", f"s{i}", 1.0 + i, -1.0, f'<g id="s{i}"/>'.ljust(1000)) for i in range(8)]
+    source = presentation([image("image1", 0.0, 10.0)], {"image1": shapes})
+    result = build_timeline(source, 10.0, deskshare=False, annotate=True, state_bytes=3000)
+    assert [[s.key for s in state.shapes] for state in result.annotations][-2:] == [
+        ["s4", "s5", "s6"], ["s5", "s6", "s7"]]  # fmt: skip
+    assert all(sum(len(s.svg) for s in state.shapes) <= 3000 for state in result.annotations)
+    assert len(source.warnings) == 1 and "only their newest drawings are shown" in source.warnings[0]
+
+
+def test_when_thinning_is_not_enough_every_state_gets_a_share() -> None:
+    # 50 slide changes, each slide showing 20 kB of drawings: at least 50 states whatever the window
+    slides = [image(f"image{n}", n * 2.0, n * 2.0 + 2.0) for n in range(50)]
+    shapes = {f"image{n}": [Shape(f"image{n}", f"s{i}", n * 2.0, -1.0, f'<g id="{n}-{i}"/>'.ljust(1000))
+                            for i in range(20)] for n in range(50)}  # fmt: skip
+    source = presentation(slides, shapes)
+    result = build_timeline(source, 100.0, deskshare=False, annotate=True, total_bytes=500_000)
+    assert len(result.annotations) == 50
+    assert sum(len(s.svg) for state in result.annotations for s in state.shapes) <= 500_000
+    assert all(state.shapes and state.shapes[-1].key == "s19" for state in result.annotations)
+    assert len(source.warnings) == 1 and "50 drawing states" in source.warnings[0]

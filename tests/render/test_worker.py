@@ -5,12 +5,16 @@ rule are tested without ffmpeg."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Awaitable, Callable
 
 import pytest
 from render_support import (
     READY_URL,
+    HookedStorage,
     StandIn,
     add_profile,
     add_set,
@@ -25,9 +29,10 @@ from render_support import (
 )
 
 from b3lb.db import Q
-from b3lb.recordings.localstore import LocalStorage
-from b3lb.recordings.storage import StorageError, Stored, Writer, archive_key, video_key
+from b3lb.recordings.storage import archive_key, video_key
 from b3lb.render import jobs
+from b3lb.render import worker as worker_module
+from b3lb.render.model import RenderError
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -197,6 +202,62 @@ async def test_jobs_that_cannot_succeed_fail_at_once(db_url, tmp_path):
 
 
 @pytest.mark.gen_test(timeout=60)
+async def test_errors_flagged_permanent_fail_at_once(db_url, tmp_path):
+    """A broken archive (the extraction says so) or a render that cannot succeed is not retried (a
+    retry would download the archive again for nothing); a plain render error is."""
+    async with render_env(db_url, tmp_path, max_attempts=3) as env:
+        await add_profile(env.pool, "hd")
+        broken = RenderError("the archive is broken: shapes.svg is not XML")
+        broken.permanent = True  # what the extraction flags: retrying cannot help
+        pipeline = StandIn(extract_failures=[broken])
+        worker = env.worker(pipeline, "w1")
+        first = await add_set(env)
+        assert await worker.run_once() == "failed"
+        row = await job_row(env, first)
+        assert (row["state"], row["attempts"], row["last_error"]) == ("FAILED", 1, str(broken))
+        second = await add_set(env)
+        hopeless = RenderError("unsupported slide format", "ffmpeg: last line")
+        hopeless.permanent = True
+        pipeline.failures = [hopeless, RenderError("ffmpeg was killed")]
+        assert await worker.run_once() == "failed"
+        row = await job_row(env, second)
+        assert (row["state"], row["attempts"], row["ffmpeg_tail"]) == ("FAILED", 1, "ffmpeg: last line")
+        assert pipeline.calls == [("hd", "v1")]
+        third = await add_set(env)
+        assert await worker.run_once() == "retry"  # not flagged: it may work next time
+        assert (await job_row(env, third))["state"] == "QUEUED"
+
+
+def test_stale_scratch_folders_are_this_hosts_dead_processes_only(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = worker_module.host_tag()
+    names = {
+        "mine-dead": f"job-{dead.pid}@{host}@abc_1",
+        "mine-alive": f"job-{os.getpid()}@{host}@abc_2",  # this process's own job
+        "parent-alive": f"job-{os.getppid()}@{host}@abc_3",  # another live process here
+        "other-host": f"job-{dead.pid}@{host}x@abc_4",  # a dead pid here means nothing there
+        "other-host-2": f"job-{dead.pid}@other.example@abc_5",
+        "no-host": f"job-{dead.pid}-abc_6",
+        "not-a-job": f"keep-{dead.pid}@{host}@abc_7",
+    }
+    for name in names.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "raw.tar").write_bytes(b"x")
+    (tmp_path / f"job-{dead.pid}@{host}@file").write_bytes(b"a file, not a folder")
+    assert worker_module.stale_work_dirs(tmp_path) == [tmp_path / names["mine-dead"]]
+    assert worker_module.job_dir_prefix() == f"job-{os.getpid()}@{host}@"
+    assert worker_module.remove_stale_work_dirs(tmp_path) == 1
+    for _ in range(500):  # the removal runs in a thread
+        if not (tmp_path / names["mine-dead"]).exists():
+            break
+        time.sleep(0.01)
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {n for k, n in names.items() if k != "mine-dead"} | {f"job-{dead.pid}@{host}@file"}
+    assert worker_module.stale_work_dirs(tmp_path / "missing") == []
+
+
+@pytest.mark.gen_test(timeout=60)
 async def test_a_new_archive_meanwhile_discards_the_result(db_url, tmp_path):
     async with render_env(db_url, tmp_path) as env:
         await add_profile(env.pool, "hd")
@@ -279,9 +340,11 @@ async def test_rerender_replaces_videos_in_place_without_a_second_callback(db_ur
         await reupload(env, set_id, "v2")  # the node re-published the recording
         assert await worker.run_once() == "rendered"
         (after,) = await records_of(env, set_id)
-        # Same recordID, URL and key: links that frontends stored keep working.
-        assert (after["id"], after["record_id"], after["nonce"], after["file"]) == (
-            before["id"], before["record_id"], before["nonce"], before["file"])
+        # Same recordID and URL: links that frontends stored keep working. The new video went under a
+        # new key (the old one stayed playable until then) and the old file is gone.
+        assert (after["id"], after["record_id"], after["nonce"]) == (before["id"], before["record_id"], before["nonce"])
+        assert after["file"] != before["file"] and after["file"].endswith(".mp4")
+        assert after["file"].startswith(before["file"].rsplit("/", 1)[0] + "/")  # in the set's folder
         assert await read_file(env.storage, after["file"]) == b"hd|v2"
         assert await env.pool.fetchval("SELECT count(*) FROM callback_outbox") == 0
         assert stored_files(env) == {archive_key(set_id), after["file"]}
@@ -388,49 +451,12 @@ async def test_a_stale_worker_after_a_takeover_stores_nothing(db_url, tmp_path):
 async def test_unknown_job_ids_are_harmless(db_url, tmp_path):
     async with render_env(db_url, tmp_path) as env:
         ghost = jobs.Claim(recordset_id="nope", public_id="p", lease_id=uuid.uuid4(), attempts=1,
-                           set_nonce=str(uuid.uuid4()), archive_key="", archive_sha256="", raw_size=0,
-                           duration_s=None, previous_worker="")
+                           set_nonce=str(uuid.uuid4()), archive_key="", archive_sha256="", previous_worker="")
         assert await jobs.extend(env.pool, ghost, 30.0, 0.5) is False
         assert await jobs.release(env.pool, ghost) is False
         with pytest.raises(jobs.LostJob):
             async with jobs.fenced(env.pool, ghost, 30.0):
                 pass
-
-
-class HookedStorage(LocalStorage):
-    """Real local storage that runs `hook(key)` right after a video's write is committed (to put a
-    concurrent API call exactly there), or fails video writes with `fail` (a full disk, S3 down)."""
-
-    def __init__(self, root: str) -> None:
-        super().__init__(root)
-        self.hook: Callable[[str], Awaitable[None]] | None = None
-        self.fail = False
-
-    async def open_write(self, key: str) -> Writer:
-        writer = await super().open_write(key)
-        if key.endswith((".mp4", ".webm")):
-            if self.fail:
-                await writer.abort()
-                raise StorageError("local storage: cannot write (disk full)")
-            if self.hook is not None:
-                return _HookedWriter(writer, key, self.hook)
-        return writer
-
-
-class _HookedWriter(Writer):
-    def __init__(self, inner: Writer, key: str, hook: Callable[[str], Awaitable[None]]) -> None:
-        self.inner, self.key, self.hook = inner, key, hook
-
-    async def write(self, data: bytes) -> None:
-        await self.inner.write(data)
-
-    async def commit(self) -> Stored:
-        stored = await self.inner.commit()
-        await self.hook(self.key)
-        return stored
-
-    async def abort(self) -> None:
-        await self.inner.abort()
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -444,18 +470,23 @@ async def test_a_record_deleted_while_its_video_is_stored_leaves_no_file(db_url,
         storage = HookedStorage(env.config.recordings.local_path)
         worker.storage = storage
 
+        new_keys: list[str] = []
+
         async def delete_recordings(key: str) -> None:
-            """deleteRecordings of that record, all three steps, while the worker stores the new video."""
+            """deleteRecordings of that record, all three steps, right after the worker stored its new
+            video (under a new key, which the row does not name yet)."""
+            new_keys.append(key)
             async with env.pool.acquire() as other:
-                await other.execute("UPDATE record SET deleting = true WHERE file = $1", key)
-                await storage.delete(key)
-                await other.execute("DELETE FROM record WHERE file = $1 AND deleting", key)
+                await other.execute("UPDATE record SET deleting = true WHERE id = $1", before["id"])
+                await storage.delete(before["file"])
+                await other.execute("DELETE FROM record WHERE id = $1 AND deleting", before["id"])
 
         storage.hook = delete_recordings
         await reupload(env, set_id, "v2")
         assert await worker.run_once() == "rendered"
         assert await records_of(env, set_id) == []
-        assert before["file"] not in stored_files(env)  # the worker deleted the file it had just written
+        assert len(new_keys) == 1 and new_keys[0] != before["file"]
+        assert stored_files(env) == {archive_key(set_id)}  # the worker deleted the file it had just written
         assert await env.pool.fetchval("SELECT count(*) FROM callback_outbox") == 0  # went with its record
 
 

@@ -45,8 +45,10 @@ async def test_a_killed_worker_s_job_finishes_on_another_worker(db_url, tmp_path
 
         await wait_until(lease_expired, "the child's lease to run out")
         pipeline = StandIn()
+        assert scratch[0].name.startswith(f"job-{child.pid}@")
         assert await env.worker(pipeline, "w2").run_once() == "rendered"
-        assert not scratch[0].exists()  # removed by w2's start: its process is gone
+        # Removed (in a thread) by w2's start: its process on this host is gone.
+        await wait_until(lambda: not scratch[0].exists(), "the dead child's scratch folder to go")
         a, b = await records_of(env, set_id)
         assert (a["profile"], a["id"], a["record_id"], a["nonce"]) == (
             "a", a_before["id"], a_before["record_id"], a_before["nonce"])
