@@ -7,7 +7,6 @@ import logging
 from typing import TYPE_CHECKING
 
 import asyncpg
-from lxml import etree
 
 from b3lb import bbbxml
 from b3lb.api.forward import forward, succeeded
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
     from b3lb.api.handler import ApiRequest
 
 log = logging.getLogger("b3lb.api")
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
-_PRIVATE_TAGS = tuple(f"<{key}>".encode() for key in bbbxml.PRIVATE_KEYS)
 
 
 async def owner(runtime: Runtime, req: ApiRequest) -> tuple[MeetingRef, NodeEntry] | None:
@@ -68,19 +65,10 @@ async def get_meeting_info(runtime: Runtime, req: ApiRequest) -> ApiResult:
 
 def without_private_metadata(result: ApiResult) -> ApiResult:
     """The node's getMeetingInfo answer without b3lb's private metadata (the set's nonce, b3lb's
-    own end callback); byte for byte the node's when it has none."""
-    body = result.body
-    if b"<metadata>" not in body or not any(tag in body for tag in _PRIVATE_TAGS):
-        return result
-    try:
-        root = etree.fromstring(body, _PARSER)
-    except (etree.XMLSyntaxError, ValueError):  # not XML: cut the bytes rather than pass the nonce on
-        return dataclasses.replace(result, body=bbbxml.without_private(body))
-    metadata = root.find("metadata")
-    if metadata is None or not bbbxml.drop_private(metadata):
-        return result  # the tags are elsewhere (an attendee's customdata): not b3lb's
-    declared = body.lstrip().startswith(b"<?xml")
-    return dataclasses.replace(result, body=etree.tostring(root, encoding="utf-8", xml_declaration=declared))
+    own end callback): cut from the bytes as the poller cuts getMeetings elements (bbbxml.py), so
+    the answer is never parsed and is byte for byte the node's when it has none."""
+    body = bbbxml.without_private(result.body)
+    return result if body is result.body else dataclasses.replace(result, body=body)
 
 
 insert_document = _simple
