@@ -1,7 +1,8 @@
 """The in-memory routing table: which node hosts meeting (secret, meetingID).
 
-Kept in sync with the `meeting` table: this process updates it on create and end, and reloads
-it from the database periodically so that meetings placed by other instances are seen too.
+Kept in sync with the `meeting` table: this process updates it on create and end, and applies
+the rows other instances (and its own poller) changed since its last read (runtime.py
+refresh_meetings), so meetings placed elsewhere are seen too without reloading the whole table.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class MeetingRef:
             node_id=row["node_id"],
             nonce=row["nonce"],
             attendees=row["attendees"],
+            xml=row.get("xml"),
         )
 
 
@@ -54,6 +56,7 @@ class MeetingTable:
 
     def __init__(self) -> None:
         self.by_key: dict[tuple[int, str], MeetingRef] = {}
+        self.by_id: dict[int, MeetingRef] = {}  # meeting row id -> its record
         self.by_secret: dict[int, dict[str, MeetingRef]] = {}
         # bare meetingID -> its meetings under all secrets (same ID, different tenants)
         self.by_meeting_id: dict[str, list[MeetingRef]] = {}
@@ -78,6 +81,7 @@ class MeetingTable:
         if old is not None:
             self.remove(old, forget=False)
         self.by_key[(ref.secret_id, ref.meeting_id)] = ref
+        self.by_id[ref.id] = ref
         self.by_secret.setdefault(ref.secret_id, {})[ref.meeting_id] = ref
         self.by_meeting_id.setdefault(ref.meeting_id, []).append(ref)
         self.by_node.setdefault(ref.node_id, {})[(ref.secret_id, ref.meeting_id)] = ref
@@ -90,6 +94,8 @@ class MeetingTable:
         if forget:
             self.removed[ref.id] = time.monotonic()
         del self.by_key[key]
+        if self.by_id.get(ref.id) is ref:
+            del self.by_id[ref.id]
         self.attendees_by_secret[ref.secret_id] = self.attendees_by_secret.get(ref.secret_id, 0) - ref.attendees
         own = self.by_secret.get(ref.secret_id)
         if own is not None:
@@ -150,9 +156,9 @@ class MeetingTable:
         `keep_newer_than` seconds (a create racing with the loading query may not be in it)."""
         now = time.monotonic()
         recent = {key: r for key, r in self.by_key.items() if now - r.seen_at < keep_newer_than}
-        known = {r.id: r for r in self.by_key.values()}
-        self.removed = {i: t for i, t in self.removed.items() if now - t < keep_newer_than}
-        self.by_key, self.by_secret, self.by_meeting_id, self.by_node = {}, {}, {}, {}
+        known = dict(self.by_id)
+        self.forget_old_removals(keep_newer_than)
+        self.by_key, self.by_id, self.by_secret, self.by_meeting_id, self.by_node = {}, {}, {}, {}, {}
         self.attendees_by_secret = {}
         for row in rows:
             ref = MeetingRef.from_row(row)
@@ -160,9 +166,49 @@ class MeetingTable:
                 continue
             previous = known.get(ref.id)
             if previous is not None:
-                ref.seen_at, ref.xml, ref.polled = previous.seen_at, previous.xml, previous.polled
-                ref.uncertain_since = previous.uncertain_since
+                _carry_over(previous, ref)
             recent.pop((ref.secret_id, ref.meeting_id), None)
             self.add(ref)
         for ref in recent.values():
             self.add(ref)
+
+    def apply_row(self, row: Mapping[str, Any], *, polling: bool) -> None:
+        """One row the database changed since the last read. `polling`: this process polls, so
+        its own copies of counts and elements are at least as new as the row's."""
+        if row["id"] in self.removed:
+            return  # ended here while the read was under way
+        ref = self.by_id.get(row["id"])
+        if ref is None or ref.node_id != row["node_id"] or ref.nonce != row["nonce"]:
+            fresh = MeetingRef.from_row(row)  # new here, or restarted on another node
+            if ref is not None and ref.node_id == fresh.node_id:
+                _carry_over(ref, fresh)
+            self.add(fresh)  # replaces a record under the same key
+            return
+        if not polling:
+            self.set_attendees(ref, row["attendees"])
+            xml = row["xml"]
+            if xml is not None and xml != ref.xml:
+                ref.xml = xml
+
+    def forget_ids(self, ids: Iterable[int]) -> list[MeetingRef]:
+        """Meetings the database no longer holds (ended anywhere); returns those that were known."""
+        gone = []
+        for meeting_row_id in ids:
+            ref = self.by_id.get(meeting_row_id)
+            if ref is not None:
+                self.remove(ref)
+                gone.append(ref)
+        return gone
+
+    def forget_old_removals(self, older_than: float) -> None:
+        now = time.monotonic()
+        self.removed = {i: t for i, t in self.removed.items() if now - t < older_than}
+
+
+def _carry_over(previous: MeetingRef, ref: MeetingRef) -> None:
+    """What this process learnt of a meeting that a reload must not throw away."""
+    # (not `creating`: the create in flight counts down on the record it counted up)
+    ref.seen_at, ref.polled, ref.uncertain_since = previous.seen_at, previous.polled, previous.uncertain_since
+    ref.info_tried = previous.info_tried
+    if ref.xml is None:
+        ref.xml = previous.xml

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -21,8 +20,9 @@ from lxml import etree
 from b3lb import bbbxml
 from b3lb.api.forward import node_url
 from b3lb.balancer import NodeEntry
-from b3lb.columns import ERROR_SIZE, ORIGIN_SIZE, fit_count, fit_list_text, fit_text
+from b3lb.columns import ERROR_SIZE, ORIGIN_SIZE, fit_count, fit_text, fit_xml_text
 from b3lb.db import Q
+from b3lb.meeting_sync import GONE_KEEP_SECONDS
 from b3lb.meetings import MeetingRef
 from b3lb.memory import release_free_memory
 from b3lb.nodeclient import NodeRequestError, NodeResponse
@@ -30,8 +30,11 @@ from b3lb.outage import is_database_unavailable
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.poller")
-# After a cycle that wrote this much list XML, freed memory goes back to the OS (b3lb/memory.py).
+# After a cycle that wrote this much meeting XML, freed memory goes back to the OS (b3lb/memory.py).
 TRIM_AFTER_BYTES = 4 * 1024 * 1024
+# Seconds of Python work in a row before the poll cycle lets the API run (issue 12: loop lag <= 20 ms).
+SLICE_SECONDS = 0.004
+WRITE_BATCH = 1000  # meeting rows per UPDATE statement
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 # A failed API call asks for an extra poll of its node, at most this often per node (seconds).
 PROBE_MIN_GAP = 2.0
@@ -87,11 +90,6 @@ def _count(meeting: etree._Element, tag: str) -> int:
         return 0
 
 
-def _parts_key(parts: list[bytes]) -> int:
-    """Identifies a list of XML parts by their (cached) hashes: no joining, no rehashing."""
-    return hash(tuple(map(hash, parts)))
-
-
 class Poller:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -100,11 +98,7 @@ class Poller:
         self.last_duration = 0.0
         self.last_cpu = 0.0
         self.poll_seconds: dict[int, float] = {}  # node id -> duration of its last poll
-        # What the database holds already, so each cycle writes only the lists that changed.
-        # (hashes only: the lists themselves would hold every meeting's XML twice more)
-        self._stored_node_lists: dict[int, int] = {}
-        self._stored_secret_lists: dict[int, int] = {}
-        self._written = 0  # bytes of list XML the last cycle wrote
+        self._written = 0  # bytes of meeting XML the last cycle wrote
         self._probing: set[int] = set()
         self._probed_at: dict[int, float] = {}
         self._store_errors: dict[str, str] = {}  # store step -> its last error, logged on change
@@ -254,7 +248,7 @@ class Poller:
                 # Most meetings look the same as one poll ago: keep that copy and what was read from it
                 # (fewer short-lived copies also keep the heap from fragmenting)
                 if ref.polled is not None and meeting.same_as(ref.xml):
-                    counts, (origin, server) = ref.polled[:5], ref.polled[5:]
+                    counts, (origin, server) = ref.polled[:5], ref.polled[5:7]
                     result.samples.append(MeetingSample(ref, counts, origin, server, ref.xml))  # type: ignore[arg-type]
                     continue
                 xml = meeting.xml
@@ -300,11 +294,12 @@ class Poller:
         """Fold one cycle into memory first (the API sees it at once), then the database.
 
         `cycle_started` (monotonic) decides creates whose answer never came: a poll that began
-        after the create gave up and does not list the meeting drops it."""
+        after the create gave up and does not list the meeting drops it. The loop gets a turn
+        every SLICE_SECONDS of work, so a cycle over 100,000 meetings never stalls the API."""
         grace = self.config.meeting_grace
         now = time.monotonic()
         node_rows, meeting_rows, vanished = [], [], []
-        changed_nodes: dict[int, tuple[int, bytes]] = {}
+        slice_started = time.perf_counter()
         for result in results:
             entry, node = result.entry, result.entry.node
             if result.cpu_load is not None:
@@ -315,18 +310,15 @@ class Poller:
                 entry.pending_meetings = 0  # the poll now sees what we placed
                 entry.last_error = ""
                 vanished.extend(self._update_meetings(result, now, grace, meeting_rows, cycle_started))
-                node_list: list[bytes] | None = [s.xml for s in result.samples]
             else:
                 log.info("poll of node %s failed: %s", node.slug, result.error)
-                node_list = [] if node.has_errors else None  # None: keep the stored list
-            # Unchanged elements are the very objects of the last cycle, whose hashes are cached:
-            # comparing this way joins and hashes no XML for the nodes whose list stays the same.
-            if node_list is not None and self._stored_node_lists.get(node.id) != (key := _parts_key(node_list)):
-                changed_nodes[node.id] = (key, b"".join(node_list))
             entry.recompute()
             node_rows.append((node.id, node.cpu_load, node.attendees, node.meetings, node.has_errors,
                               result.ok, fit_text(result.error, ERROR_SIZE)))
-        await self._store(node_rows, meeting_rows, vanished, changed_nodes)
+            if time.perf_counter() - slice_started > SLICE_SECONDS:
+                await asyncio.sleep(0)
+                slice_started = time.perf_counter()
+        await self._store(node_rows, meeting_rows, vanished)
 
     def _update_meetings(
         self,
@@ -345,12 +337,14 @@ class Poller:
             if ref.uncertain_since:
                 ref.uncertain_since = 0.0
                 log.info("meeting %s: its unanswered create did reach node %s", ref.id, result.entry.node.slug)
-            polled = (*counts, fit_text(sample.origin, ORIGIN_SIZE), fit_text(sample.origin_server_name, ORIGIN_SIZE))
+            # An element that looks as it did is the very same object: the comparison costs nothing
+            polled = (*counts, fit_text(sample.origin, ORIGIN_SIZE), fit_text(sample.origin_server_name, ORIGIN_SIZE),
+                      sample.xml)
             if polled != ref.polled:  # only changed meetings are written
-                meeting_rows.append((ref.id, *polled))
+                meeting_rows.append((ref.id, *polled[:-1], fit_xml_text(sample.xml)))
                 self._unstored_polls.append((ref, polled))  # ref.polled once the rows are stored
         gone = []
-        for ref in list(self.runtime.meetings.refs_on_node(result.entry.node.id)):
+        for ref in self.runtime.meetings.refs_on_node(result.entry.node.id):
             if ref.meeting_id in result.listed or ref.creating:
                 continue
             if ref.uncertain_since:  # wait for a poll that began after the create gave up
@@ -365,40 +359,30 @@ class Poller:
         return gone
 
     async def _store(
-        self,
-        node_rows: list[tuple[object, ...]],
-        meeting_rows: list[tuple[object, ...]],
-        vanished: list[MeetingRef],
-        node_lists: dict[int, tuple[int, bytes]],  # node id -> (key of its parts, the list)
+        self, node_rows: list[tuple[object, ...]], meeting_rows: list[tuple[object, ...]], vanished: list[MeetingRef]
     ) -> None:
         pool = self.runtime.pool
-        # bytes cache their hash, so this costs no copying of the XML
-        lists = {k: _parts_key(parts) for k, parts in self.secret_list_parts().items()}
-        changed_lists = self._changed_secret_lists(lists)
         ended: list[asyncpg.Record] = []
 
         async def nodes(conn: asyncpg.Connection) -> None:
             await conn.execute(Q.nodes_update, *map(list, zip(*node_rows, strict=True)))
 
         async def meetings(conn: asyncpg.Connection) -> None:
-            await self._store_rows(conn, Q.meetings_update, meeting_rows)
+            # in batches: encoding one statement of 10,000 elements would hold the loop for tens of ms
+            for at in range(0, len(meeting_rows), WRITE_BATCH):
+                await self._store_rows(conn, Q.meetings_update, meeting_rows[at : at + WRITE_BATCH])
 
         async def gone(conn: asyncpg.Connection) -> None:
             ended.extend(await conn.fetch(Q.meetings_vanished, [r.id for r in vanished]))
 
-        async def node_list_texts(conn: asyncpg.Connection) -> None:
-            texts = [fit_list_text(v) for _, v in node_lists.values()]
-            await conn.execute(Q.node_lists_upsert, list(node_lists), texts)
-
-        async def secret_lists(conn: asyncpg.Connection) -> None:
-            await conn.execute(Q.secret_lists_upsert, list(changed_lists), list(changed_lists.values()))
+        async def prune(conn: asyncpg.Connection) -> None:
+            await conn.execute(Q.meetings_gone_prune, GONE_KEEP_SECONDS)
 
         async def stats(conn: asyncpg.Connection) -> None:
             await conn.execute(Q.stats_refresh)
 
         steps = {"nodes": (node_rows, nodes), "meetings": (meeting_rows, meetings), "ended meetings": (vanished, gone),
-                 "node lists": (node_lists, node_list_texts), "secret lists": (changed_lists, secret_lists),
-                 "stats": (True, stats)}
+                 "pruning": (True, prune), "stats": (True, stats)}
         try:
             async with pool.acquire() as conn, conn.transaction():
                 stored = {name: await self._store_step(conn, name, step)
@@ -421,11 +405,7 @@ class Poller:
             for ref, polled in self._unstored_polls:
                 ref.polled = polled
         self._unstored_polls = []
-        if stored.get("node lists"):
-            self._stored_node_lists.update((k, key) for k, (key, _) in node_lists.items())
-        if stored.get("secret lists", True):
-            self._stored_secret_lists = lists
-        self._written = sum(len(v) for _, v in node_lists.values()) + sum(map(len, changed_lists.values()))
+        self._written = sum(len(row[-1] or "") for row in meeting_rows)  # type: ignore[arg-type]
 
     async def _store_step(
         self, conn: asyncpg.Connection, name: str, step: Callable[[asyncpg.Connection], Awaitable[None]]
@@ -459,28 +439,3 @@ class Poller:
                     await conn.execute(query, *([value] for value in row))
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 log.warning("row %s not stored: %s", row[0], exc)
-
-    def _changed_secret_lists(self, hashes: dict[int, int]) -> dict[int, str]:
-        """The lists whose content differs from what the database holds ('' for emptied ones)."""
-        stored = self._stored_secret_lists
-        changed = [k for k, h in hashes.items() if stored.get(k) != h]
-        parts = self.secret_list_parts(set(changed)) if changed else {}
-        result = {k: fit_list_text(b"".join(parts.get(k, ()))) for k in changed}
-        result.update({k: "" for k in stored if k not in hashes})
-        return result
-
-    def secret_list_parts(self, only: set[int] | None = None) -> dict[int, list[bytes]]:
-        """Per secret, its <meeting> elements (sub_id 0: the whole tenant) for other instances."""
-        directory, meetings = self.runtime.directory, self.runtime.meetings
-        per_secret: dict[int, list[bytes]] = defaultdict(list)
-        for secret_id, refs in meetings.by_secret.items():
-            ctx = directory.by_secret_id.get(secret_id)
-            if ctx is None:
-                continue
-            parts = [r.xml for r in refs.values() if r.xml]
-            per_secret[secret_id].extend(parts)
-            if ctx.secret.sub_id != 0:
-                main = directory.lookup(ctx.tenant.slug, 0)
-                if main is not None:
-                    per_secret[main.secret.id].extend(parts)
-        return {sid: parts for sid, parts in per_secret.items() if only is None or sid in only}

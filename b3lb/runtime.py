@@ -20,6 +20,7 @@ from b3lb.config import Config
 from b3lb.counters import Counters
 from b3lb.db import Q
 from b3lb.inserts import MeetingInserts
+from b3lb.meeting_sync import MeetingSync
 from b3lb.meetings import MeetingRef, MeetingTable
 from b3lb.models import Cluster, Node, Parameter, Secret, Tenant
 from b3lb.nodeclient import NodeClient
@@ -38,6 +39,9 @@ class Runtime:
         self.directory = TenantDirectory()
         self.loads = LoadTable(error_after=config.poller.error_after, recover_after=config.poller.recover_after)
         self.meetings = MeetingTable()
+        # Ended meetings' ids are remembered this long: a read that began before the end must not bring them back.
+        keep_removed = max(30.0, 3 * config.api.cache_refresh_interval)
+        self.meeting_sync = MeetingSync(pool, self.meetings, keep_removed=keep_removed)
         self.counters = Counters()
         # Whether this process reaches PostgreSQL: API calls, table refreshes, counter flushes and
         # inserts report here, so an outage is logged once when it starts and once when it ends.
@@ -107,8 +111,8 @@ class Runtime:
         self.loads.rebuild(clusters, nodes, relations, keep_health=unstored)
 
     async def refresh_meetings(self) -> None:
-        rows = await self.pool.fetch(Q.load_meetings)
-        self.meetings.rebuild(rows, keep_newer_than=max(30.0, 3 * self.config.api.cache_refresh_interval))
+        """The meetings changed since the last read (b3lb/meeting_sync.py)."""
+        await self.meeting_sync.refresh(polling=self.polling)
 
     async def lookup_meeting(self, secret_id: int, meeting_id: str) -> MeetingRef | None:
         """Memory first; on a miss one indexed query, for meetings another instance created."""

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import asyncpg
 import pytest
 from lxml import etree
 
 from b3lb.poller import parse_load
+from b3lb.runtime import Runtime
 from b3lb.testing.fakebbb import FakeMeeting
 from b3lb.testing.harness import Harness
 
@@ -174,19 +176,37 @@ async def test_get_meetings_keeps_last_state_then_drops_node_in_error(db_url):
 
 
 @pytest.mark.gen_test(timeout=30)
-async def test_other_instances_serve_the_stored_list(db_url):
+async def test_other_instances_read_only_the_meetings_that_changed(db_url):
+    """Issue 12: each meeting's element lives in its row; another instance reads the changed rows only."""
     async with Harness(db_url, nodes=2, tenants=("ABC", "XYZ")) as h:
         await create(h, "room-1")
-        await create(h, "room-1", slug="XYZ")
+        for number in range(20):
+            await create(h, f"other-{number}", slug="XYZ")
         await h.poll()
-        h.runtime.polling = False  # now answer as a non-polling instance would: from the database
-        r = await h.call("getMeetings")
-        ids = [m.findtext("meetingID") for m in xml(r).iterfind("meetings/meeting")]
-        assert ids == ["room-1"]
-        stored = await h.pool.fetchval(
-            "SELECT meetings_xml FROM secret_meeting_list l JOIN secret s ON s.id = l.secret_id "
-            "JOIN tenant t ON t.id = s.tenant_id WHERE t.slug = 'ABC'")
-        assert stored.count("<meeting>") == 1
+        secret_id = h.tenants["ABC"].secrets[0][0]
+        here = h.runtime.meetings.get(secret_id, "room-1")
+        stored = await h.pool.fetchval("SELECT xml FROM meeting WHERE id = $1", here.id)
+        assert stored.encode() == here.xml and stored.count("<meeting>") == 1
+        pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+        other = Runtime(h.config, pool)  # another instance: it does not poll
+        try:
+            await other.refresh_directory()
+            await other.refresh_meetings()
+            assert len(other.meetings) == 21 and other.meetings.get(secret_id, "room-1").xml == here.xml
+            fake = next(n for n in h.fleet.nodes if n.domain == h.runtime.loads.nodes[here.node_id].node.domain)
+            fake.add_attendees("room-1", 3)
+            await h.poll()
+            await other.refresh_meetings()
+            there = other.meetings.get(secret_id, "room-1")
+            assert there.attendees == 3 and b"<participantCount>3</participantCount>" in there.xml
+            assert other.meeting_sync.rows_read < 5  # not the 20 unchanged meetings
+            r = await h.call("end", "meetingID=room-1")
+            assert xml(r).findtext("returncode") == "SUCCESS"
+            await other.refresh_meetings()
+            assert other.meetings.get(secret_id, "room-1") is None and len(other.meetings) == 20
+        finally:
+            await other.nodes.aclose()
+            await pool.close()
 
 
 @pytest.mark.gen_test(timeout=30)

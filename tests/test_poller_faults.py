@@ -67,15 +67,14 @@ async def test_nul_characters_from_a_node_do_not_spoil_the_cycle(db_url):
         fake._meetings_document = document.replace(b"<bbb-origin>ab<", b"<bbb-origin>a\x00b<")
         await h.poll()
         assert await stored_state(h) == (False, False)
-        row = await h.pool.fetchrow("SELECT origin FROM meeting WHERE meeting_id = 'nul'")
-        listed = await h.pool.fetchval("SELECT meetings_xml FROM node_meeting_list")
-        assert row["origin"] == "ab" and "\x00" not in listed and "<meetingID>nul</meetingID>" in listed
+        row = await h.pool.fetchrow("SELECT origin, xml FROM meeting WHERE meeting_id = 'nul'")
+        assert row["origin"] == "ab" and "\x00" not in row["xml"] and "<meetingID>nul</meetingID>" in row["xml"]
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_one_refused_meeting_row_spoils_only_itself(db_url):
     """A row the database refuses (here: a constraint the test adds) is skipped; the other
-    meetings, the node's state, its list and the stats are stored all the same."""
+    meetings (with their elements), the node's state and the stats are stored all the same."""
     async with Harness(db_url, nodes=1) as h:
         await h.pool.execute("ALTER TABLE meeting ADD CONSTRAINT poison CHECK (origin <> 'poison')")
         await create(h, "bad", "&meta_bbb-origin=poison&meta_bbb-origin-server-name=x")
@@ -87,7 +86,7 @@ async def test_one_refused_meeting_row_spoils_only_itself(db_url):
         assert rows["bad"]["origin"] == ""
         node = await h.pool.fetchrow("SELECT attendees, meetings, last_poll_ok FROM node")
         assert (node["attendees"], node["meetings"]) == (3, 2) and node["last_poll_ok"] is not None
-        assert await h.pool.fetchval("SELECT count(*) FROM node_meeting_list WHERE meetings_xml <> ''") == 1
+        assert "<meetingID>good</meetingID>" in rows["good"]["xml"] and rows["bad"]["xml"] is None
         assert await h.pool.fetchval("SELECT attendees FROM stats WHERE origin = 'fine'") == 3
 
 

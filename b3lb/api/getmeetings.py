@@ -6,12 +6,13 @@ routing record, so another tenant's meeting with the same ID can never leak, and
 meeting disappears at once. Meetings of a node in error are left out (as B3LB does); a single
 failed poll keeps the last known state until the node's error state flips.
 
-The polling process answers from memory. Other instances read the list the poller stored in
-`secret_meeting_list` (one indexed query), which is at most one poll interval old. A meeting
-created since its node's last poll is listed at once, as BBB does: its element comes from one
-getMeetingInfo call to its node (same children as a getMeetings element) and is kept until the
-poll brings the node's own. Either way b3lb's private metadata (bbbxml.PRIVATE_KEYS) is already
-cut out of the stored element, so nothing is rewritten per request.
+Every instance answers from memory: the polling process holds what it polled, the others what
+it stored in each meeting's row, read with the changed rows (b3lb/meeting_sync.py) at most one
+poll interval and one cache refresh late. A meeting created since its node's last poll is listed
+at once, as BBB does: its element comes from one getMeetingInfo call to its node (same children
+as a getMeetings element) and is kept until the poll brings the node's own. Either way b3lb's
+private metadata (bbbxml.PRIVATE_KEYS) is already cut out of the stored element, so nothing is
+rewritten per request.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from lxml import etree
 from b3lb import bbbxml
 from b3lb.api.forward import call_node
 from b3lb.api.xml import NO_MEETINGS, ApiResult
-from b3lb.db import Q
 from b3lb.meetings import MeetingRef
 from b3lb.runtime import Runtime
 
@@ -55,40 +55,13 @@ async def get_meetings(runtime: Runtime, req: ApiRequest) -> ApiResult:
         for ref in runtime.meetings.for_secret(secret_id)
         if ref.node_id in nodes and not nodes[ref.node_id].node.has_errors
     ]
-    if runtime.polling:
-        parts = [ref.xml for ref in refs if ref.xml is not None]
-        missing = [ref for ref in refs if ref.xml is None]
-    else:
-        stored = (await runtime.pool.fetchval(Q.secret_list, ctx.secret.id) or "").encode()
-        parts = [stored] if stored else []
-        # only meetings this instance learnt of since about the last poll can be missing there
-        recent = time.monotonic() - 2 * runtime.config.poller.interval - runtime.config.api.cache_refresh_interval
-        fresh = [ref for ref in refs if ref.seen_at > recent]
-        missing = _not_listed(stored, fresh) if fresh else []
-        parts.extend(ref.xml for ref in missing if ref.xml is not None)
-        missing = [ref for ref in missing if ref.xml is None]
+    parts = [ref.xml for ref in refs if ref.xml is not None]
+    missing = [ref for ref in refs if ref.xml is None]
     if missing:
         parts.extend(await _fetch_elements(runtime, missing))
     if not parts:
         return NO_MEETINGS
     return ApiResult(_HEAD + b"".join(parts) + _TAIL)
-
-
-def _not_listed(stored: bytes, refs: list[MeetingRef]) -> list[MeetingRef]:
-    """The meetings of `refs` that the stored list does not hold (created since the last poll)."""
-    listed: set[str] = set()
-    if stored:
-        document = _HEAD + stored + _TAIL
-        scanned = bbbxml.scan(document)
-        if scanned is None:  # not the plain template: let lxml read the IDs
-            try:
-                root = etree.fromstring(document, _PARSER)
-            except etree.XMLSyntaxError:
-                return []  # the stored list is served as it is, without additions
-            listed = {m.findtext("meetingID") or "" for m in root.iterfind("meetings/meeting")}
-        else:
-            listed = {m.meeting_id for m in scanned}
-    return [ref for ref in refs if ref.meeting_id not in listed]
 
 
 async def _fetch_elements(runtime: Runtime, refs: list[MeetingRef]) -> list[bytes]:

@@ -10,10 +10,13 @@ FROM unnest($1::int[], $2::float8[], $3::int[], $4::int[], $5::bool[], $6::bool[
 WHERE node.id = d.id
 
 -- name: meetings_update
+-- Only meetings whose counts or element changed since the last cycle come here.
 UPDATE meeting SET attendees = d.attendees, listeners = d.listeners, voice = d.voice, videos = d.videos,
-                   moderators = d.moderators, origin = d.origin, origin_server_name = d.origin_server_name
-FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::int[], $6::int[], $7::text[], $8::text[])
-     AS d(id, attendees, listeners, voice, videos, moderators, origin, origin_server_name)
+                   moderators = d.moderators, origin = d.origin, origin_server_name = d.origin_server_name,
+                   xml = d.xml
+FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::int[], $6::int[], $7::text[], $8::text[],
+            $9::text[])
+     AS d(id, attendees, listeners, voice, videos, moderators, origin, origin_server_name, xml)
 WHERE meeting.id = d.id
 
 -- name: meetings_vanished
@@ -28,19 +31,9 @@ WITH gone AS (
 )
 SELECT id, secret_id, extract(epoch FROM now() - create_time)::float8 AS seconds FROM gone
 
--- name: node_lists_upsert
-INSERT INTO node_meeting_list (node_id, meetings_xml, updated_at)
-SELECT id, xml, now() FROM unnest($1::int[], $2::text[]) AS d(id, xml)
-ON CONFLICT (node_id) DO UPDATE SET meetings_xml = excluded.meetings_xml, updated_at = now()
-
--- name: secret_lists_upsert
-INSERT INTO secret_meeting_list (secret_id, meetings_xml, updated_at)
-SELECT id, xml, now() FROM unnest($1::int[], $2::text[]) AS d(id, xml)
-WHERE EXISTS (SELECT 1 FROM secret s WHERE s.id = d.id)
-ON CONFLICT (secret_id) DO UPDATE SET meetings_xml = excluded.meetings_xml, updated_at = now()
-
--- name: secret_list
-SELECT meetings_xml FROM secret_meeting_list WHERE secret_id = $1
+-- name: meetings_gone_prune
+-- Deleted meetings' ids older than $1 seconds: every instance has read them long ago (b3lb/meeting_sync.py).
+DELETE FROM meeting_gone WHERE gone_at < now() - make_interval(secs => $1)
 
 -- name: stats_refresh
 -- Per tenant and (origin server, origin): current sums. Combinations seen before stay, at zero.

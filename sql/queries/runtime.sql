@@ -31,12 +31,28 @@ SELECT tenant_id, logo, logo_mime, slide, slide_mime, css, css_mime,
        coalesce(octet_length(slide_data), 0) AS slide_size
 FROM asset
 
--- name: load_meetings
-SELECT id, secret_id, meeting_id, node_id, nonce, create_time, attendees
+-- name: meetings_xmin
+-- The oldest transaction still running for this snapshot: the next read starts there (0007_meeting_sync.sql).
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text
+
+-- name: meetings_all
+-- Every meeting; its getMeetings element unless $1 (the polling process holds newer ones itself).
+SELECT id, secret_id, meeting_id, node_id, nonce, attendees,
+       CASE WHEN $1 THEN NULL ELSE convert_to(xml, 'UTF8') END AS xml
 FROM meeting
 
+-- name: meetings_changed
+-- The meetings written by transaction $1 or later.
+SELECT id, secret_id, meeting_id, node_id, nonce, attendees,
+       CASE WHEN $2 THEN NULL ELSE convert_to(xml, 'UTF8') END AS xml
+FROM meeting WHERE changed_xid >= $1::text::xid8
+
+-- name: meetings_gone
+-- The meetings deleted by transaction $1 or later.
+SELECT id FROM meeting_gone WHERE gone_xid >= $1::text::xid8
+
 -- name: meeting_by_key
-SELECT id, secret_id, meeting_id, node_id, nonce, create_time, attendees
+SELECT id, secret_id, meeting_id, node_id, nonce, attendees, convert_to(xml, 'UTF8') AS xml
 FROM meeting WHERE secret_id = $1 AND meeting_id = $2
 
 -- name: meetings_insert
@@ -52,7 +68,7 @@ RETURNING id, secret_id, meeting_id, node_id, nonce, attendees
 UPDATE meeting
 SET node_id = $2, nonce = gen_random_uuid(), create_time = now(), meeting_name = $3,
     end_callback_url = $4, recording_ready_url = $5, attendees = 0, listeners = 0, voice = 0,
-    videos = 0, moderators = 0
+    videos = 0, moderators = 0, xml = NULL
 WHERE id = $1 AND node_id = $6
 RETURNING id, secret_id, meeting_id, node_id, nonce, create_time, attendees
 
