@@ -15,6 +15,7 @@ once per changed element, so what getMeetings serves never shows it.
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -162,25 +163,49 @@ def scan(body: bytes) -> list[ScannedMeeting] | None:
 
     Raises ValueError for a document that is not a SUCCESS answer at all.
     """
+    meetings: list[ScannedMeeting] = []
+    for meeting in scan_iter(body):
+        if meeting is None:
+            return None
+        meetings.append(meeting)
+    return meetings if template_holds(body, len(meetings)) else None
+
+
+def template_holds(body: bytes, found: int) -> bool:
+    """Whether every <meeting> and </meeting> of the document is one of the `found` meetings: a
+    nested element, an element with attributes or a stray tag means this is not the template."""
+    return body.count(OPEN) == found and body.count(CLOSE) == found
+
+
+def scan_iter(body: bytes) -> Iterator[ScannedMeeting | None]:
+    """`scan` one meeting at a time, so a caller can let other work run between meetings; yields
+    None (and stops) where the bytes leave the template. The caller checks `template_holds` at the
+    end. Raises ValueError (at once) for a document that is not a SUCCESS answer at all."""
     head_end = body.find(b"<meetings")
     head = body if head_end < 0 else body[:head_end]
     if b"<returncode>SUCCESS</returncode>" not in head or not body.rstrip().endswith(b"</response>"):
         raise ValueError("not a SUCCESS getMeetings document")
+    return _meetings(body)
+
+
+def _meetings(body: bytes) -> Iterator[ScannedMeeting | None]:
     if b"<![CDATA[" in body:
-        return None
+        yield None
+        return
     # The loop is written out (no helper calls): it runs for every meeting of every node each cycle.
     find, rfind = body.find, body.rfind
-    meetings: list[ScannedMeeting] = []
     position = find(OPEN)
     while position >= 0:
         end = find(CLOSE, position)
         if end < 0:
-            return None
+            yield None
+            return
         end += _CLOSE_LEN
         id_start = find(_ID_OPEN, position, end)
         id_end = find(_ID_CLOSE, id_start, end) if id_start >= 0 else -1
         if id_end < 0:
-            return None
+            yield None
+            return
         raw_id = body[id_start + _ID_OPEN_LEN : id_end]
         # isBreakout follows the attendees, whose customdata may use any name: the meeting's own is the last
         flag = rfind(_BREAKOUT_OPEN, position, end)
@@ -193,13 +218,8 @@ def scan(body: bytes) -> list[ScannedMeeting] | None:
                 participants = int(body[count_start : find(_COUNT_CLOSE, count_start, end)])
             except ValueError:
                 pass
-        meetings.append(ScannedMeeting(_str(raw_id), is_breakout, participants, body, position, end))
+        yield ScannedMeeting(_str(raw_id), is_breakout, participants, body, position, end)
         position = find(OPEN, end)
-    # Every <meeting> and </meeting> must be one found above: a nested element, an element with
-    # attributes or a stray tag means this is not the template, and lxml reads it instead.
-    if body.count(OPEN) != len(meetings) or body.count(CLOSE) != len(meetings):
-        return None
-    return meetings
 
 
 def details(xml: bytes) -> tuple[tuple[int, int, int, int, int], str, str]:
