@@ -24,7 +24,7 @@ from b3lb.columns import ERROR_SIZE, ORIGIN_SIZE, fit_count, fit_text, fit_xml_t
 from b3lb.db import Q
 from b3lb.meeting_sync import GONE_KEEP_SECONDS
 from b3lb.meetings import MeetingRef
-from b3lb.memory import release_free_memory
+from b3lb.memory import release_free_memory, settle_long_lived
 from b3lb.nodeclient import NodeRequestError, NodeResponse
 from b3lb.outage import is_database_unavailable
 from b3lb.runtime import Runtime
@@ -32,6 +32,7 @@ from b3lb.runtime import Runtime
 log = logging.getLogger("b3lb.poller")
 # After a cycle that wrote this much meeting XML, freed memory goes back to the OS (b3lb/memory.py).
 TRIM_AFTER_BYTES = 4 * 1024 * 1024
+TRIM_AFTER_ENDED = 1000  # meetings that ended in one cycle (their elements are free now)
 # Seconds of Python work in a row before the poll cycle lets the API run (issue 12: loop lag <= 20 ms).
 SLICE_SECONDS = 0.002
 WRITE_BATCH = 1000  # meeting rows per UPDATE statement
@@ -99,6 +100,7 @@ class Poller:
         self.last_cpu = 0.0
         self.poll_seconds: dict[int, float] = {}  # node id -> duration of its last poll
         self._written = 0  # bytes of meeting XML the last cycle wrote
+        self._ended = 0  # meetings the last cycle found ended
         self._probing: set[int] = set()
         self._probed_at: dict[int, float] = {}
         self._store_errors: dict[str, str] = {}  # store step -> its last error, logged on change
@@ -125,8 +127,9 @@ class Poller:
         self._written = 0
         self._unstored_polls = []
         await self._apply(results, cycle_started=time.monotonic() - (time.perf_counter() - started))
-        if self._written >= TRIM_AFTER_BYTES:  # the lists' buffers are free now
+        if self._written >= TRIM_AFTER_BYTES or self._ended >= TRIM_AFTER_ENDED:  # much freed at once
             release_free_memory()
+        settle_long_lived()
         self.cycles += 1
         self.last_duration = time.perf_counter() - started
         self.last_cpu = time.process_time() - cpu_started
@@ -332,6 +335,7 @@ class Poller:
             if time.perf_counter() - slice_started > SLICE_SECONDS:
                 await asyncio.sleep(0)
                 slice_started = time.perf_counter()
+        self._ended = len(vanished)
         await self._store(node_rows, meeting_rows, vanished)
 
     def _update_meetings(

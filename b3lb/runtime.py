@@ -22,6 +22,7 @@ from b3lb.db import Q
 from b3lb.inserts import MeetingInserts
 from b3lb.meeting_sync import MeetingSync
 from b3lb.meetings import MeetingRef, MeetingTable
+from b3lb.memory import settle_long_lived
 from b3lb.models import Cluster, Node, Parameter, Secret, Tenant
 from b3lb.nodeclient import NodeClient
 from b3lb.outage import Outage, describe, is_database_unavailable
@@ -113,6 +114,7 @@ class Runtime:
     async def refresh_meetings(self) -> None:
         """The meetings changed since the last read (b3lb/meeting_sync.py)."""
         await self.meeting_sync.refresh(polling=self.polling)
+        settle_long_lived()  # the records just read must not make the next full collection long
 
     async def lookup_meeting(self, secret_id: int, meeting_id: str) -> MeetingRef | None:
         """Memory first; on a miss one indexed query, for meetings another instance created."""
