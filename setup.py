@@ -89,6 +89,10 @@ setup(
             "wheel>=0.40",
             # A real S3 HTTP server for the storage tests (moto in server mode, no credentials needed).
             "moto[server]>=5.0",
+            # Yardstick (b) of benchmarks.run: an ASGI hello-world on uvicorn + httptools, what a user
+            # could pick instead of Tornado (issue 12.1).
+            "uvicorn>=0.30",
+            "httptools>=0.6",
         ],
     },
     entry_points={"console_scripts": ["b3lb=b3lb.cli:main"]},
