@@ -10,7 +10,10 @@ Wire behaviour follows /work/shared/spec/bbb-api.md: checksum rules (1.1-1.5),
 the API calls the load balancer uses (2.3-2.10), the end callback (3.1) and the
 B3LB load endpoint (4.11).
 
-Run ``python -m b3lb.testing.fakebbb --nodes 10`` for a standalone fleet.
+Fleet-wide modes (TLS nodes, gzip and chunked answers, a changing fleet, `POST /fleet/end-all`) are
+described in b3lb.testing.fakebbb_modes; the handlers live in b3lb.testing.fakebbb_handlers.
+
+Run ``python -m b3lb.testing.fakebbb --nodes 10`` for a standalone fleet (``--help`` for the modes).
 """
 
 from __future__ import annotations
@@ -21,23 +24,24 @@ import logging
 import resource
 import secrets
 import socket
+import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any, ClassVar, Self
+from pathlib import Path
+from typing import Any, Self
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.httpserver import HTTPServer
-from tornado.iostream import IOStream
+from tornado.iostream import IOStream, SSLIOStream
 from tornado.netutil import add_accept_handler, bind_sockets
-from tornado.web import Application, RequestHandler
 
 from b3lb.testing import fakebbb_xml as bbb_xml
-from b3lb.testing.fakebbb_fast import PollShortcutApplication
+from b3lb.testing.fakebbb_handlers import make_application
+from b3lb.testing.fakebbb_modes import Churn, FleetCertificates, gzipped
 from b3lb.testing.fakebbb_xml import (
     FakeAttendee,
     FakeMeeting,
     RecordedRequest,
     append_query,
-    attendee_from_params,
     checksum_is_valid,
     create_validation_error,
     is_loopback_url,
@@ -66,11 +70,7 @@ log = logging.getLogger(__name__)
 # "stall": wait `delay` seconds, then drop the connection without doing anything;
 # "late-error": wait `delay` seconds, then answer HTTP 500 without doing anything.
 MODES = frozenset({"ok", "slow", "garbage", "error", "failed", "down", "stall", "late-error"})
-GARBAGE_BODY = b"\x00<<this is not XML>> \xff\xfe garbage from a broken node"
 CALLBACK_TIMEOUT_SECONDS = 3.0
-SUPPORTED_POST_CONTENT_TYPES = frozenset(
-    {"application/xml", "text/xml", "application/x-www-form-urlencoded", "multipart/form-data"}
-)
 
 
 def node_domain(index: int) -> str:
@@ -98,6 +98,9 @@ class FakeNode:
         self._remove_accept_handler: Callable[[], None] | None = None
         self._meetings_document: bytes | None = None
         self._document_meeting_count = 0
+        self._gzipped: tuple[bytes, bytes] | None = None  # (document, its gzip encoding)
+        # Churn's fractional carry-overs (b3lb.testing.fakebbb_modes.Churn), staggered per node.
+        self.change_credit = self.end_credit = Churn.initial_credit(index)
 
     def __repr__(self) -> str:
         return f"FakeNode({self.name}, {self.domain}:{self.port}, mode={self._mode})"
@@ -118,12 +121,20 @@ class FakeNode:
         self._mode = mode
 
     @property
+    def scheme(self) -> str:
+        return "https" if self._fleet.tls is not None else "http"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.domain}:{self.port}"
+
+    @property
     def api_base(self) -> str:
-        return f"http://{self.domain}:{self.port}/bigbluebutton/api/"
+        return f"{self.base_url}/bigbluebutton/api/"
 
     @property
     def load_url(self) -> str:
-        return f"http://{self.domain}:{self.port}/b3lb/load"
+        return f"{self.base_url}/b3lb/load"
 
     def set_down(self) -> None:
         self.mode = "down"
@@ -151,6 +162,20 @@ class FakeNode:
             self._meetings_document = document
             self._document_meeting_count = len(self.meetings)
         return self._meetings_document
+
+    def get_meetings_document(self) -> bytes:
+        """The answer to a getMeetings call: the fleet's churn first changes the meetings."""
+        if self._fleet.churn is not None:
+            self._fleet.churn.apply(self)
+        return self.meetings_document()
+
+    def gzipped(self, body: bytes) -> bytes:
+        """`body` gzip-encoded; the getMeetings document's encoding is kept until it changes."""
+        if body is not self._meetings_document:
+            return gzipped(body)
+        if self._gzipped is None or self._gzipped[0] is not body:
+            self._gzipped = (body, gzipped(body))
+        return self._gzipped[1]
 
     def add_meeting(self, meeting: FakeMeeting) -> FakeMeeting:
         self.meetings[meeting.meeting_id] = meeting
@@ -182,6 +207,20 @@ class FakeNode:
         meeting.mark_changed()
         self._meetings_document = None
 
+    def remove_attendee(self, meeting_id: str, index: int = -1) -> FakeAttendee:
+        meeting = self.meetings[meeting_id]
+        attendee = meeting.attendees.pop(index)
+        meeting.mark_changed()
+        self._meetings_document = None
+        return attendee
+
+    def end_all(self) -> int:
+        """Every meeting gone at once (no end callbacks); returns how many there were."""
+        count = len(self.meetings)
+        self.meetings.clear()
+        self._meetings_document = self._gzipped = None
+        return count
+
     def add_attendees(self, meeting_id: str, count: int, role: str = "VIEWER") -> None:
         meeting = self.meetings[meeting_id]
         start = len(meeting.attendees)
@@ -207,7 +246,7 @@ class FakeNode:
         """Bulk meetings named ``{prefix}-{node name}-{n:04d}`` (unique across the fleet)."""
         for number in range(len(self.meetings), len(self.meetings) + meetings):
             meeting_id = f"{prefix}-{self.name}-{number:04d}"
-            self.add_meeting(FakeMeeting(meeting_id=meeting_id, name=f"Meeting {number}"))
+            self.add_meeting(FakeMeeting(meeting_id=meeting_id, name=f"Meeting {number}", made_by_fleet=True))
             self.add_attendees(meeting_id, attendees_each)
 
     def record(self, request: RecordedRequest) -> None:
@@ -219,7 +258,15 @@ class FakeFleet:
     """Many fake BBB nodes served by one Tornado HTTPServer on one shared port."""
 
     def __init__(self, count: int = 1, *, secret: str | None = None, port: int = 0, record_requests: bool = True,
-                 recordings: bool = False) -> None:
+                 recordings: bool = False, tls_dir: str | Path | None = None, chunked: bool = False,
+                 gzip: bool = False, churn: float = 0.0) -> None:
+        """`tls_dir`: serve https with a test CA written to tls_dir/ca.pem; `chunked`, `gzip`: how answers
+        are encoded; `churn`: fraction of a node's meetings changed before each getMeetings (see
+        b3lb.testing.fakebbb_modes)."""
+        self.tls = FleetCertificates(tls_dir) if tls_dir is not None else None
+        self.chunked = chunked
+        self.gzip = gzip
+        self.churn = Churn(churn) if churn > 0 else None
         self.nodes: list[FakeNode] = [
             FakeNode(self, index, secret if secret is not None else secrets.token_hex(20)) for index in range(count)
         ]
@@ -233,6 +280,19 @@ class FakeFleet:
         # recordings=True: meetings created with record=true record and upload (b3lb.testing.fakerecording).
         self.recorder = FakeRecorder(recordings)
 
+    @property
+    def ca_file(self) -> Path | None:
+        """The test CA's certificate (PEM) when the fleet serves TLS."""
+        return self.tls.ca_file if self.tls is not None else None
+
+    def client_ssl_context(self) -> ssl.SSLContext | None:
+        """A verifying client context trusting the fleet's CA (None without TLS)."""
+        return self.tls.client_context() if self.tls is not None else None
+
+    def end_all(self) -> int:
+        """End every meeting on every node (`POST /fleet/end-all`); returns how many ended."""
+        return sum(node.end_all() for node in self.nodes)
+
     def node_by_domain(self, domain: str) -> FakeNode:
         return self._nodes_by_domain[domain]
 
@@ -243,6 +303,9 @@ class FakeFleet:
         self._server = HTTPServer(make_application(self), max_header_size=64 * 1024, idle_connection_timeout=60)
         self._http_client = AsyncHTTPClient(force_instance=True, max_clients=50)
         _raise_open_file_limit(len(self.nodes) + 1024)
+        if self.tls is not None:  # every certificate now, not while the first poll waits
+            for node in self.nodes:
+                self.tls.server_context(node.domain)
         for attempt in range(5):
             try:
                 self._bind_all()
@@ -297,14 +360,27 @@ class FakeFleet:
 
     def _register(self, node: FakeNode) -> None:
         assert node._socket is not None
-        node._remove_accept_handler = add_accept_handler(node._socket, self._accept_connection)
+        node._remove_accept_handler = add_accept_handler(
+            node._socket, lambda connection, address: self._accept_connection(node, connection, address)
+        )
 
-    def _accept_connection(self, connection: socket.socket, address: Any) -> None:
-        # Our own accept handlers (instead of add_sockets) let one node's socket be closed alone.
+    def _accept_connection(self, node: FakeNode, connection: socket.socket, address: Any) -> None:
+        # Our own accept handlers (instead of add_sockets) let one node's socket be closed alone,
+        # and tell which node's certificate a TLS connection gets.
         if self._server is None:
             connection.close()
             return
-        self._server.handle_stream(IOStream(connection), address)
+        if self.tls is None:
+            self._server.handle_stream(IOStream(connection), address)
+            return
+        try:
+            wrapped = self.tls.server_context(node.domain).wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False
+            )
+        except (ssl.SSLError, OSError):  # closed at once (a port scan): nothing to serve
+            connection.close()
+            return
+        self._server.handle_stream(SSLIOStream(wrapped), address)
 
     def start_listening(self, node: FakeNode) -> None:
         """Re-bind a node's address on the shared port (used by set_up)."""
@@ -362,246 +438,6 @@ class FakeFleet:
             await self._http_client.fetch(request, raise_error=False)
         except Exception as error:  # noqa: BLE001 - best effort, like BBB
             log.debug("fake BBB: callback %s failed: %s", url, error)
-
-
-class FakeNodeHandler(RequestHandler):
-    """Base for every path of a fake node: finds the node, records the request, applies its mode."""
-
-    SUPPORTED_METHODS = ("GET", "POST", "HEAD")
-    node: FakeNode  # set by prepare()
-
-    def initialize(self, fleet: FakeFleet) -> None:
-        self.fleet = fleet
-
-    def recorded_call(self) -> str:
-        return self.request.path
-
-    def _find_node(self) -> FakeNode | None:
-        node = self.fleet.find_node(self.request.host_name)
-        if node is None:  # Host header names no node: use the address the socket was accepted on
-            stream = getattr(self.request.connection, "stream", None)
-            if stream is not None and stream.socket is not None:
-                node = self.fleet.find_node(stream.socket.getsockname()[0])
-        return node
-
-    async def prepare(self) -> None:
-        node = self._find_node()
-        if node is None:
-            self.send_not_found()
-            return
-        self.node = node
-        request = self.request
-        content_type = request.headers.get("Content-Type", "")
-        node.record(
-            RecordedRequest(
-                request.method or "",
-                self.recorded_call(),
-                request.query,
-                request.body,
-                content_type,
-                dict(request.headers),
-                request.path,
-            )
-        )
-        mode = node.call_modes.get(request.path.rsplit("/", 1)[-1], node.mode) if node.call_modes else node.mode
-        if mode == "down":  # a keep-alive connection outlived set_down(): drop it like a dead host
-            self.detach().close()
-        elif mode == "stall":
-            await asyncio.sleep(node.delay)
-            self.detach().close()
-        elif mode == "slow":
-            await asyncio.sleep(node.delay)
-        elif mode == "late-error":
-            await asyncio.sleep(node.delay)
-            self.set_status(500)
-            self.finish("Internal Server Error")
-        elif mode == "garbage":
-            self.set_header("Content-Type", "text/html")
-            self.finish(GARBAGE_BODY)
-        elif mode == "error":
-            self.set_status(500)
-            self.finish("Internal Server Error")
-        elif mode == "failed":
-            self.send_xml(bbb_xml.FAILED_MODE)
-
-    def send_xml(self, document: bytes) -> None:
-        self.set_header("Content-Type", "text/xml;charset=utf-8")
-        self.set_header("Cache-Control", "no-cache")
-        self.finish(document)
-
-    def send_not_found(self) -> None:
-        self.set_status(404)
-        self.set_header("Content-Type", "text/plain")
-        self.finish("Not Found")
-
-    async def get(self, *path_args: str) -> None:
-        self.send_not_found()
-
-    async def post(self, *path_args: str) -> None:
-        await self.get(*path_args)
-
-    async def head(self, *path_args: str) -> None:
-        await self.get(*path_args)
-
-
-class FakeLoadHandler(FakeNodeHandler):
-    """B3LB load endpoint (spec 4.11): CPU load 0..10000 and a newline."""
-
-    async def get(self, *path_args: str) -> None:
-        self.set_header("Content-Type", "text/plain")
-        self.finish(f"{self.node.cpu}\n")
-
-
-class FakeClientJoinHandler(FakeNodeHandler):
-    """Target of join redirects, so clients that follow redirects get a page."""
-
-    async def get(self, *path_args: str) -> None:
-        self.set_header("Content-Type", "text/html; charset=UTF-8")
-        self.finish(f"<html><body>fake BBB client on {self.node.name}</body></html>")
-
-
-class FakeApiHandler(FakeNodeHandler):
-    """The BBB API calls a load balancer uses (spec 2.2-2.10)."""
-
-    # call name -> (allowed methods, handler method name)
-    CALLS: ClassVar[dict[str, tuple[tuple[str, ...], str]]] = {
-        "create": (("GET", "POST"), "create"),
-        "join": (("GET",), "join"),
-        "end": (("GET", "POST"), "end"),
-        "isMeetingRunning": (("GET", "POST"), "is_meeting_running"),
-        "getMeetingInfo": (("GET", "POST"), "get_meeting_info"),
-        "getMeetings": (("GET", "POST"), "get_meetings"),
-        "insertDocument": (("POST",), "insert_document"),
-        "sendChatMessage": (("GET",), "send_chat_message"),
-    }
-
-    def recorded_call(self) -> str:
-        return self.path_args[0] if self.path_args else ""
-
-    async def get(self, call: str = "") -> None:
-        if call == "":  # the version document needs no checksum (BBB)
-            self.send_xml(bbb_xml.VERSION)
-            return
-        if call not in self.CALLS:
-            self.send_not_found()
-            return
-        allowed_methods, method_name = self.CALLS[call]
-        if self.request.method not in allowed_methods:
-            self.set_status(405)
-            self.set_header("Allow", ", ".join(allowed_methods))
-            self.finish()
-        elif not checksum_is_valid(call, self.request.query, self.node.secret):
-            self.send_xml(bbb_xml.CHECKSUM_ERROR)
-        elif self.request.method == "POST" and not self._content_type_supported():
-            self.send_xml(bbb_xml.failed("unsupportedContentType", bbb_xml.MESSAGE_UNSUPPORTED_CONTENT_TYPE))
-        else:
-            getattr(self, method_name)(parse_query(self.request.query))
-
-    def _content_type_supported(self) -> bool:
-        media_type = self.request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        return media_type in SUPPORTED_POST_CONTENT_TYPES
-
-    def _meeting_or_fail(self, params: dict[str, str], not_found_key: str = "notFound") -> FakeMeeting | None:
-        """The requested meeting, or None after answering missingParamMeetingID / not found."""
-        meeting_id = params.get("meetingID", "")
-        if not meeting_id:
-            self.send_xml(bbb_xml.failed("missingParamMeetingID", bbb_xml.MESSAGE_MISSING_MEETING_ID))
-            return None
-        meeting = self.node.meetings.get(meeting_id)
-        if meeting is None:
-            self.send_xml(bbb_xml.failed(not_found_key, bbb_xml.MESSAGE_MEETING_NOT_FOUND))
-        return meeting
-
-    def create(self, params: dict[str, str]) -> None:
-        self.send_xml(self.node.create_answer(params))
-
-    def join(self, params: dict[str, str]) -> None:
-        meeting = self._meeting_or_fail(params, "invalidMeetingIdentifier")
-        if meeting is None:
-            return
-        full_name = params.get("fullName", "")
-        create_time = params.get("createTime", "")
-        if not full_name:
-            message = "You must specify a name for the attendee who will be joining the meeting."
-            self.send_xml(bbb_xml.failed("missingParamFullName", message))
-        elif create_time and create_time != str(meeting.create_time):
-            self.send_xml(bbb_xml.failed("mismatchCreateTimeParam", bbb_xml.MESSAGE_CREATE_TIME_MISMATCH))
-        elif meeting.max_users and len(meeting.attendees) >= meeting.max_users:
-            self.send_xml(bbb_xml.failed("maxParticipantsReached", bbb_xml.MESSAGE_MAX_PARTICIPANTS))
-        else:
-            attendee = attendee_from_params(meeting, params)
-            self.node.add_attendee(meeting.meeting_id, attendee)
-            url = f"http://{self.node.domain}:{self.node.port}/html5client/join?sessionToken={attendee.session_token}"
-            if params.get("redirect", "").lower() == "false":
-                self.send_xml(bbb_xml.join_success(meeting, attendee, url))
-            else:
-                self.redirect(url)
-
-    def end(self, params: dict[str, str]) -> None:
-        meeting = self._meeting_or_fail(params)
-        if meeting is None:
-            return
-        password = params.get("password", "")
-        if password and password != meeting.moderator_pw:
-            self.send_xml(bbb_xml.failed("invalidPassword", bbb_xml.MESSAGE_INVALID_PASSWORD))
-            return
-        self.node.remove_meeting(meeting.meeting_id)
-        self.fleet.spawn(self.fleet.meeting_ended(self.node, meeting))
-        self.send_xml(bbb_xml.END_SUCCESS)
-
-    def is_meeting_running(self, params: dict[str, str]) -> None:
-        meeting_id = params.get("meetingID", "")
-        if not meeting_id:
-            self.send_xml(bbb_xml.failed("missingParamMeetingID", bbb_xml.MESSAGE_MISSING_MEETING_ID))
-            return
-        meeting = self.node.meetings.get(meeting_id)
-        self.send_xml(bbb_xml.running(meeting is not None and meeting.running))
-
-    def get_meeting_info(self, params: dict[str, str]) -> None:
-        meeting = self._meeting_or_fail(params)
-        if meeting is not None:
-            self.send_xml(bbb_xml.meeting_info(meeting.xml_fields()))
-
-    def get_meetings(self, params: dict[str, str]) -> None:
-        self.send_xml(self.node.meetings_document())
-
-    def insert_document(self, params: dict[str, str]) -> None:
-        meeting_id = params.get("meetingID", "")
-        meeting = self.node.meetings.get(meeting_id)
-        if not meeting_id:
-            self.send_xml(bbb_xml.failed("missingParamMeetingID", bbb_xml.MESSAGE_MISSING_MEETING_ID))
-        elif meeting is None:  # BBB's own wording for this call: no messageKey
-            self.send_xml(bbb_xml.failed(None, f"Meeting with id [{meeting_id}] not found."))
-        else:
-            meeting.inserted_documents.append(self.request.body)
-            self.send_xml(bbb_xml.INSERT_DOCUMENT_SUCCESS)
-
-    def send_chat_message(self, params: dict[str, str]) -> None:
-        meeting = self._meeting_or_fail(params)
-        if meeting is not None:
-            meeting.chat_messages.append((params.get("userName") or "System", params.get("message", "")))
-            self.send_xml(bbb_xml.CHAT_SUCCESS)
-
-
-def _log_nothing(handler: RequestHandler) -> None:
-    """Access logging of thousands of polls per second would drown benchmark output."""
-
-
-def make_application(fleet: FakeFleet) -> Application:
-    handler_args = {"fleet": fleet}
-    application = PollShortcutApplication(
-        [
-            (r"/bigbluebutton/api/?", FakeApiHandler, handler_args),
-            (r"/bigbluebutton/api/([^/]+)", FakeApiHandler, handler_args),
-            (r"/b3lb/load", FakeLoadHandler, handler_args),
-            (r"/html5client/join", FakeClientJoinHandler, handler_args),
-        ],
-        default_handler_class=FakeNodeHandler,
-        default_handler_args=handler_args,
-        log_function=_log_nothing,
-    )
-    application.fleet = fleet
-    return application
 
 
 def _raise_open_file_limit(needed: int) -> None:

@@ -6,7 +6,7 @@ the whole cycle, and during the create scenario the fake node's handlers, not b3
 Only a GET of the load file, or of a correctly signed getMeetings or create, for a node in mode
 "ok" of a fleet that records nothing, takes this path (with the same answer code as the
 handlers); anything else (other calls, modes, recording, bad checksums) goes through the regular
-handlers unchanged.
+handlers unchanged. The fleet's modes (gzip, chunked, churn, TLS) apply here as in the handlers.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from tornado.httputil import (
     RequestStartLine,
     ResponseStartLine,
 )
-from tornado.iostream import StreamClosedError
 from tornado.web import Application
 
+from b3lb.testing.fakebbb_modes import accepts_gzip, write_answer
 from b3lb.testing.fakebbb_xml import checksum_is_valid, parse_query
 
 if TYPE_CHECKING:
-    from b3lb.testing.fakebbb import FakeFleet
+    from b3lb.testing.fakebbb import FakeFleet, FakeNode
 
 XML_TYPE = "text/xml;charset=utf-8"
 
@@ -45,12 +45,16 @@ class PollShortcut(HTTPMessageDelegate):
     def __init__(self, fleet: FakeFleet, regular: HTTPMessageDelegate, connection: HTTPConnection) -> None:
         self.fleet, self.regular, self.connection = fleet, regular, connection
         self.answer: tuple[str, bytes] | None = None
+        self.node: FakeNode | None = None
+        self.gzip = False
 
     def headers_received(
         self, start_line: RequestStartLine | ResponseStartLine, headers: HTTPHeaders
     ) -> Awaitable[None] | None:
         assert isinstance(start_line, RequestStartLine)
         self.answer = self._quick_answer(start_line, headers)
+        if self.answer is not None and self.fleet.gzip:
+            self.gzip = accepts_gzip(headers.get("Accept-Encoding", ""))
         return self.regular.headers_received(start_line, headers) if self.answer is None else None
 
     def _quick_answer(self, start_line: RequestStartLine, headers: HTTPHeaders) -> tuple[str, bytes] | None:
@@ -59,11 +63,12 @@ class PollShortcut(HTTPMessageDelegate):
         node = self.fleet.find_node(headers.get("Host", "").rsplit(":", 1)[0])
         if node is None or node.mode != "ok" or node.call_modes:
             return None
+        self.node = node
         path, _, query = start_line.path.partition("?")
         if path == "/b3lb/load":
             return "text/plain", f"{node.cpu}\n".encode()
         if path == "/bigbluebutton/api/getMeetings" and checksum_is_valid("getMeetings", query, node.secret):
-            return XML_TYPE, node.meetings_document()
+            return XML_TYPE, node.get_meetings_document()
         if path == "/bigbluebutton/api/create" and checksum_is_valid("create", query, node.secret):
             return XML_TYPE, node.create_answer(parse_query(query))
         return None
@@ -72,16 +77,11 @@ class PollShortcut(HTTPMessageDelegate):
         return self.regular.data_received(chunk) if self.answer is None else None
 
     def finish(self) -> None:
-        if self.answer is None:
+        if self.answer is None or self.node is None:
             self.regular.finish()
             return
         content_type, body = self.answer
-        headers = HTTPHeaders({"Content-Type": content_type, "Content-Length": str(len(body))})
-        try:
-            self.connection.write_headers(ResponseStartLine("HTTP/1.1", 200, "OK"), headers, body)
-            self.connection.finish()
-        except StreamClosedError:
-            pass
+        write_answer(self.connection, self.node, content_type, body, gzip=self.gzip, chunked=self.fleet.chunked)
 
     def on_connection_close(self) -> None:
         if self.answer is None:
