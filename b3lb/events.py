@@ -20,14 +20,17 @@ import hashlib
 import logging
 import os
 import uuid
+from typing import TYPE_CHECKING
 
 import asyncpg
 import orjson
-import redis.asyncio as redis
 
 from b3lb.meetings import MeetingRef
 from b3lb.outage import Outage
 from b3lb.runtime import Runtime
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 log = logging.getLogger("b3lb.events")
 
@@ -62,7 +65,11 @@ class MeetingEvents:
         # None until derived from the database (first publish or subscription)
         self.channel: str | None = channel or runtime.config.redis.channel or None
         self._deriving = asyncio.Lock()
-        self.client = redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        # imported here: a deployment without Redis never loads the client (some 10 MB per process)
+        import redis.asyncio as redis_client
+
+        self.client: redis.Redis = redis_client.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self.errors = (redis_client.RedisError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
         self.received = 0
         self.instance = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # our own messages come back too
         # Redis outages are logged when they start and end, not per event (one per create and end)
@@ -85,7 +92,7 @@ class MeetingEvents:
         try:
             channel = await self.channel_name()
             await self.client.publish(channel, orjson.dumps(message))
-        except (redis.RedisError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except self.errors as exc:
             self.publishing.failed(exc)  # the database stays authoritative: others see it at their refresh
             return
         self.publishing.succeeded()
@@ -95,7 +102,7 @@ class MeetingEvents:
         message = {"from": self.instance, "kind": "suspect", "node_id": node_id}
         try:
             await self.client.publish(await self.channel_name(), orjson.dumps(message))
-        except (redis.RedisError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except self.errors as exc:
             self.publishing.failed(exc)  # the poller still polls it within an interval
             return
         self.publishing.succeeded()
@@ -146,7 +153,7 @@ class MeetingEvents:
                             self.apply(item["data"])
             except asyncio.CancelledError:
                 raise
-            except (redis.RedisError, OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except self.errors as exc:
                 self.subscription.failed(exc)
                 await asyncio.sleep(RECONNECT_PAUSE)
 

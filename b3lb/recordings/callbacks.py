@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import asyncpg
-import jwt
 
 from b3lb.db import Q
 from b3lb.nodeclient import NodeRequestError
@@ -75,6 +74,8 @@ def _event(runtime: Runtime) -> asyncio.Event:
 
 def signed_body(meeting_id: str, record_id: str, secret: str) -> bytes:
     """The form body BBB sends: `signed_parameters=<JWT HS256>`."""
+    import jwt  # here: PyJWT loads `cryptography` (some 10 MB) into processes that never send one
+
     token = jwt.encode({"meeting_id": meeting_id, "record_id": record_id}, secret, algorithm="HS256")
     return urlencode({"signed_parameters": token}).encode("ascii")
 
