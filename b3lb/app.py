@@ -8,8 +8,10 @@ from tornado.web import Application, RequestHandler
 
 from b3lb.api.handler import ApiRouter
 from b3lb.callbacks import EndCallbackHandler
-from b3lb.endpoints import AssetHandler, MetricsHandler, PingHandler, StatsHandler
+from b3lb.endpoints import AssetHandler, PingHandler, StatsHandler
 from b3lb.lazyquery import BodyLimit, LazyQueryDelegate
+from b3lb.metrics_cache import MetricsCache
+from b3lb.metrics_http import MetricsRouter
 from b3lb.recordings import upload
 from b3lb.recordings.playback import PlaybackHandler
 from b3lb.runtime import Runtime
@@ -28,6 +30,7 @@ class NotFoundHandler(RequestHandler):
 
 class B3lbApplication(Application):
     upload_limit: BodyLimit | None = None
+    metrics_cache: MetricsCache | None = None  # `b3lb serve` runs its render-ahead task
 
     def body_limit_for(self, path: str) -> BodyLimit | None:
         """Node uploads take archives of gigabytes for up to an hour; every other body has the
@@ -48,9 +51,10 @@ class B3lbApplication(Application):
         super().log_request(handler)
 
 
-def make_app(runtime: Runtime) -> Application:
+def make_app(runtime: Runtime) -> B3lbApplication:
     deps = {"runtime": runtime}
     api = ApiRouter(runtime)  # BBB API calls skip RequestHandler: b3lb/api/handler.py says why
+    metrics = MetricsRouter(MetricsCache(runtime))  # served from memory: b3lb/metrics_cache.py
     routes = [
         (r"/bigbluebutton/api/?", api),
         (rf"/bigbluebutton/api/{CALL}", api),
@@ -59,8 +63,8 @@ def make_app(runtime: Runtime) -> Application:
         (r"/b3lb/ping", PingHandler, deps),
         (r"/b3lb/stats", StatsHandler, deps),
         (rf"/b3lb/t/{TENANT}/stats", StatsHandler, deps),
-        (r"/b3lb/metrics", MetricsHandler, deps),
-        (rf"/b3lb/t/{TENANT}/metrics", MetricsHandler, deps),
+        (r"/b3lb/metrics", metrics),
+        (rf"/b3lb/t/{TENANT}/metrics", metrics),
         (r"/b3lb/b/meeting/end", EndCallbackHandler, deps),
         (r"/b3lb/t/([a-z]{2,10})/(logo|slide|css)", AssetHandler, deps),
         (upload.UPLOAD_PATH, upload.UploadHandler, deps),
@@ -68,4 +72,5 @@ def make_app(runtime: Runtime) -> Application:
     ]
     app = B3lbApplication(routes, default_handler_class=NotFoundHandler, compress_response=False)
     app.upload_limit = upload.body_limit(runtime.config)
+    app.metrics_cache = metrics.cache
     return app

@@ -26,7 +26,7 @@ from b3lb import validation as V
 from b3lb.admin import AdminError, ClusterSettings, NodeSettings
 from b3lb.admin_tenant import ParameterRule, ProfileSettings, SecretSettings, TenantSettings
 from b3lb.cli_output import print_json, print_table, show_new_secret, show_rows, show_tenant
-from b3lb.config import Config, ConfigError, load_config
+from b3lb.config import MAX_WORKERS, Config, ConfigError, load_config, parse_workers
 from b3lb.db import Database, DatabaseUnavailable, embedded_data_dir
 
 Runner = Callable[[asyncpg.Connection, argparse.Namespace, Config], Awaitable[Any]]
@@ -100,6 +100,7 @@ MEETING_ID = _typed(V.MEETING_ID.parse, "meeting ID")
 RECORD_SET = _typed(admin_recording.parse_set_id, "record set ID")
 SET_LIMIT = _typed(admin_recording.LIST_LIMIT.parse, "number")
 BOOL = _typed(_parse_bool, "boolean")
+WORKERS = _typed(parse_workers, "number")
 HOLD_DAYS = _typed(V.HOLD_DAYS.parse, "number")
 HOLD_HELP = (f"days recordings are kept, 0..{V.MAX_HOLD_DAYS}; the secret's and the tenant's together: the larger "
              "if either is 0, else the smaller (0 and 0: deleted at the next housekeeping run)")
@@ -200,7 +201,7 @@ def run_config_example(config: Config, args: argparse.Namespace) -> int:
 def run_serve(config: Config, args: argparse.Namespace) -> int:
     from b3lb.server import serve
 
-    return serve(config)
+    return serve(config, config_path=args.config, workers=args.workers)
 
 
 # The command line --------------------------------------------------------------------------
@@ -522,6 +523,9 @@ def build_parser() -> Parser:
     sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     sub.required = True
     p = sub.add_parser("serve", help="run the load balancer", description="run the load balancer", parents=[COMMON])
+    p.add_argument("--workers", type=WORKERS, metavar="N",
+                   help=f"processes serving the port, 1..{MAX_WORKERS}, e.g. one per core (default: server.workers); "
+                   "more than 1 adds a supervisor that starts, restarts and stops them")
     p.set_defaults(handler=run_serve)
     p = sub.add_parser(
         "migrate",

@@ -18,6 +18,7 @@ from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("conf/b3lb.conf")
 SHA_ALGORITHMS = ("sha1", "sha256", "sha384", "sha512")
+MAX_WORKERS = 64
 
 
 class ConfigError(Exception):
@@ -47,6 +48,9 @@ class ServerConfig:
     data_dir: str = "./var"
     # Seconds in-flight requests may take to finish after SIGTERM.
     shutdown_grace: float = 10.0
+    # Processes serving the port (SO_REUSEPORT), e.g. one per core; more than 1 adds a supervisor
+    # process that starts, restarts and stops them (b3lb/workers.py).
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,10 @@ def _validate(config: Config) -> None:
     _validate_node_defaults(config.node_defaults)
     if not 0 <= config.server.port <= 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
+    if not 1 <= config.server.workers <= MAX_WORKERS:
+        raise ConfigError(f"server.workers: must be between 1 and {MAX_WORKERS}")
+    if config.server.workers > 1 and config.server.port == 0:
+        raise ConfigError("server.port: cannot be 0 (any free port) with server.workers > 1: workers share one port")
     if not 1024 <= config.server.max_header_size <= 16 * 1024 * 1024 or config.server.max_body_size < 0:
         raise ConfigError("server.max_header_size / max_body_size: 1 KiB to 16 MiB of head, a body size >= 0")
     if min(config.server.header_timeout, config.server.body_timeout, config.server.idle_timeout) <= 0:
@@ -309,6 +317,13 @@ def _validate(config: Config) -> None:
     _validate_node_client(config)
     _validate_recordings(config.recordings)
     _validate_render(config.render)
+
+
+def parse_workers(text: str) -> int:
+    """`b3lb serve --workers N`."""
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise ValueError(f"expected a number from 1 to {MAX_WORKERS}, got {text!r}")
+    return int(text)
 
 
 def _validate_recordings(rec: RecordingsConfig) -> None:

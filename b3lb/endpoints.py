@@ -1,4 +1,4 @@
-"""b3lb's own HTTP endpoints besides the BBB API: health, tenant assets, statistics, metrics."""
+"""b3lb's own HTTP endpoints besides the BBB API: health, tenant assets, statistics (metrics: metrics_http.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import asyncpg
 import orjson
 from tornado.web import RequestHandler
 
-from b3lb import metrics
 from b3lb.db import Q
 from b3lb.outage import is_database_unavailable
 from b3lb.runtime import Runtime
@@ -95,7 +94,7 @@ def token_matches(presented: str, expected: str) -> bool:
 
 
 class _TenantEndpoint(RuntimeHandler):
-    """Shared by /b3lb/stats and /b3lb/metrics: tenant from path or Host, token in Authorization."""
+    """/b3lb/stats: tenant from path or Host, token in Authorization."""
 
     def compute_etag(self) -> None:
         return None
@@ -135,25 +134,3 @@ class StatsHandler(_TenantEndpoint):
             }
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps(result))
-
-
-class MetricsHandler(_TenantEndpoint):
-    """`GET /b3lb/metrics`: the URL picks the view, the Authorization token opens it (spec 4.6,
-    as its REC says): a tenant's (or secret's) view, addressed by path or Host, with the tenant's
-    stats token or `metrics.admin_token`; the global view (every tenant, every node) with the admin
-    token only, on any host that addresses no tenant. Anything else, and the global view when no
-    admin token is configured, is 401."""
-
-    async def get(self, slug: str | None = None, sub: str | None = None) -> None:
-        presented = self.presented_token()
-        admin = token_matches(presented, self.runtime.config.metrics.admin_token)
-        scope = self.runtime.secret_for(self.request, slug, sub)
-        if scope is not None:
-            allowed = admin or token_matches(presented, scope.tenant.stats_token)
-        else:
-            allowed = admin and slug is None  # an unknown tenant in the path is no global view
-        if not allowed:
-            return self.unauthorized()
-        body = await metrics.render(self.runtime, scope)
-        self.set_header("Content-Type", metrics.CONTENT_TYPE)
-        self.finish(body)
