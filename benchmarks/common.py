@@ -90,6 +90,35 @@ def _status_kb(pid: int | None, field: str) -> float:
     return 0.0
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of a process (children, their children, ...), from /proc."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                children = [int(x) for x in task.read_text(encoding="ascii").split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process (all its threads) in seconds, 0.0 when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return 0.0
+    fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) ": fields from 3 (state) on
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def with_search_path(url: str, schema: str) -> str:
     separator = "&" if "?" in url else "?"
     return f"{url}{separator}options={quote('-csearch_path=' + schema, safe='')}"

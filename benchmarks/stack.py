@@ -1,11 +1,15 @@
-"""The system under test: PostgreSQL, a seeded schema, the fake fleet and one `b3lb serve` process."""
+"""The system under test: PostgreSQL, a seeded schema, the fake fleet and one `b3lb serve` process
+(or `b3lb serve --workers N`), in the variants the scenarios need (benchmarks/README.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import http.client
+import json
 import os
 import secrets
+import subprocess
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,17 +23,30 @@ from b3lb import migrate
 from b3lb.checksum import digest, encode_params
 from b3lb.db import EmbeddedPostgres
 from b3lb.testing.fakebbb import FakeFleet
-from b3lb.testing.harness import seed
+from b3lb.testing.harness import add_secret, seed
+from benchmarks import lag
 from benchmarks.common import LOOPBACK, PYTHON, REPO, Child, free_port, with_search_path
 
 BASE_DOMAIN = "bench.test"
 # metrics.admin_token of the server under test: the metrics scenario reads the global view with it.
 METRICS_ADMIN_TOKEN = "bench-metrics-" + secrets.token_hex(16)
 SERVE = "import sys; from b3lb.config import load_config; from b3lb.server import serve; sys.exit(serve(load_config()))"
-# Tenants and how many meetings each gets before the load starts.
+CLI = "import sys; from b3lb.cli import main; sys.exit(main(sys.argv[1:]))"  # `b3lb ...`
+# Tenants and how many meetings each gets before the load starts (the main stack).
 PRECREATED = {"BENCH": 500, "SMALL": 50, "JOIN": 100}
 TENANTS = (*PRECREATED, "CREATE")
 PASSWORDS = (("attendeePW", "ap"), ("moderatorPW", "mp"))
+# The fleet's own meetings (FakeNode.populate: m-{node}-{nnnn}) mapped to b3lb meetings of one secret.
+OWN_SQL = """
+INSERT INTO meeting (secret_id, meeting_id, meeting_name, node_id)
+SELECT $1, 'm-' || n.slug || '-' || lpad(k::text, 4, '0'), 'Meeting ' || k, n.id
+FROM node n CROSS JOIN generate_series(0, $2 - 1) AS k
+"""
+JOIN_TARGETS_SQL = """
+SELECT m.meeting_id, n.protocol, n.domain, n.port, n.secret, c.sha_algorithm
+FROM meeting m JOIN secret s ON s.id = m.secret_id JOIN node n ON n.id = m.node_id JOIN cluster c ON c.id = n.cluster_id
+WHERE s.secret = $1
+"""
 T = TypeVar("T")
 
 
@@ -118,40 +135,95 @@ class FleetInfo:
     port: int
     secret: str
     domains: list[str] = field(default_factory=list)
+    scheme: str = "http"
+    ca_file: str = ""  # the test CA the fleet's certificates are signed by (--tls)
+
+
+@dataclass
+class FleetOptions:
+    """Options of the fake fleet beyond size (benchmarks/README.md: nodes as deployed)."""
+
+    tls_dir: Path | None = None  # --tls DIR: https with a trustme CA written to DIR/ca.pem
+    chunked: bool = False
+    gzip: bool = False
+    churn: float = 0.0  # --churn FRACTION: every getMeetings changes this share of the node's meetings
+
+    def arguments(self) -> list[str]:
+        found: list[str] = []
+        if self.tls_dir is not None:
+            found += ["--tls", str(self.tls_dir)]
+        found += ["--chunked"] if self.chunked else []
+        found += ["--gzip"] if self.gzip else []
+        found += ["--churn", str(self.churn)] if self.churn else []
+        return found
+
+    def missing(self) -> list[str]:
+        """The options the fake fleet in this tree does not offer yet."""
+        return [o for o in self.arguments() if o.startswith("--") and not fleet_supports(o)]
+
+
+@functools.cache
+def _fleet_help() -> str:
+    done = subprocess.run([PYTHON, "-m", "b3lb.testing.fakebbb", "--help"], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)  # fmt: skip
+    return done.stdout
+
+
+def fleet_supports(option: str) -> bool:
+    return option in _fleet_help()
 
 
 def start_fleet(
-    nodes: int, folder: Path, cpus: frozenset[int] | None, *, meetings: int = 0, attendees: int = 0
+    nodes: int,
+    folder: Path,
+    cpus: frozenset[int] | None,
+    *,
+    meetings: int = 0,
+    attendees: int = 0,
+    options: FleetOptions | None = None,
+    name: str = "fleet",
 ) -> tuple[Child, FleetInfo]:
     """`python -m b3lb.testing.fakebbb` with one known secret; returns the child and its port."""
+    options = options or FleetOptions()
+    missing = options.missing()
+    if missing:
+        raise Unsupported(f"the fake fleet has no {', '.join(missing)} yet")
     secret = secrets.token_hex(20)
     command = [
-        PYTHON,
-        "-m",
-        "b3lb.testing.fakebbb",
-        "--nodes",
-        str(nodes),
-        "--secret",
-        secret,
-        "--meetings",
-        str(meetings),
-        "--attendees",
-        str(attendees),
-    ]
-    child = Child("fake fleet", command, folder / "fleet.log", cpus=cpus, stdout_pipe=True)
+        PYTHON, "-m", "b3lb.testing.fakebbb", "--nodes", str(nodes), "--secret", secret,
+        "--meetings", str(meetings), "--attendees", str(attendees), *options.arguments(),
+    ]  # fmt: skip
+    child = Child("fake fleet", command, folder / f"{name}.log", cpus=cpus, stdout_pipe=True)
     try:
         # The fleet prints a node line and a `b3lb node add` hint per node, then serves.
         lines = child.read_lines(2 * nodes, timeout=60 + nodes * meetings * max(attendees, 1) / 5000)
+        info = FleetInfo(port=int(lines[0].split()[2]), secret=secret)
+        info.domains = [line.split()[1] for line in lines[:nodes]]
+        if options.tls_dir is not None:
+            info.scheme, info.ca_file = "https", str(options.tls_dir / "ca.pem")
+            if not Path(info.ca_file).is_file():
+                raise RuntimeError(f"the fleet started with --tls but wrote no {info.ca_file}")
     except Exception:
         child.stop()
         raise
-    info = FleetInfo(port=int(lines[0].split()[2]), secret=secret)
-    info.domains = [line.split()[1] for line in lines[:nodes]]
     return child, info
 
 
-async def seed_database(url: str, fleet: FleetInfo, tenants: Sequence[str]) -> dict[str, str]:
-    """Cluster, nodes (as the fleet process serves them) and tenants; returns slug -> secret."""
+class Unsupported(RuntimeError):
+    """A piece the scenario needs has not landed in this tree (reported as n/a, not as a failure)."""
+
+
+def tenant_slugs(count: int) -> list[str]:
+    """`count` distinct tenant slugs of letters (a slug is ^[A-Z]{2,10}$): MAAA, MAAB, ..."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return [f"M{letters[n // 676 % 26]}{letters[n // 26 % 26]}{letters[n % 26]}" for n in range(count)]
+
+
+async def seed_database(
+    url: str, fleet: FleetInfo, tenants: Sequence[str], *, secrets_per_tenant: int = 1
+) -> dict[str, str]:
+    """Cluster, nodes (as the fleet process serves them, https with --tls) and tenants with
+    `secrets_per_tenant` secrets each (sub 0, 1, ...); returns slug -> secret of sub 0."""
     stub = FakeFleet(len(fleet.domains), secret=fleet.secret)  # never started: only names and addresses
     for node, domain in zip(stub.nodes, fleet.domains, strict=True):
         if node.domain != domain:
@@ -160,12 +232,43 @@ async def seed_database(url: str, fleet: FleetInfo, tenants: Sequence[str]) -> d
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     try:
         seeded = await seed(pool, stub, tuple(tenants))
+        if fleet.scheme != "http":  # harness.seed registers http nodes
+            await pool.execute("UPDATE node SET protocol = $1", fleet.scheme)
+        for tenant in seeded.values():
+            for sub_id in range(1, secrets_per_tenant):
+                await add_secret(pool, tenant, sub_id)
     finally:
         await pool.close()
     return {slug: tenant.secrets[0][1] for slug, tenant in seeded.items()}
 
 
-def server_env(db_url: str, port: int, folder: Path, poll_interval: float) -> dict[str, str]:
+async def own_fleet_meetings(url: str, secret: str, per_node: int) -> int:
+    """Map the fleet's own meetings (m-{node}-{nnnn}, `per_node` of each node) to b3lb meetings of
+    the secret with one INSERT ... SELECT; returns how many rows the meeting table then has."""
+    conn = await asyncpg.connect(url)
+    try:
+        secret_id = await conn.fetchval("SELECT id FROM secret WHERE secret = $1", secret)
+        await conn.execute(OWN_SQL, secret_id, per_node)
+        count: int = await conn.fetchval("SELECT count(*) FROM meeting")
+        return count
+    finally:
+        await conn.close()
+
+
+async def fetch_join_targets(url: str, secret: str) -> dict[str, tuple[str, str, str]]:
+    """meetingID -> (node base URL, node secret, SHA algorithm) of the secret's meetings, as stored."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(JOIN_TARGETS_SQL, secret)
+    finally:
+        await conn.close()
+    return {r["meeting_id"]: (f"{r['protocol']}://{r['domain']}:{r['port']}", r["secret"], r["sha_algorithm"])
+            for r in rows}  # fmt: skip
+
+
+def server_env(
+    db_url: str, port: int, folder: Path, poll_interval: float, *, ca_file: str = "", workers: int = 0
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("B3LB_") and k != "REDIS_URL"}
     env.update(
         {
@@ -182,7 +285,18 @@ def server_env(db_url: str, port: int, folder: Path, poll_interval: float) -> di
             "B3LB_METRICS_ADMIN_TOKEN": METRICS_ADMIN_TOKEN,
         }
     )
+    if ca_file:
+        env["B3LB_API_NODE_CA_FILE"] = ca_file
+    if workers:
+        env["B3LB_SERVER_WORKERS"] = str(workers)
     return env
+
+
+@functools.cache
+def serve_supports_workers() -> bool:
+    done = subprocess.run([PYTHON, "-c", CLI, "serve", "--help"], capture_output=True, text=True, cwd=REPO,
+                          timeout=60)  # fmt: skip
+    return "--workers" in done.stdout
 
 
 class Client:
@@ -225,30 +339,61 @@ def wait_until(check: Callable[[], tuple[bool, str]], what: str, timeout: float,
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last}){tail}")
 
 
+@dataclass
+class StackSpec:
+    """What one stack consists of; each stack gets a fresh schema, fleet and server."""
+
+    name: str  # for logs and messages: "http", "tls", "scale", ...
+    nodes: int
+    poll_interval: float
+    fleet: FleetOptions = field(default_factory=FleetOptions)
+    fleet_meetings: int = 0  # the fleet's own meetings per node
+    fleet_attendees: int = 0
+    tenants: tuple[str, ...] = TENANTS
+    secrets_per_tenant: int = 1
+    precreated: dict[str, int] = field(default_factory=lambda: dict(PRECREATED))
+    own_fleet_meetings: str = ""  # tenant whose secret owns every fleet meeting before the server starts
+    workers: int = 0  # 0: `b3lb serve` as before; N: `b3lb serve --workers N` (supervisor + N workers)
+    server_cpus: frozenset[int] | None = None
+    fleet_cpus: frozenset[int] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # more settings of the server (B3LB_...)
+
+
 class ApiStack:
     """Seeded schema + fake fleet + one b3lb server, with meetings pre-created through the API."""
 
-    def __init__(
-        self,
-        postgres: Postgres,
-        folder: Path,
-        *,
-        nodes: int,
-        server_cpus: frozenset[int] | None,
-        fleet_cpus: frozenset[int] | None,
-        poll_interval: float,
-    ) -> None:
-        self.folder = folder
-        self.db_url = postgres.new_schema("bench")
-        self.fleet, self.fleet_info = start_fleet(nodes, folder, fleet_cpus)
+    def __init__(self, postgres: Postgres, folder: Path, spec: StackSpec) -> None:
+        self.folder, self.spec = folder, spec
         self.server: Child | None = None
+        self.client: Client | None = None
+        self.owned = 0
+        if spec.workers and not serve_supports_workers():
+            raise Unsupported("`b3lb serve` has no --workers yet")
+        if spec.fleet.tls_dir is not None:
+            spec.fleet.tls_dir.mkdir(parents=True, exist_ok=True)
+        self.db_url = postgres.new_schema("bench")
+        self.fleet, self.fleet_info = start_fleet(
+            spec.nodes, folder, spec.fleet_cpus, meetings=spec.fleet_meetings, attendees=spec.fleet_attendees,
+            options=spec.fleet, name=f"fleet-{spec.name}",
+        )  # fmt: skip
         try:
-            self.secrets = run_async(seed_database(self.db_url, self.fleet_info, TENANTS))
+            self.secrets = run_async(
+                seed_database(self.db_url, self.fleet_info, spec.tenants, secrets_per_tenant=spec.secrets_per_tenant)
+            )
+            if spec.own_fleet_meetings:
+                secret = self.secrets[spec.own_fleet_meetings]
+                self.owned = run_async(own_fleet_meetings(self.db_url, secret, spec.fleet_meetings))
             self.port = free_port()
-            env = server_env(self.db_url, self.port, folder, poll_interval)
-            self.server = Child("b3lb server", [PYTHON, "-c", SERVE], folder / "server.log", cpus=server_cpus, env=env)
+            env = server_env(self.db_url, self.port, folder, spec.poll_interval, ca_file=self.fleet_info.ca_file,
+                             workers=spec.workers)  # fmt: skip
+            env.update(spec.env)
+            command = [PYTHON, "-c", SERVE] if not spec.workers else [PYTHON, "-c", CLI, "serve", "--workers",
+                                                                      str(spec.workers)]  # fmt: skip
+            self.server = Child("b3lb server", command, folder / f"server-{spec.name}.log", cpus=spec.server_cpus,
+                                env=env)  # fmt: skip
             self.client = Client(self.port)
-            wait_until(self._ping, "the server's /b3lb/ping", 60, self.server)
+            wait_until(self._ping, "the server's /b3lb/ping", 60 + self.owned / 2000, self.server)
+            self.lag = lag.Scraper(self.port, BASE_DOMAIN, METRICS_ADMIN_TOKEN)
         except BaseException:
             self.stop()
             raise
@@ -259,12 +404,14 @@ class ApiStack:
         return self.server.pid
 
     def _ping(self) -> tuple[bool, str]:
+        assert self.client is not None
         status, body = self.client.get("/b3lb/ping", BASE_DOMAIN)
         return status == 200 and body == b"OK!", f"HTTP {status} {body[:80]!r}"
 
     def precreate(self) -> None:
-        """The meetings of PRECREATED, through real create calls (4 connections in parallel)."""
-        jobs = [(slug, meeting_id) for slug in PRECREATED for meeting_id in precreated_ids(slug)]
+        """The stack's pre-created meetings, through real create calls (4 connections in parallel)."""
+        jobs = [(slug, meeting_id) for slug, count in self.spec.precreated.items()
+                for meeting_id in precreated_ids(slug)[:count]]  # fmt: skip
 
         def work(part: list[tuple[str, str]]) -> None:
             client = Client(self.port)
@@ -283,15 +430,45 @@ class ApiStack:
 
     def wait_for_poll(self, timeout: float = 60) -> None:
         """Until getMeetings lists every pre-created meeting (a poll cycle has stored them)."""
-        for slug, count in PRECREATED.items():
+        assert self.client is not None
+        client = self.client
+        for slug, count in self.spec.precreated.items():
             path = signed_path("getMeetings", [], self.secrets[slug])
 
             def listed(path: str = path, slug: str = slug, count: int = count) -> tuple[bool, str]:
-                status, body = self.client.get(path, tenant_host(slug))
+                status, body = client.get(path, tenant_host(slug))
                 found = body.count(b"<meetingID>")
                 return status == 200 and found == count, f"{slug}: HTTP {status}, {found} of {count} meetings"
 
             wait_until(listed, f"getMeetings of {slug} to list {count} meetings", timeout, self.server)
+
+    def write_join_targets(self, slug: str = "JOIN") -> Path:
+        """The meetingID -> (node base URL, node secret, algorithm) map of a tenant's meetings, as the
+        database says b3lb placed them; the load generator checks every join's Location against it."""
+        targets = run_async(fetch_join_targets(self.db_url, self.secrets[slug]))
+        wanted = set(precreated_ids(slug)[: self.spec.precreated.get(slug, 0)])
+        if not wanted <= set(targets):
+            missing = len(wanted - set(targets))
+            raise RuntimeError(f"{self.spec.name}: {missing} pre-created meetings are not in the database")
+        path = self.folder / f"join-targets-{self.spec.name}-{slug}.json"
+        path.write_text(json.dumps({m: targets[m] for m in wanted}), encoding="utf-8")
+        return path
+
+    def end_all(self) -> tuple[int, str]:
+        """POST /fleet/end-all on the fleet: every meeting on every node ends. (status, body)."""
+        domain = self.fleet_info.domains[0]
+        conn = http.client.HTTPConnection(domain, self.fleet_info.port, timeout=60)
+        if self.fleet_info.scheme == "https":
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.fleet_info.ca_file)
+            conn = http.client.HTTPSConnection(domain, self.fleet_info.port, timeout=60, context=context)
+        try:
+            conn.request("POST", "/fleet/end-all", body=b"", headers={"Host": domain})
+            response = conn.getresponse()
+            return response.status, response.read()[:200].decode("utf-8", "replace")
+        finally:
+            conn.close()
 
     def check_alive(self, before: str) -> None:
         """RuntimeError when the server or the fleet has exited."""
@@ -301,8 +478,8 @@ class ApiStack:
                 raise RuntimeError(f"{child.name} exited (code {code}) before {before}\n{child.log_tail()}")
 
     def stop(self) -> None:
-        if getattr(self, "client", None) is not None:
+        if self.client is not None:
             self.client.close()
         if self.server is not None:
-            self.server.stop()
+            self.server.stop(timeout=20)
         self.fleet.stop()
