@@ -30,12 +30,13 @@ from b3lb.outage import is_database_unavailable
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.poller")
-# After a cycle that wrote this much meeting XML, freed memory goes back to the OS (b3lb/memory.py).
-TRIM_AFTER_BYTES = 4 * 1024 * 1024
-TRIM_AFTER_ENDED = 1000  # meetings that ended in one cycle (their elements are free now)
+# After a cycle that ended this many meetings (their elements are free now), freed memory goes back
+# to the OS (b3lb/memory.py).
+TRIM_AFTER_ENDED = 1000
 # Seconds of Python work in a row before the poll cycle lets the API run (issue 12: loop lag <= 20 ms).
 SLICE_SECONDS = 0.002
 WRITE_BATCH = 1000  # meeting rows per UPDATE statement
+TAIL_SLICE = 5000  # records updated between two loop turns after a cycle's writes (about a millisecond)
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 # A failed API call asks for an extra poll of its node, at most this often per node (seconds).
 PROBE_MIN_GAP = 2.0
@@ -99,7 +100,6 @@ class Poller:
         self.last_duration = 0.0
         self.last_cpu = 0.0
         self.poll_seconds: dict[int, float] = {}  # node id -> duration of its last poll
-        self._written = 0  # bytes of meeting XML the last cycle wrote
         self._ended = 0  # meetings the last cycle found ended
         self._probing: set[int] = set()
         self._probed_at: dict[int, float] = {}
@@ -124,11 +124,11 @@ class Poller:
         # hand-overs cost more than the polls' own Python work
         await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(entries)))))
         results = [poll for poll in polls if poll is not None]
-        self._written = 0
         self._unstored_polls = []
         await self._apply(results, cycle_started=time.monotonic() - (time.perf_counter() - started))
-        if self._written >= TRIM_AFTER_BYTES or self._ended >= TRIM_AFTER_ENDED:  # much freed at once
-            release_free_memory()
+        if self._ended >= TRIM_AFTER_ENDED:  # much freed at once: give it back to the OS
+            # in a thread: trimming a large heap takes tens of milliseconds (the GIL is released meanwhile)
+            await asyncio.get_running_loop().run_in_executor(None, release_free_memory)
         settle_long_lived()
         self.cycles += 1
         self.last_duration = time.perf_counter() - started
@@ -258,11 +258,12 @@ class Poller:
             if not owned:
                 continue
             for ref in owned:
-                # Most meetings look the same as one poll ago: keep that copy and what was read from it
-                # (fewer short-lived copies also keep the heap from fragmenting)
-                if ref.polled is not None and meeting.same_as(ref.xml):
-                    counts, (origin, server) = ref.polled[:5], ref.polled[5:7]
-                    samples.append(MeetingSample(ref, counts, origin, server, ref.xml))  # type: ignore[arg-type]
+                # Most meetings look as they did one poll ago, and that element is what their row holds
+                # (ref.polled ends with the stored element): nothing to read, keep, write or allocate
+                if ref.polled is not None and ref.polled[-1] is ref.xml and meeting.same_as(ref.xml):
+                    if ref.uncertain_since:  # its create's fate is decided by this poll
+                        counts, (origin, server) = ref.polled[:5], ref.polled[5:7]
+                        samples.append(MeetingSample(ref, counts, origin, server, ref.xml))  # type: ignore[arg-type]
                     continue
                 xml = meeting.xml
                 counts, origin, server = bbbxml.details(xml)
@@ -359,7 +360,7 @@ class Poller:
             polled = (*counts, fit_text(sample.origin, ORIGIN_SIZE), fit_text(sample.origin_server_name, ORIGIN_SIZE),
                       sample.xml)
             if polled != ref.polled:  # only changed meetings are written
-                meeting_rows.append((ref.id, *polled[:-1], fit_xml_text(sample.xml)))
+                meeting_rows.append((ref.id, *polled))  # the element becomes text batch by batch (_store)
                 self._unstored_polls.append((ref, polled))  # ref.polled once the rows are stored
         gone = []
         for ref in self.runtime.meetings.refs_on_node(result.entry.node.id):
@@ -381,17 +382,21 @@ class Poller:
     ) -> None:
         pool = self.runtime.pool
         ended: list[asyncpg.Record] = []
+        refused: set[object] = set()  # meeting rows the database would not take: written again next cycle
 
         async def nodes(conn: asyncpg.Connection) -> None:
             await conn.execute(Q.nodes_update, *map(list, zip(*node_rows, strict=True)))
 
         async def meetings(conn: asyncpg.Connection) -> None:
-            # in batches: encoding one statement of 10,000 elements would hold the loop for tens of ms
+            # in batches: encoding one statement of 10,000 elements would hold the loop for tens of ms,
+            # and the elements' text copies exist one batch at a time
             for at in range(0, len(meeting_rows), WRITE_BATCH):
-                await self._store_rows(conn, Q.meetings_update, meeting_rows[at : at + WRITE_BATCH])
+                batch = [(*row[:-1], fit_xml_text(row[-1])) for row in meeting_rows[at : at + WRITE_BATCH]]
+                refused.update(await self._store_rows(conn, Q.meetings_update, batch))  # type: ignore[arg-type]
 
         async def gone(conn: asyncpg.Connection) -> None:
-            ended.extend(await conn.fetch(Q.meetings_vanished, [r.id for r in vanished]))
+            for at in range(0, len(vanished), WRITE_BATCH):
+                ended.extend(await conn.fetch(Q.meetings_vanished, [r.id for r in vanished[at : at + WRITE_BATCH]]))
 
         async def prune(conn: asyncpg.Connection) -> None:
             await conn.execute(Q.meetings_gone_prune, GONE_KEEP_SECONDS)
@@ -417,13 +422,17 @@ class Poller:
             self.unstored_health.difference_update(row[0] for row in node_rows)
         else:
             self.unstored_health.update(row[0] for row in node_rows)  # type: ignore[misc]
-        for row in ended:
+        for number, row in enumerate(ended, 1):  # all meetings of a fleet may end in one cycle
             self.runtime.counters.meeting_ended(row["secret_id"], row["seconds"])
+            if number % TAIL_SLICE == 0:
+                await asyncio.sleep(0)
         if stored.get("meetings"):  # else they are written again next cycle
-            for ref, polled in self._unstored_polls:
-                ref.polled = polled
+            for number, (ref, polled) in enumerate(self._unstored_polls, 1):
+                if ref.id not in refused:
+                    ref.polled = polled
+                if number % TAIL_SLICE == 0:
+                    await asyncio.sleep(0)
         self._unstored_polls = []
-        self._written = sum(len(row[-1] or "") for row in meeting_rows)  # type: ignore[arg-type]
 
     async def _store_step(
         self, conn: asyncpg.Connection, name: str, step: Callable[[asyncpg.Connection], Awaitable[None]]
@@ -443,17 +452,21 @@ class Poller:
         return True
 
     @staticmethod
-    async def _store_rows(conn: asyncpg.Connection, query: str, rows: list[tuple[object, ...]]) -> None:
-        """Rows in one statement; if the database refuses the batch, row by row without the bad ones."""
+    async def _store_rows(conn: asyncpg.Connection, query: str, rows: list[tuple[object, ...]]) -> list[object]:
+        """Rows in one statement; if the database refuses the batch, row by row without the bad ones.
+        Returns the ids (first values) of the rows it refused."""
         try:
             async with conn.transaction():
                 await conn.execute(query, *map(list, zip(*rows, strict=True)))
-            return
+            return []
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
             log.warning("a batch of %d rows was refused (%s): storing them one by one", len(rows), exc)
+        refused = []
         for row in rows:
             try:
                 async with conn.transaction():
                     await conn.execute(query, *([value] for value in row))
             except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
                 log.warning("row %s not stored: %s", row[0], exc)
+                refused.append(row[0])
+        return refused

@@ -167,7 +167,8 @@ def build(stack: str, secrets_by_slug: dict[str, str], connections: int) -> dict
 
 def _metrics(secrets_by_slug: dict[str, str], connections: int) -> dict[str, Scenario]:
     first = sorted(secrets_by_slug)[0]
-    admin = {"Authorization": METRICS_ADMIN_TOKEN}  # the global view needs the admin token
+    # the global view needs the admin token; Prometheus always asks for gzip
+    admin = {"Authorization": METRICS_ADMIN_TOKEN, "Accept-Encoding": "gzip"}
     return {
         "metrics": Scenario("metrics", connections, BASE_DOMAIN, _cycle(["/b3lb/metrics"]),
                             contains="b3lb_node_load", headers=admin),

@@ -115,3 +115,20 @@ async def test_a_reload_does_not_undo_a_recovery_the_poller_could_not_store(db_u
         assert await stored_state(h) == (False, False)
         await h.reload()
         assert await stored_state(h) == (False, False)
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_change_the_database_refused_is_written_by_the_next_cycle(db_url):
+    """A meeting that looks as it did one poll ago is skipped only when its row holds that very element:
+    after a refused write the next cycle writes it, although the node reports nothing new."""
+    async with Harness(db_url, nodes=1) as h:
+        await create(h, "room", "")
+        await h.poll()
+        await h.pool.execute("ALTER TABLE meeting ADD CONSTRAINT not_four CHECK (attendees <> 4)")
+        h.fleet.nodes[0].add_attendees("room", 4)
+        await h.poll()  # refused: the row keeps 0 attendees
+        assert await h.pool.fetchval("SELECT attendees FROM meeting WHERE meeting_id = 'room'") == 0
+        await h.pool.execute("ALTER TABLE meeting DROP CONSTRAINT not_four")
+        await h.poll()  # the node's document is unchanged since the last poll
+        row = await h.pool.fetchrow("SELECT attendees, xml FROM meeting WHERE meeting_id = 'room'")
+        assert row["attendees"] == 4 and "<participantCount>4</participantCount>" in row["xml"]
