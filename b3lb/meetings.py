@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+PRUNE_AT_MOST = 20_000  # removal times dropped per call of forget_old_removals (a few milliseconds)
 
 
 @dataclass(slots=True)
@@ -65,10 +68,11 @@ class MeetingTable:
         self.attendees_by_secret: dict[int, int] = {}
         # meeting row id -> monotonic time this process removed it; a reload that started
         # before the removal must not bring it back
-        self.removed: dict[int, float] = {}
+        self.removed: OrderedDict[int, float] = OrderedDict()  # oldest first: pruned from the front
         # (secret, meetingID) -> creates placing it right now, between their limit check and the
         # insert: concurrent creates must count these against the limits too
         self.placing: dict[tuple[int, str], int] = {}
+        self._largest = 0  # size of the table when its indexes were last rebuilt (compact_if_shrunk)
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -93,6 +97,7 @@ class MeetingTable:
             return
         if forget:
             self.removed[ref.id] = time.monotonic()
+            self.removed.move_to_end(ref.id)
         del self.by_key[key]
         if self.by_id.get(ref.id) is ref:
             del self.by_id[ref.id]
@@ -200,9 +205,29 @@ class MeetingTable:
                 gone.append(ref)
         return gone
 
-    def forget_old_removals(self, older_than: float) -> None:
-        now = time.monotonic()
-        self.removed = {i: t for i, t in self.removed.items() if now - t < older_than}
+    def forget_old_removals(self, older_than: float, at_most: int = PRUNE_AT_MOST) -> None:
+        """Drop removal times older than `older_than` seconds, at most `at_most` of them per call
+        (a whole fleet may end at once: the rest go next time, a longer memory does no harm)."""
+        cutoff = time.monotonic() - older_than
+        removed = self.removed
+        for _ in range(min(at_most, len(removed))):
+            meeting_row_id, removed_at = removed.popitem(last=False)
+            if removed_at >= cutoff:
+                removed[meeting_row_id] = removed_at
+                removed.move_to_end(meeting_row_id, last=False)
+                break
+
+    def compact_if_shrunk(self) -> bool:
+        """Rebuild the indexes once the table has shrunk to half of its largest size since the last
+        rebuild (a dict keeps the table of its largest size; copying it costs time per survivor)."""
+        self._largest = max(self._largest, len(self.by_key))
+        if len(self.by_key) * 2 > self._largest:
+            return False
+        self._largest = len(self.by_key)
+        self.by_key, self.by_id, self.by_secret = dict(self.by_key), dict(self.by_id), dict(self.by_secret)
+        self.by_meeting_id, self.by_node = dict(self.by_meeting_id), dict(self.by_node)
+        self.attendees_by_secret = dict(self.attendees_by_secret)
+        return True
 
 
 def _carry_over(previous: MeetingRef, ref: MeetingRef) -> None:

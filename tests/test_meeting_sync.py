@@ -3,12 +3,15 @@ misses a write that commits late, and learns of every way a meeting row goes."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
 
+from b3lb.meetings import MeetingRef, MeetingTable
 from b3lb.runtime import Runtime
 from b3lb.testing.harness import Harness
 
@@ -101,3 +104,27 @@ async def test_the_poll_cycle_prunes_old_gone_rows_only(db_url):
         await h.poll()
         left = {r["id"] for r in await h.pool.fetch("SELECT id FROM meeting_gone")}
         assert 424242 not in left and len(left) == 1
+
+
+def test_removal_times_are_pruned_oldest_first_a_bounded_number_at_a_time() -> None:
+    table = MeetingTable()
+    now = time.monotonic()
+    for number in range(10):
+        table.removed[number] = now - 100 + number  # the first five are older than 95 s
+    table.forget_old_removals(95.5, at_most=3)
+    assert list(table.removed) == list(range(3, 10))
+    table.forget_old_removals(95.5)
+    assert list(table.removed) == list(range(5, 10))
+
+
+def test_indexes_are_rebuilt_once_the_table_has_halved() -> None:
+    table = MeetingTable()
+    refs = [MeetingRef(id=n, secret_id=1, meeting_id=f"m{n}", node_id=1, nonce=uuid.uuid4()) for n in range(100)]
+    for ref in refs:
+        table.add(ref)
+    assert not table.compact_if_shrunk()
+    for ref in refs[:60]:
+        table.remove(ref)
+    before = table.by_key
+    assert table.compact_if_shrunk() and table.by_key is not before and len(table.by_key) == 40
+    assert table.get(1, "m70") is refs[70] and table.by_id[70] is refs[70] and len(table.by_node[1]) == 40
