@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
-from urllib.parse import quote_plus, urlencode
 
 # Hex length of each digest, which is how BBB picks the algorithm.
 ALGORITHM_BY_LENGTH = {40: "sha1", 64: "sha256", 96: "sha384", 128: "sha512"}
@@ -31,6 +31,11 @@ def find_checksum(query: str) -> str | None:
 
 def strip_checksum(query: str, value: str) -> str:
     """Remove the checksum pair by BBB's three string replacements, in BBB's order."""
+    pair = "checksum=" + value
+    at = len(query) - len(pair)
+    if at > 0 and query[at - 1] == "&" and query.find(pair) == at:
+        # The usual query: its only checksum pair is the last one, which is all the replacements remove.
+        return query[: at - 1]
     return (
         query.replace("&checksum=" + value, "")
         .replace("checksum=" + value + "&", "")
@@ -94,9 +99,28 @@ def verify_payload(
     return matched
 
 
+# What quote_plus(safe="*") leaves as it is: most keys and values, which then skip quoting.
+_PLAIN_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~*-"
+_PLAIN = re.compile(r"[A-Za-z0-9_.~*-]*")
+# Byte (as the latin-1 character of the same code) -> itself when plain, else its escape (space: "+").
+# A list, not a dict: str.translate pays an exception for each character a dict does not map.
+_ESCAPES = [chr(code) if chr(code) in _PLAIN_CHARS else "+" if code == 0x20 else f"%{code:02X}" for code in range(256)]
+
+
+def quote_value(text: str) -> str:
+    """quote_plus(text, safe="*"), by one str.translate over the UTF-8 bytes (urllib escapes byte
+    by byte in Python: 5 µs for a callback URL, 2 µs here). Lone surrogates raise UnicodeEncodeError as there."""
+    if (text.isalnum() and text.isascii()) or _PLAIN.fullmatch(text):  # the first test is the cheaper
+        return text
+    if not text.isascii():
+        text = text.encode("utf-8").decode("latin-1")
+    return text.translate(_ESCAPES)
+
+
 def encode_params(params: Iterable[tuple[str, str]]) -> str:
-    """Form-encode parameters the way Java and Ruby BBB clients do (space as +, * literal)."""
-    return urlencode(list(params), safe="*", quote_via=quote_plus)
+    """Form-encode parameters the way Java and Ruby BBB clients do (space as +, * literal): what
+    urlencode(params, safe="*", quote_via=quote_plus) makes."""
+    return "&".join(f"{quote_value(k)}={quote_value(v)}" for k, v in params)
 
 
 def signed_query(call: str, params: Iterable[tuple[str, str]], secret: str, algorithm: str) -> str:

@@ -1,9 +1,11 @@
 """The routing records of concurrent creates, written together (group commit).
 
 At the top of the hour thousands of creates arrive within seconds. On its own each insert costs a
-round trip, a socket write and a statement in PostgreSQL. Here a create's insert starts at once
-while fewer than `max_in_flight` are under way; creates arriving meanwhile wait for the next one,
-which writes all of them with a single INSERT ... SELECT FROM unnest(...).
+round trip, a socket write and a statement in PostgreSQL. Here a create's insert starts at the end
+of the loop iteration it arrived in (with every other create of that iteration) while fewer than
+`max_in_flight` are under way; creates arriving meanwhile wait for the next one, which writes all
+of them with a single INSERT ... SELECT FROM unnest(...). A create answers SUCCESS only after the
+statement's COMMIT (the pool's synchronous_commit decides how durable that is).
 """
 
 from __future__ import annotations
@@ -33,15 +35,25 @@ class MeetingInserts:
         self._max_batch = max_batch
         self._queue: list[tuple[InsertArgs, asyncio.Future[Any]]] = []
         self._in_flight = 0
+        self._starting = False  # a start is scheduled for the end of this loop iteration
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def insert(self, args: InsertArgs) -> asyncpg.Record | None:
         """The new row, or None when the meeting exists already (another create won)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         self._queue.append((args, future))
-        if self._in_flight < self._max_in_flight:
-            self._start()
+        if self._in_flight < self._max_in_flight and not self._starting:
+            # Started once the loop has run what is ready now, not at once: the creates that arrived
+            # together (32 clients: a handful per loop iteration) then share one statement.
+            self._starting = True
+            loop.call_soon(self._start_waiting)
         return await future
+
+    def _start_waiting(self) -> None:
+        self._starting = False
+        if self._queue and self._in_flight < self._max_in_flight:
+            self._start()
 
     def _start(self) -> None:
         batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]

@@ -115,14 +115,22 @@ class NodeClient:
         data = body if method == "POST" else None
         seconds = timeout or self.request_timeout
         slots = pool.slots
-        client_timeout = await self._take_slot(slots, seconds)
+        if slots.locked():
+            client_timeout = await self._take_slot(slots, seconds)
+        else:  # the common case, without a coroutine of our own: a free slot is taken at once
+            await slots.acquire()
+            client_timeout = self._timeouts.get(seconds) or self._timeout(seconds)
         try:
-            async with pool.session.request(
+            # Awaited directly rather than as a context manager: released below, as its exit would.
+            response = await pool.session.request(
                 method, URL(url, encoded=True), data=data, headers=headers, timeout=client_timeout,
                 allow_redirects=False,
-            ) as response:
+            )
+            try:
                 answer = await self._read(response)
-                return NodeResponse(response.status, answer, response.headers.get("Content-Type") or "text/xml")
+            finally:
+                response.release()
+            return NodeResponse(response.status, answer, response.headers.get("Content-Type") or "text/xml")
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError, RuntimeError) as exc:
             raise _classified(exc) from None
         finally:

@@ -4,6 +4,7 @@ the forwarded call (spec 2.3, 5.3, 5.5, 7.10-7.14, 7.19)."""
 from __future__ import annotations
 
 import base64
+import random
 import uuid
 from urllib.parse import quote
 
@@ -349,3 +350,41 @@ async def test_a_meeting_known_only_from_an_event_is_still_written(db_url):
         assert ref is not None and ref.id == row["id"] and not ref.via_event
         host = next(n for n in h.fleet.nodes if "ghost" in n.meetings)
         assert row["node_id"] == node_id(h, host)
+
+
+def test_rewrite_in_one_pass_equals_the_edits_one_by_one() -> None:
+    """create's rewrite (one pass over the parameters) against the spec 5.3 edits applied one
+    after the other with the parameter helpers: the same parameters in the same order."""
+    from types import SimpleNamespace
+
+    from b3lb.api import create as create_module
+    from b3lb.api import params as p
+    from b3lb.tenancy import AssetFlags, Rule
+
+    def reference(ctx: SimpleNamespace, params: p.Params, nonce: uuid.UUID) -> p.Params:
+        base = "https://lb.test"
+        params = p.remove(p.apply_rules(params, ctx.create_rules), "dialNumber", "voiceBridge")
+        if ctx.assets.logo:
+            params = p.set_default(params, "logo", f"{base}/b3lb/t/abc/logo")
+        if ctx.recording_enabled:
+            params = [(k, v) for k, v in params if k.lower() != "meta_bbb-recording-ready-url"]
+            params = p.set_value(params, "meta_b3lb-recordset", str(nonce))
+        else:
+            for flag in ("record", "autoStartRecording", "allowStartStopRecording"):
+                params = p.set_value(params, flag, "false")
+        return p.set_value(params, "meta_endCallbackUrl", f"{base}/b3lb/b/meeting/end?nonce={nonce}", casefold=True)
+
+    keys = ["name", "meetingID", "record", "RECORD", "autoStartRecording", "allowStartStopRecording", "logo",
+            "dialNumber", "voiceBridge", "meta_endCallbackUrl", "META_ENDCALLBACKURL", "meta_b3lb-recordset",
+            "META_B3LB-RECORDSET", "meta_bbb-recording-ready-url", "Meta_BBB-Recording-Ready-Url", "welcome"]
+    runtime = SimpleNamespace(config=SimpleNamespace(public_base_url="https://lb.test"))
+    rng = random.Random(7)
+    for _ in range(20000):
+        params = [(rng.choice(keys), rng.choice(["a", "", "true"])) for _ in range(rng.randint(0, 9))]
+        rules = tuple(Rule(rng.choice(["BLOCK", "SET", "OVERRIDE"]), rng.choice(keys), rng.choice(["r1", "r2"]))
+                      for _ in range(rng.randint(0, 2)))
+        ctx = SimpleNamespace(create_rules=rules, recording_enabled=rng.random() < 0.5,
+                              assets=AssetFlags(logo=rng.random() < 0.5), tenant=SimpleNamespace(slug="ABC"))
+        ref = SimpleNamespace(nonce=uuid.UUID(int=rng.getrandbits(128)))
+        rewritten = create_module._rewrite(runtime, ctx, params, ref)  # type: ignore[arg-type]
+        assert rewritten == reference(ctx, params, ref.nonce), (params, rules, ctx)

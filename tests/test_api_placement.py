@@ -289,3 +289,46 @@ async def test_meeting_limits_hold_for_a_burst_of_concurrent_creates(db_url):
         assert codes == {"SUCCESS": 3, "FAILED": 3}, [r.body for r in results]
         assert len(await meeting_rows(h)) == 5
         assert hits(h, 1) == (4, 0) and hits(h, 0) == (3, 0)
+
+
+def test_choose_is_the_least_loaded_available_node_random_among_equals() -> None:
+    """LoadTable.choose (which passes over a node more loaded than the best so far before any
+    other test) against the rule written out: least load among the available, not excluded, not
+    avoided nodes (random among equals); only avoided ones left: the least loaded of those."""
+    import random
+    import time
+
+    from b3lb.balancer import LoadTable, NodeEntry
+    from b3lb.models import Cluster, Node
+
+    def reference(table: LoadTable, group: int, exclude: set[int] | None) -> list[NodeEntry]:
+        now = time.monotonic()
+        usable = [table.nodes[i] for i in table.group_nodes.get(group, ())
+                  if table.nodes[i].load >= 0 and not (exclude and i in exclude)]
+        fresh = [e for e in usable if not e.avoid_until or e.avoid_until <= now]
+        if not fresh:
+            avoided = [e for e in usable if e not in fresh]
+            return [min(avoided, key=lambda e: e.load)] if avoided else []
+        least = min(e.load for e in fresh)
+        return [e for e in fresh if e.load == least]
+
+    rng = random.Random(4)
+    cluster = Cluster(id=1, name="c", load_a_factor=1.0, load_m_factor=30.0, load_cpu_series_iteratations=6,
+                      load_cpu_maximum=5000, sha_algorithm="SHA256")
+    for _ in range(3000):
+        nodes = [Node(id=i, cluster_id=1, slug=f"n{i}", domain="n.test", secret="s", protocol="http", port=80,
+                      bbb_endpoint="/bigbluebutton/api/", load_endpoint="/b3lb/load", cpu_load=0,
+                      attendees=rng.randint(0, 3), meetings=rng.randint(0, 2), has_errors=rng.random() < 0.2,
+                      maintenance=rng.random() < 0.1) for i in range(1, rng.randint(0, 12) + 1)]
+        table = LoadTable()
+        table.rebuild([cluster], nodes, [(7, 1)])
+        for entry in table.nodes.values():
+            if rng.random() < 0.3:
+                entry.avoid_until = time.monotonic() + rng.choice([-5, 100])
+        exclude = {n.id for n in nodes if rng.random() < 0.2} if rng.random() < 0.5 else None
+        expected = reference(table, 7, exclude)
+        chosen = table.choose(7, exclude)
+        if not expected:
+            assert chosen is None
+        else:
+            assert chosen in expected

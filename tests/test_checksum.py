@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import random
+from urllib.parse import quote_plus, urlencode
 
 import pytest
 
-from b3lb.checksum import digest, encode_params, find_checksum, signed_query, strip_checksum, verify
+from b3lb.checksum import digest, encode_params, find_checksum, quote_value, signed_query, strip_checksum, verify
 
 S1 = "b3lbDemoSecret0123456789abcdefghijklmnopQR"
 S2 = "NextSecret9876543210zyxwvutsrqponmlkjihgfE"
@@ -220,3 +222,45 @@ def test_raw_utf8_bytes_hash_as_sent() -> None:
 def test_non_hex_checksum_fails_without_raising(value: str) -> None:
     assert not verify("getMeetings", f"checksum={value}", (S1, S2), ALL)
     assert not verify("getMeetings", f"checksum={value}", (S1, S2), ALL, "sha1")
+
+
+# Characters that exercise every branch of the encoder: plain, space, reserved, %, *, non-ASCII
+# (two-, three- and four-byte UTF-8), controls, the line separator.
+_ALPHABET = "aZ09_.-~* +&=%/?#:;,@!$'()[]\"<>\\^`{|}\x00\x1f\x7f\x80\xa0\xff\u00e9\u20ac\u2028\U0001f600"
+
+
+def test_encode_params_is_urlencode_with_quote_plus() -> None:
+    """encode_params formats what urlencode(safe="*", quote_via=quote_plus) did (the node's checksum
+    covers these exact bytes), without its per-byte Python loop."""
+    rng = random.Random(12)
+    for _ in range(5000):
+        params = [
+            ("".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 6))),
+             "".join(rng.choice(_ALPHABET) for _ in range(rng.randint(0, 10))))
+            for _ in range(rng.randint(0, 4))
+        ]
+        assert encode_params(params) == urlencode(params, safe="*", quote_via=quote_plus), params
+    for code in range(0x110000):  # every character alone: the same text, or the same error
+        text = chr(code)
+        try:
+            expected = quote_plus(text, safe="*")
+        except UnicodeEncodeError:
+            with pytest.raises(UnicodeEncodeError):
+                quote_value(text)
+            continue
+        assert quote_value(text) == expected
+
+
+def test_strip_checksum_is_bbbs_three_replacements() -> None:
+    """The shortcut for a trailing checksum pair changes nothing: same result as BBB's replacements."""
+
+    def bbb(query: str, value: str) -> str:
+        return query.replace("&checksum=" + value, "").replace("checksum=" + value + "&", "").replace(
+            "checksum=" + value, "")
+
+    rng = random.Random(3)
+    pieces = ["a=1", "checksum=x", "checksum=xx", "&", "checksum=", "x", "=", "checksum=x&", "&checksum=x", "hecksum=x"]
+    for _ in range(20000):
+        query = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+        value = rng.choice(["x", "xx", "", "x&", "=x"])
+        assert strip_checksum(query, value) == bbb(query, value), (query, value)

@@ -28,18 +28,45 @@ def ids(h: Harness) -> tuple[int, int]:
     return h.tenants["ABC"].secrets[0][0], next(iter(h.runtime.loads.nodes))
 
 
+async def started_alone(inserts: CountingInserts, args: InsertArgs) -> asyncio.Future[asyncpg.Record | None]:
+    """An insert whose statement has been sent (a few loop iterations at most) before anything else."""
+    first = asyncio.ensure_future(inserts.insert(args))
+    for _ in range(100):
+        if inserts.statements:
+            return first
+        await asyncio.sleep(0)
+    raise AssertionError("the first insert never went out")
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_concurrent_inserts_share_statements_and_each_gets_its_row(db_url):
     async with Harness(db_url, nodes=1) as h:
         secret_id, node_id = ids(h)
         inserts = CountingInserts(h.pool, max_in_flight=1)
-        rows = await asyncio.gather(*(inserts.insert((secret_id, f"m-{n}", f"Room {n}", node_id, "", ""))
-                                      for n in range(20)))
+        first = await started_alone(inserts, (secret_id, "m-0", "Room 0", node_id, "", ""))
+        rest = await asyncio.gather(*(inserts.insert((secret_id, f"m-{n}", f"Room {n}", node_id, "", ""))
+                                      for n in range(1, 20)))
+        rows = [await first, *rest]
         assert [r["meeting_id"] for r in rows] == [f"m-{n}" for n in range(20)]
         assert len({r["id"] for r in rows}) == 20 and all(r["node_id"] == node_id for r in rows)
         # the first went alone, the 19 that came while it ran went together
         assert inserts.statements == [1, 19]
         assert await h.pool.fetchval("SELECT count(*) FROM meeting WHERE meeting_name LIKE 'Room %'") == 20
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_inserts_arriving_together_share_one_statement(db_url):
+    """Nothing in flight: still one statement for the creates of one loop iteration, not one each."""
+    async with Harness(db_url, nodes=1) as h:
+        secret_id, node_id = ids(h)
+        inserts = CountingInserts(h.pool, max_in_flight=2)
+        rows = await asyncio.gather(*(inserts.insert((secret_id, f"t-{n}", "Room", node_id, "", ""))
+                                      for n in range(12)))
+        assert [r["meeting_id"] for r in rows] == [f"t-{n}" for n in range(12)]
+        assert inserts.statements == [12]
+        # one alone is not held back: it goes out as soon as the loop has run what was ready
+        assert (await inserts.insert((secret_id, "alone", "Room", node_id, "", "")))["meeting_id"] == "alone"
+        assert inserts.statements == [12, 1]
 
 
 @pytest.mark.gen_test(timeout=30)
@@ -51,11 +78,10 @@ async def test_existing_and_duplicate_meetings_get_no_row(db_url):
         assert first is not None
         assert await inserts.insert((secret_id, "dup", "Room again", node_id, "", "")) is None
         # two creates of one new meeting in one batch: the first gets the row, the second nothing
-        blocker = inserts.insert((secret_id, "blocker", "Room", node_id, "", ""))
-        rows = await asyncio.gather(blocker, *(inserts.insert((secret_id, "twin", f"Twin {n}", node_id, "", ""))
-                                               for n in range(2)))
+        rows = await asyncio.gather(*(inserts.insert((secret_id, "twin", f"Twin {n}", node_id, "", ""))
+                                      for n in range(2)))
         assert inserts.statements[-1] == 2
-        assert rows[1] is not None and rows[1]["meeting_id"] == "twin" and rows[2] is None
+        assert rows[0] is not None and rows[0]["meeting_id"] == "twin" and rows[1] is None
         assert await h.pool.fetchval("SELECT meeting_name FROM meeting WHERE meeting_id = 'twin'") == "Twin 0"
 
 
@@ -64,13 +90,12 @@ async def test_a_bad_row_fails_alone(db_url):
     async with Harness(db_url, nodes=1) as h:
         secret_id, node_id = ids(h)
         inserts = CountingInserts(h.pool, max_in_flight=1)
-        blocker = inserts.insert((secret_id, "blocker", "Room", node_id, "", ""))
         good = [inserts.insert((secret_id, f"ok-{n}", "Room", node_id, "", "")) for n in range(3)]
         bad = inserts.insert((999_999, "orphan", "Room", node_id, "", ""))  # no such secret
-        results = await asyncio.gather(blocker, *good, bad, return_exceptions=True)
-        assert [r["meeting_id"] for r in results[:4]] == ["blocker", "ok-0", "ok-1", "ok-2"]
-        assert isinstance(results[4], asyncpg.ForeignKeyViolationError)
-        assert inserts.statements == [1, 4, 1, 1, 1, 1]  # the batch failed, then row by row
+        results = await asyncio.gather(*good, bad, return_exceptions=True)
+        assert [r["meeting_id"] for r in results[:3]] == ["ok-0", "ok-1", "ok-2"]
+        assert isinstance(results[3], asyncpg.ForeignKeyViolationError)
+        assert inserts.statements == [4, 1, 1, 1, 1]  # the batch failed, then row by row
         assert await h.pool.fetchval("SELECT count(*) FROM meeting WHERE meeting_id LIKE 'ok-%'") == 3
 
 

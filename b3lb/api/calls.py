@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -27,7 +28,10 @@ async def owner(runtime: Runtime, req: ApiRequest) -> tuple[MeetingRef, NodeEntr
     meeting_id = req.get("meetingID")
     if not meeting_id:
         return None
-    ref = await runtime.lookup_meeting(req.ctx.secret.id, meeting_id)
+    # Memory first without a coroutine (lookup_meeting checks it too, then asks the database).
+    ref = runtime.meetings.get(req.ctx.secret.id, meeting_id) or await runtime.lookup_meeting(
+        req.ctx.secret.id, meeting_id
+    )
     if ref is None:
         return None
     entry = runtime.loads.nodes.get(ref.node_id)
@@ -40,14 +44,13 @@ async def owner(runtime: Runtime, req: ApiRequest) -> tuple[MeetingRef, NodeEntr
 GET_ONLY_ON_NODE = frozenset({"sendChatMessage"})
 
 
-async def pass_through(runtime: Runtime, req: ApiRequest, entry: NodeEntry) -> ApiResult:
+def pass_through(runtime: Runtime, req: ApiRequest, entry: NodeEntry) -> Coroutine[Any, Any, ApiResult]:
+    """The forward to await (a plain function: one coroutine less on every forwarded call)."""
     # Nothing is rewritten here: the client's own query goes on when it can, else re-encoded.
     query = req.raw_query if req.raw_query is not None else req.params
     if req.method == "POST" and not req.params_from_body and req.call not in GET_ONLY_ON_NODE:
-        return await forward(
-            runtime, entry, req.call, query, method="POST", body=req.body, content_type=req.content_type
-        )
-    return await forward(runtime, entry, req.call, query)
+        return forward(runtime, entry, req.call, query, method="POST", body=req.body, content_type=req.content_type)
+    return forward(runtime, entry, req.call, query)
 
 
 async def _simple(runtime: Runtime, req: ApiRequest) -> ApiResult:

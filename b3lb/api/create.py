@@ -33,6 +33,8 @@ RECORDSET_TAG = "meta_b3lb-recordset"
 READY_URL = "meta_bbb-recording-ready-url"
 END_CALLBACK = "meta_endCallbackUrl"
 RECORD_FLAGS = ("record", "autoStartRecording", "allowStartStopRecording")
+_END_CALLBACK_LOWER = END_CALLBACK.lower()
+_VOICE = frozenset({"dialNumber", "voiceBridge"})  # removed: the node assigns its own
 # A create sent but not answered in time: the node may have made the meeting, so a retry of the
 # same create goes to that node again (never a second copy elsewhere).
 UNCERTAIN = failed(
@@ -64,7 +66,8 @@ async def create(runtime: Runtime, req: ApiRequest) -> ApiResult:
         if isinstance(placed, ApiResult):
             return placed
         ref, entry, is_new = placed
-    return await _send(runtime, req, ref, entry, is_new, await _request_body(runtime, req))
+    body = _client_body(req) or (await _slide_request(runtime, req.ctx) if req.ctx.assets.slide else _PLAIN_GET)
+    return await _send(runtime, req, ref, entry, is_new, body)
 
 
 async def _send(
@@ -113,15 +116,19 @@ async def _send(
 RequestBody = tuple[str, bytes | None, str | None]  # method, body, Content-Type towards the node
 
 
-async def _request_body(runtime: Runtime, req: ApiRequest) -> RequestBody:
-    """The client's own POST body, else the tenant's default slide, else a plain GET."""
+_PLAIN_GET: RequestBody = ("GET", None, None)
+
+
+def _client_body(req: ApiRequest) -> RequestBody | None:
+    """The client's own POST body, forwarded as it is (else the tenant's default slide, or a plain GET)."""
     if req.method == "POST" and not req.params_from_body and req.body:
         return "POST", req.body, req.content_type
-    if req.ctx.assets.slide:
-        body = await _slide_body(runtime, req.ctx)
-        if body is not None:
-            return "POST", body, "application/xml"
-    return "GET", None, None
+    return None
+
+
+async def _slide_request(runtime: Runtime, ctx: SecretContext) -> RequestBody:
+    body = await _slide_body(runtime, ctx)
+    return ("POST", body, "application/xml") if body is not None else _PLAIN_GET
 
 
 LOST_RACE = "lost race"
@@ -251,50 +258,88 @@ async def _store(
 def _limit_hit(runtime: Runtime, ctx: SecretContext, meeting_id: str) -> bool:
     """Spec section 6, in its order; a trip is counted on the tenant's or the secret's counter.
 
-    Meetings other creates are placing right now count as meetings (not as attendees)."""
+    Meetings other creates are placing right now count as meetings (not as attendees). A limit of
+    0 is "unlimited", and a sum is made only for a limit that is set."""
     tenant = ctx.tenant
     meetings = runtime.meetings
-    siblings = [s.secret.id for s in runtime.directory.secrets_by_tenant.get(tenant.id, [])]
+    siblings = runtime.directory.secrets_by_tenant.get(tenant.id, [])
     own = ctx.secret.id
-    tenant_meetings = sum(meetings.count_for_secret(s) for s in siblings)
+    alone = len(siblings) == 1 and siblings[0].secret.id == own  # the usual tenant: one secret
     own_meetings = meetings.count_for_secret(own)
-    tenant_placing = sum(meetings.placing_for_secret(s, meeting_id) for s in siblings)
-    own_placing = meetings.placing_for_secret(own, meeting_id)
-    main = next((s.secret.id for s in runtime.directory.secrets_by_tenant.get(tenant.id, []) if s.secret.sub_id == 0),
-                own)
-    # Attendee limits are skipped while there are no meetings (a limit of 0 is "unlimited").
-    tenant_attendee_limit = tenant.attendee_limit if tenant_meetings else 0
-    own_attendee_limit = ctx.secret_attendee_limit if own_meetings else 0
-    checks = (
-        (tenant.meeting_limit, tenant_meetings + tenant_placing, main, "meeting_limit_hits"),
-        (ctx.secret_meeting_limit, own_meetings + own_placing, own, "meeting_limit_hits"),
-        (tenant_attendee_limit, sum(meetings.attendees_for_secret(s) for s in siblings), main, "attendee_limit_hits"),
-        (own_attendee_limit, meetings.attendees_for_secret(own), own, "attendee_limit_hits"),
-    )
-    for limit, used, secret_id, counter in checks:
-        if limit > 0 and used >= limit:
-            runtime.counters.add(secret_id, counter)
-            return True
+    tenant_meetings = own_meetings if alone else sum(meetings.count_for_secret(s.secret.id) for s in siblings)
+    own_placing = -1  # not counted yet
+    if tenant.meeting_limit > 0:
+        if alone:
+            placing = own_placing = meetings.placing_for_secret(own, meeting_id)
+        else:
+            placing = sum(meetings.placing_for_secret(s.secret.id, meeting_id) for s in siblings)
+        if tenant_meetings + placing >= tenant.meeting_limit:
+            return _tripped(runtime, _main_secret(siblings, own), "meeting_limit_hits")
+    limit = ctx.secret_meeting_limit
+    if limit > 0:
+        if own_placing < 0:
+            own_placing = meetings.placing_for_secret(own, meeting_id)
+        if own_meetings + own_placing >= limit:
+            return _tripped(runtime, own, "meeting_limit_hits")
+    # Attendee limits are skipped while there are no meetings.
+    limit = tenant.attendee_limit
+    if limit > 0 and tenant_meetings and sum(meetings.attendees_for_secret(s.secret.id) for s in siblings) >= limit:
+        return _tripped(runtime, _main_secret(siblings, own), "attendee_limit_hits")
+    limit = ctx.secret_attendee_limit
+    if limit > 0 and own_meetings and meetings.attendees_for_secret(own) >= limit:
+        return _tripped(runtime, own, "attendee_limit_hits")
     return False
 
 
+def _main_secret(siblings: list[SecretContext], own: int) -> int:
+    """The tenant's main secret (sub 0), which counts the tenant's limit trips."""
+    return next((s.secret.id for s in siblings if s.secret.sub_id == 0), own)
+
+
+def _tripped(runtime: Runtime, secret_id: int, counter: str) -> bool:
+    runtime.counters.add(secret_id, counter)
+    return True
+
+
 def _rewrite(runtime: Runtime, ctx: SecretContext, params: p.Params, ref: MeetingRef) -> p.Params:
-    """Spec 5.3: rules, voice removal, logo, recording flags, end callback. Injections win."""
+    """Spec 5.3: rules, voice removal, logo, recording flags, end callback. Injections win.
+
+    One pass over the parameters: a value b3lb sets replaces the first occurrence of its key
+    (keeping its place; later ones are dropped) or is appended, in the order below."""
     base = runtime.config.public_base_url
-    slug = ctx.tenant.slug.lower()
     params = p.apply_rules(params, ctx.create_rules)
-    params = p.remove(params, "dialNumber", "voiceBridge")
-    if ctx.assets.logo:
-        params = p.set_default(params, "logo", f"{base}/b3lb/t/{slug}/logo")
-    if ctx.recording_enabled:
-        # Any spelling: BBB lower-cases metadata keys, so the node would call the frontend itself with a
-        # token signed by the node's secret, which the frontend cannot verify.
-        params = [(k, v) for k, v in params if k.lower() != READY_URL]
-        params = p.set_value(params, RECORDSET_TAG, str(ref.nonce))
-    else:
-        for flag in RECORD_FLAGS:
-            params = p.set_value(params, flag, "false")
-    return p.set_value(params, END_CALLBACK, f"{base}/b3lb/b/meeting/end?nonce={ref.nonce}", casefold=True)
+    recording = ctx.recording_enabled
+    # key -> value set; its first occurrence is replaced, appended (in this order) when absent
+    sets = {RECORDSET_TAG: str(ref.nonce)} if recording else dict.fromkeys(RECORD_FLAGS, "false")
+    callback = f"{base}/b3lb/b/meeting/end?nonce={ref.nonce}"
+    out: p.Params = []
+    done: set[str] = set()
+    has_logo = has_callback = False
+    for k, v in params:
+        if k in _VOICE:
+            continue
+        lowered = k.lower()
+        if lowered == _END_CALLBACK_LOWER:  # any spelling (BBB lower-cases metadata keys)
+            if not has_callback:
+                out.append((k, callback))
+                has_callback = True
+        elif recording and lowered == READY_URL:
+            # Any spelling: BBB lower-cases metadata keys, so the node would call the frontend itself with a
+            # token signed by the node's secret, which the frontend cannot verify.
+            continue
+        elif k in sets:
+            if k not in done:
+                out.append((k, sets[k]))
+                done.add(k)
+        else:
+            has_logo = has_logo or k == "logo"
+            out.append((k, v))
+    if ctx.assets.logo and not has_logo:
+        out.append(("logo", f"{base}/b3lb/t/{ctx.tenant.slug.lower()}/logo"))
+    out.extend((k, value) for k, value in sets.items() if k not in done)
+    if not has_callback:
+        out.append((END_CALLBACK, callback))
+    return out
 
 
 async def _slide_body(runtime: Runtime, ctx: SecretContext) -> bytes | None:

@@ -74,14 +74,14 @@ async def call_node(
             return NodeOutcome("local", _unavailable("no free connection to it"), str(exc))
         verdict = "uncertain" if kind == "timeout" else "node_fault"
         return NodeOutcome(verdict, _unavailable(f"no answer ({exc})"), str(exc))
-    head = response.body[:512]
-    if response.code >= 500 or (response.code == 200 and b"<response" not in head):
+    body = response.body
+    if response.code >= 500 or (response.code == 200 and body.find(b"<response", 0, 512) < 0):
         return NodeOutcome("node_fault", _unavailable(f"an unusable answer (HTTP {response.code})"),
                            f"unusable answer (HTTP {response.code})")
-    result = ApiResult(response.body, response.code, response.content_type)
+    result = ApiResult(body, response.code, response.content_type)
     entry.call_error = ""
-    if b"<returncode>FAILED</returncode>" in response.body[:4096]:
-        key = _MESSAGE_KEY.search(response.body, 0, 8192)
+    if body.find(b"<returncode>FAILED</returncode>", 0, 4096) >= 0:
+        key = _MESSAGE_KEY.search(body, 0, 8192)
         if key is not None and key.group(1).decode("ascii", "replace") in NODE_FAULT_KEYS:
             return NodeOutcome("node_fault", result, f"answered {key.group(1).decode('ascii', 'replace')}")
     return NodeOutcome("ok", result)

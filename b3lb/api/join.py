@@ -13,6 +13,7 @@ from urllib.parse import quote
 from b3lb.api.forward import node_url, node_url_for_query
 from b3lb.api.params import apply_rules, first, set_default
 from b3lb.api.xml import INVALID_MEETING, MISSING_MEETING_ID, ApiResult
+from b3lb.meetings import MeetingRef
 from b3lb.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -25,17 +26,30 @@ _UNKNOWN_ERRORS = json.dumps(
 )
 
 
-async def join(runtime: Runtime, req: ApiRequest) -> ApiResult:
+def join_now(runtime: Runtime, req: ApiRequest) -> ApiResult | None:
+    """The answer from memory, or None when the meeting is not in memory (then `join` looks it up).
+    Awaits nothing: the API handler runs it as soon as the request is read, without a task."""
     meeting_id = req.get("meetingID")
     if not meeting_id:
         return MISSING_MEETING_ID
-    ctx = req.ctx
-    ref = runtime.meetings.get(ctx.secret.id, meeting_id)
-    if ref is None:  # maybe created by another instance: one indexed query
-        ref = await runtime.lookup_meeting(ctx.secret.id, meeting_id)
+    ref = runtime.meetings.get(req.ctx.secret.id, meeting_id)
+    return None if ref is None else redirect(runtime, req, ref)
+
+
+async def join(runtime: Runtime, req: ApiRequest) -> ApiResult:
+    result = join_now(runtime, req)
+    if result is not None:
+        return result
+    # Maybe created by another instance: one indexed query.
+    return redirect(runtime, req, await runtime.lookup_meeting(req.ctx.secret.id, req.get("meetingID") or ""))
+
+
+def redirect(runtime: Runtime, req: ApiRequest, ref: MeetingRef | None) -> ApiResult:
+    """The 302 to the meeting's node, or BBB's answer for an unknown meeting."""
     entry = runtime.loads.nodes.get(ref.node_id) if ref is not None else None
     if entry is None or entry.node.has_errors:
         return unknown_meeting(runtime, req)
+    ctx = req.ctx
     runtime.counters.add(ctx.secret.id, "attendees_joined")
     if not ctx.join_rules and not ctx.assets.css and req.raw_query is not None:
         # Nothing to rewrite: sign the client's own query for the node, no decoding or re-encoding.

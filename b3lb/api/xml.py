@@ -48,9 +48,17 @@ NO_MEETINGS = ApiResult(
 )
 
 
+# Built once: a create makes its "no node" answer the default before it places the meeting.
+_NO_NODE = {True: failed("noNodeAvailable", "No Node available."), False: failed(None, "No Node available.")}
+_LIMIT_REACHED = {
+    True: failed("limitReached", "Meeting/Attendee limit reached."),
+    False: failed(None, "Meeting/Attendee limit reached."),
+}
+
+
 def no_node(with_key: bool) -> ApiResult:
-    return failed("noNodeAvailable" if with_key else None, "No Node available.")
+    return _NO_NODE[bool(with_key)]
 
 
 def limit_reached(with_key: bool) -> ApiResult:
-    return failed("limitReached" if with_key else None, "Meeting/Attendee limit reached.")
+    return _LIMIT_REACHED[bool(with_key)]
