@@ -284,7 +284,8 @@ class _Client(asyncio.Protocol):
         if shared.start <= sent and now <= shared.deadline:
             shared.latencies.append(now - sent)
             shared.per_second[min(int(now - shared.start), len(shared.per_second) - 1)] += 1
-        head = bytes(buffer[: self.header_end]) if shared.targets is not None else b""
+        # the head only where it is read: join Locations, gzip answers
+        head = bytes(buffer[: self.header_end]) if shared.targets is not None or body[:2] == GZIP_MAGIC else b""
         shared.check(self.status, head, body, self.index, sent)
         del buffer[: self.total]
         self.header_end = -1
