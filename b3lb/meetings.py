@@ -156,27 +156,6 @@ class MeetingTable:
     def attendees_for_secret(self, secret_id: int) -> int:
         return self.attendees_by_secret.get(secret_id, 0)
 
-    def rebuild(self, rows: Iterable[Mapping[str, Any]], *, keep_newer_than: float = 0.0) -> None:
-        """Replace the table with the database's view, keeping local meetings younger than
-        `keep_newer_than` seconds (a create racing with the loading query may not be in it)."""
-        now = time.monotonic()
-        recent = {key: r for key, r in self.by_key.items() if now - r.seen_at < keep_newer_than}
-        known = dict(self.by_id)
-        self.forget_old_removals(keep_newer_than)
-        self.by_key, self.by_id, self.by_secret, self.by_meeting_id, self.by_node = {}, {}, {}, {}, {}
-        self.attendees_by_secret = {}
-        for row in rows:
-            ref = MeetingRef.from_row(row)
-            if ref.id in self.removed:
-                continue
-            previous = known.get(ref.id)
-            if previous is not None:
-                _carry_over(previous, ref)
-            recent.pop((ref.secret_id, ref.meeting_id), None)
-            self.add(ref)
-        for ref in recent.values():
-            self.add(ref)
-
     def apply_row(self, row: Mapping[str, Any], *, polling: bool) -> None:
         """One row the database changed since the last read. `polling`: this process polls, so
         its own copies of counts and elements are at least as new as the row's."""

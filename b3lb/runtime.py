@@ -80,7 +80,8 @@ class Runtime:
         return self.directory.lookup(*key) if key else None
 
     def request_host(self, request: HTTPServerRequest) -> str:
-        forwarded = request.headers.get("X-Forwarded-Host")
+        headers = request.headers  # `in` first: HTTPHeaders.get raises and catches KeyError inside when absent
+        forwarded = headers["X-Forwarded-Host"] if "X-Forwarded-Host" in headers else None
         if forwarded and request.remote_ip in self.trusted_proxies:
             return forwarded.split(",", 1)[0].strip()
         return request.host or ""
