@@ -95,6 +95,6 @@ setup(
             "httptools>=0.6",
         ],
     },
-    entry_points={"console_scripts": ["b3lb=b3lb.cli:main"]},
+    entry_points={"console_scripts": ["b3lb=b3lb.admin.cli:main"]},
     cmdclass={"build_py": BuildWithData},
 )

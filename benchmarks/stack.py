@@ -31,7 +31,7 @@ BASE_DOMAIN = "bench.test"
 # metrics.admin_token of the server under test: the metrics scenario reads the global view with it.
 METRICS_ADMIN_TOKEN = "bench-metrics-" + secrets.token_hex(16)
 SERVE = "import sys; from b3lb.config import load_config; from b3lb.server import serve; sys.exit(serve(load_config()))"
-CLI = "import sys; from b3lb.cli import main; sys.exit(main(sys.argv[1:]))"  # `b3lb ...`
+CLI = "import sys; from b3lb.admin.cli import main; sys.exit(main(sys.argv[1:]))"  # `b3lb ...`
 # Tenants and how many meetings each gets before the load starts (the main stack).
 PRECREATED = {"BENCH": 500, "SMALL": 50, "JOIN": 100}
 TENANTS = (*PRECREATED, "CREATE")

@@ -1,7 +1,7 @@
 """The `b3lb` console script against a real PostgreSQL.
 
 Most commands run in-process through `main([...])` (fast); a handful run the real console script
-as a subprocess to check exit codes, stderr and the `python -m b3lb.cli` entry point.
+as a subprocess to check exit codes, stderr and the `python -m b3lb.admin.cli` entry point.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import orjson
 import pytest
 from db_support import REPO, execute_sql, fresh_schema
 
-from b3lb.cli import main
+from b3lb.admin.cli import main
 
 
 def b3lb(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "b3lb.cli", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "b3lb.admin.cli", *args],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
     )
 
 

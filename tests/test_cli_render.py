@@ -159,7 +159,7 @@ def test_render_once_with_nothing_due(cli: Cli) -> None:
 def test_render_stops_on_sigterm(cli: Cli) -> None:
     pytest.importorskip("b3lb.render.pipeline")
     name = f"sig-{uuid.uuid4().hex[:8]}"
-    process = subprocess.Popen([sys.executable, "-m", "b3lb.cli", "render", "--name", name], env=cli.env,
+    process = subprocess.Popen([sys.executable, "-m", "b3lb.admin.cli", "render", "--name", name], env=cli.env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert process.stdout is not None

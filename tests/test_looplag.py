@@ -58,7 +58,8 @@ def test_serve_exports_the_lag_histogram(db_url, tmp_path):
                B3LB_CONFIG=os.devnull, B3LB_METRICS_ADMIN_TOKEN=ADMIN_TOKEN, B3LB_RENDER_EMBEDDED="false")
     env.pop("REDIS_URL", None)
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed in finally
-    proc = subprocess.Popen([sys.executable, "-m", "b3lb.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "b3lb.admin.cli", "serve"], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 20
         text = ""

@@ -16,7 +16,7 @@ from tests_support import free_port
 
 from b3lb.testing.harness import Harness
 
-SERVE = [sys.executable, "-m", "b3lb.cli", "serve"]
+SERVE = [sys.executable, "-m", "b3lb.admin.cli", "serve"]
 
 
 def get(url: str) -> tuple[int, bytes]:

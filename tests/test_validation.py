@@ -10,10 +10,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from b3lb import admin, admin_meeting, admin_tenant
 from b3lb import validation as V
-from b3lb.admin import ClusterSettings, NodeSettings
-from b3lb.admin_tenant import ParameterRule, ProfileSettings, SecretSettings, TenantSettings
+from b3lb.admin import fleet as admin
+from b3lb.admin import meetings as admin_meeting
+from b3lb.admin import tenants as admin_tenant
+from b3lb.admin.fleet import ClusterSettings, NodeSettings
+from b3lb.admin.tenants import ParameterRule, ProfileSettings, SecretSettings, TenantSettings
 from b3lb.loadscore import cpu_term, load_score
 
 # Numbers -----------------------------------------------------------------------------------

@@ -123,7 +123,7 @@ async def test_two_workers_share_the_port_and_the_state(empty_db, tmp_path):
     log = tmp_path / "serve.log"
     out = open(log, "wb")  # noqa: SIM115 - closed in finally
     env = serve_env(empty_db, port, tmp_path, B3LB_SERVER_LOG_LEVEL="DEBUG")
-    proc = subprocess.Popen([sys.executable, "-m", "b3lb.cli", "serve", "--workers", "2"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "b3lb.admin.cli", "serve", "--workers", "2"], env=env,
                             stdout=out, stderr=subprocess.STDOUT)
     pool = None
     try:
@@ -235,13 +235,13 @@ def test_serve_workers_refuses_a_busy_port_and_bad_numbers(db_url, tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         env = serve_env(db_url, port, tmp_path)
-        done = subprocess.run([sys.executable, "-m", "b3lb.cli", "serve", "--workers", "2"], env=env,
+        done = subprocess.run([sys.executable, "-m", "b3lb.admin.cli", "serve", "--workers", "2"], env=env,
                               capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "cannot start" in done.stdout and "Address already in use" in done.stdout
     for bad in ("0", "65", "two"):
-        done = subprocess.run([sys.executable, "-m", "b3lb.cli", "serve", "--workers", bad], env=env,
+        done = subprocess.run([sys.executable, "-m", "b3lb.admin.cli", "serve", "--workers", bad], env=env,
                               capture_output=True, text=True, timeout=30)
         assert done.returncode == 2 and "--workers" in done.stderr, done.stderr
-    done = subprocess.run([sys.executable, "-m", "b3lb.cli", "serve"], env=dict(env, B3LB_SERVER_WORKERS="0"),
+    done = subprocess.run([sys.executable, "-m", "b3lb.admin.cli", "serve"], env=dict(env, B3LB_SERVER_WORKERS="0"),
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "server.workers" in done.stderr, done.stderr

@@ -11,9 +11,9 @@ from typing import Any
 
 import asyncpg
 
-from b3lb.admin import AdminError, Row
-from b3lb.admin_tenant import record_profile_list, secret_by_label, tenant_by_slug
-from b3lb.cli_output import print_json, print_table
+from b3lb.admin.common import AdminError, Row
+from b3lb.admin.output import print_json, print_table
+from b3lb.admin.tenants import record_profile_list, secret_by_label, tenant_by_slug
 from b3lb.db import Q
 from b3lb.models import secret_label
 

@@ -20,9 +20,9 @@ import asyncpg
 import orjson
 
 from b3lb import validation as V
-from b3lb.admin import AdminError, Row
-from b3lb.admin_tenant import tenant_by_slug
-from b3lb.cli_output import print_json, print_table
+from b3lb.admin.common import AdminError, Row
+from b3lb.admin.output import print_json, print_table
+from b3lb.admin.tenants import tenant_by_slug
 from b3lb.config import Config
 from b3lb.db import Q
 from b3lb.models import secret_label

@@ -1,6 +1,6 @@
 """Admin commands for tenants, secrets, parameter rules, assets and recording profiles.
 
-Same conventions as b3lb/admin.py: async functions on one connection (inside the CLI's
+Same conventions as b3lb/admin/fleet.py: async functions on one connection (inside the CLI's
 transaction) returning plain dict rows, AdminError for problems an operator must fix.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 
 from b3lb import validation as V
-from b3lb.admin import AdminError, Row, cluster_group_by_name, expect_unique
+from b3lb.admin.common import AdminError, Row, cluster_group_by_name, expect_unique
 from b3lb.db import Q
 from b3lb.models import secret_label
 from b3lb.parameters import check_rule

@@ -1,4 +1,4 @@
-"""The rendering commands of the `b3lb` console script (hooked into b3lb/cli.py):
+"""The rendering commands of the `b3lb` console script (hooked into b3lb/admin/cli.py):
 
 - `b3lb render [--concurrency N] [--once] [--name NAME] [--metrics-port PORT]`: a render worker
   in its own process. Any number of them, on any machine that reaches the database and the
@@ -16,9 +16,9 @@ import signal
 import sys
 from typing import Any
 
-from b3lb import admin_render
 from b3lb import validation as V
-from b3lb.admin import AdminError
+from b3lb.admin import profiles as admin_render
+from b3lb.admin.common import AdminError
 from b3lb.config import Config
 
 CONCURRENCY = V.Whole(1, 64)
@@ -30,7 +30,7 @@ WORKER_NAME = V.Text(max_length=100, spaces=False)
 
 def add_profile_links(commands: Any) -> None:
     """`list` (with links), `link` and `unlink` in the `recordprofile` group."""
-    from b3lb.cli import NAME, SECRET_LABEL, TENANT, _leaf
+    from b3lb.admin.cli import NAME, SECRET_LABEL, TENANT, _leaf
 
     _leaf(commands, "list", "list recording profiles with the tenants and secrets linked to them",
           lambda c, a, _: admin_render.profile_list(c), show=admin_render.show_profiles)  # fmt: skip
@@ -51,7 +51,7 @@ def add_profile_links(commands: Any) -> None:
 
 
 def add_render_command(sub: Any) -> None:
-    from b3lb.cli import COMMON, PORT, _typed
+    from b3lb.admin.cli import COMMON, PORT, _typed
 
     text = "run a render worker: render uploaded recordings into one video per recording profile"
     p = sub.add_parser("render", help=text, description=text + ". Several workers, also on other machines "
@@ -78,7 +78,7 @@ def run_render(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _render(config: Config, args: argparse.Namespace) -> int:
-    from b3lb.cli import _ensure_schema
+    from b3lb.admin.cli import _ensure_schema
     from b3lb.db import Database
     from b3lb.recordings.storage import make_storage
     from b3lb.render.worker import RendererUnavailable, RenderWorker, default_name

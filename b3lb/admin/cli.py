@@ -1,7 +1,7 @@
 """The `b3lb` console script: the server, migrations and every admin command.
 
-Argument parsing lives here, printing in b3lb/cli_output.py, the rules for every value in
-b3lb/validation.py, and the commands themselves in b3lb/admin.py and b3lb/admin_tenant.py. Each
+Argument parsing lives here, printing in b3lb/admin/output.py, the rules for every value in
+b3lb/validation.py, and the commands themselves in b3lb/admin/fleet.py and b3lb/admin/tenants.py. Each
 admin command runs in one transaction, so a failing command writes nothing. Errors are one line
 on stderr starting with `error: `; the exit status is 2 for bad usage or configuration and 1
 for everything else (an incomplete installation included).
@@ -20,12 +20,18 @@ from typing import Any, NoReturn
 
 import asyncpg
 
-from b3lb import admin, admin_meeting, admin_recording, admin_tenant, cli_render, resources
 from b3lb import migrate as migrations
+from b3lb import resources
 from b3lb import validation as V
-from b3lb.admin import AdminError, ClusterSettings, NodeSettings
-from b3lb.admin_tenant import ParameterRule, ProfileSettings, SecretSettings, TenantSettings
-from b3lb.cli_output import print_json, print_table, show_new_secret, show_rows, show_tenant
+from b3lb.admin import cli_render, common
+from b3lb.admin import fleet as admin
+from b3lb.admin import meetings as admin_meeting
+from b3lb.admin import recordings as admin_recording
+from b3lb.admin import tenants as admin_tenant
+from b3lb.admin.common import AdminError
+from b3lb.admin.fleet import ClusterSettings, NodeSettings
+from b3lb.admin.output import print_json, print_table, show_new_secret, show_rows, show_tenant
+from b3lb.admin.tenants import ParameterRule, ProfileSettings, SecretSettings, TenantSettings
 from b3lb.config import MAX_WORKERS, Config, ConfigError, load_config, parse_workers
 from b3lb.db import Database, DatabaseUnavailable, embedded_data_dir
 
@@ -594,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DatabaseUnavailable, migrations.MigrationError) as exc:
         return _fail(str(exc), 1)
     except asyncpg.PostgresError as exc:
-        return _fail(admin.describe_db_error(exc), 1)
+        return _fail(common.describe_db_error(exc), 1)
     except (TimeoutError, OSError, asyncpg.InterfaceError) as exc:
         return _fail(f"database: {exc or type(exc).__name__}", 1)
     except KeyboardInterrupt:

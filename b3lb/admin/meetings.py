@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncpg
 
 from b3lb import validation as V
-from b3lb.admin import AdminError, Row
-from b3lb.admin_tenant import tenant_by_slug
+from b3lb.admin.common import AdminError, Row
+from b3lb.admin.tenants import tenant_by_slug
 from b3lb.db import Q
 from b3lb.models import secret_label
 
