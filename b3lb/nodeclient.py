@@ -248,14 +248,23 @@ class NodeClient:
         )
         return _Pool(session, self.max_connections)
 
+    async def prepare(self) -> None:
+        """Build the TLS context for `api.node_ca_file` in a thread: loading the system's CAs takes
+        70-80 ms, which on the loop would stall every request at the first TLS call to a node."""
+        if self.ssl_context is None and self.node_ca_file:
+            self.ssl_context = await asyncio.to_thread(self._ca_file_context)
+
     def _node_ssl(self) -> ssl.SSLContext | bool:
         if self.ssl_context is not None:
             return self.ssl_context
         if not self.node_ca_file:
-            return True  # aiohttp's default context: verified against the system's CAs
+            return True  # aiohttp's default context (built at its import): the system's CAs
+        self.ssl_context = self._ca_file_context()  # prepare() was not awaited: build it here
+        return self.ssl_context
+
+    def _ca_file_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context()
         context.load_verify_locations(cafile=self.node_ca_file)  # added to the system's CAs
-        self.ssl_context = context
         return context
 
     async def aclose(self) -> None:

@@ -152,6 +152,7 @@ class Runtime:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.nodes.prepare()
         await self.refresh_directory()
         await self.refresh_meetings()
         api = self.config.api

@@ -478,6 +478,14 @@ async def test_tls_is_verified_against_the_system_cas_unless_given_a_ca(ca: trus
     ca.cert_pem.write_to_path(str(ca_file))
     async with session(replying(answer(b"secure")), tls=tls, node_ca_file=str(ca_file)) as (server, client):
         assert (await client.fetch(server.url("/x"))).body == b"secure"
+    # Built ahead in a thread (Runtime.start), the same context then serves every pool.
+    async with session(replying(answer(b"secure")), tls=tls, node_ca_file=str(ca_file)) as (server, client):
+        assert client.ssl_context is None
+        await client.prepare()
+        prepared = client.ssl_context
+        assert isinstance(prepared, ssl.SSLContext)
+        assert (await client.fetch(server.url("/x"), purpose="poll")).body == b"secure"
+        assert client.ssl_context is prepared
     # A trusted CA, but a certificate for another name.
     async with session(replying(answer(b"x")), tls=server_tls(ca, "node.example"), ssl_context=trusting) as (s, c):
         await fails(c, s.url("/x"), "connect")
