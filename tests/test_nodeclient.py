@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import socket
 import ssl
 import time
 import tracemalloc
@@ -18,7 +19,7 @@ import trustme
 import uvloop
 
 from b3lb.config import ApiConfig, CallbacksConfig
-from b3lb.nodeclient import USER_AGENT, NodeClient, NodeRequestError, NodeResponse
+from b3lb.nodeclient import POLL_RECEIVE_BUFFER, USER_AGENT, NodeClient, NodeRequestError, NodeResponse
 from b3lb.urlguard import URLRefused
 
 Reader = asyncio.StreamReader
@@ -511,3 +512,23 @@ def test_under_uvloop_with_a_client_made_outside_the_loop():
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert isinstance(runner.get_loop(), uvloop.Loop)
         runner.run(scenario())
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_poll_connections_have_a_small_receive_buffer_and_api_ones_the_default():
+    """Poll answers land in a capped kernel buffer (nodeclient.POLL_RECEIVE_BUFFER says why); a poll
+    answer bigger than that buffer still arrives whole."""
+    big = b"<response>" + b"x" * 600_000 + b"</response>"
+    async with session(replying(answer(big))) as (server, client):
+        assert (await client.fetch(server.url("/p"), purpose="poll")).body == big
+        assert (await client.fetch(server.url("/a"), purpose="api")).body == big
+
+        def receive_buffers(purpose: str) -> list[int]:
+            connector = client._pools[purpose].session.connector
+            assert connector is not None
+            return [proto.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                    for conns in connector._conns.values() for proto, _ in conns]
+
+        poll, api_ = receive_buffers("poll"), receive_buffers("api")
+        assert poll == [2 * POLL_RECEIVE_BUFFER]  # Linux doubles the value it is given
+        assert len(api_) == 1 and api_[0] > 2 * POLL_RECEIVE_BUFFER
