@@ -48,7 +48,11 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["b3lb", "b3lb.*"]),
     # The fake node's webcam video when no ffmpeg is at hand (b3lb/testing/fakerecording.py).
-    package_data={"b3lb.testing": ["fixtures/*.webm"]},
+    package_data={
+        "b3lb.testing": ["fixtures/*.webm"],
+        # The operator dashboard's page, script and style (b3lb/admin/page.py serves them from the package).
+        "b3lb.admin": ["static/*.html", "static/*.js", "static/*.css", "static/*.svg"],
+    },
     install_requires=[
         "tornado>=6.4",
         "asyncpg>=0.29",
@@ -93,6 +97,12 @@ setup(
             # could pick instead of Tornado (issue 12.1).
             "uvicorn>=0.30",
             "httptools>=0.6",
+            # Validates the admin API's OpenAPI 3.1 document (tests/test_admin_api_openapi.py): the reference
+            # validator of the OpenAPI community, so the served document is checked against the real schema.
+            "openapi-spec-validator>=0.7",
+            # Drives Debian's headless Chromium (/usr/bin/chromium, installed by the test itself) for the
+            # dashboard test (tests/test_admin_page.py); Playwright's own browser downloads are never used.
+            "playwright>=1.40",
         ],
     },
     entry_points={"console_scripts": ["b3lb=b3lb.admin.cli:main"]},

@@ -6,6 +6,9 @@ from tornado.httputil import HTTPConnection, HTTPMessageDelegate
 from tornado.log import access_log
 from tornado.web import Application, RequestHandler
 
+from b3lb.admin import api as admin_api
+from b3lb.admin import events as admin_events
+from b3lb.admin import page as admin_page
 from b3lb.api.handler import ApiRouter
 from b3lb.callbacks import EndCallbackHandler
 from b3lb.endpoints import AssetHandler, PingHandler, StatsHandler
@@ -31,6 +34,7 @@ class NotFoundHandler(RequestHandler):
 class B3lbApplication(Application):
     upload_limit: BodyLimit | None = None
     metrics_cache: MetricsCache | None = None  # `b3lb serve` runs its render-ahead task
+    dashboard: admin_events.Dashboard | None = None  # the operator page's event stream (b3lb/admin/events.py)
 
     def body_limit_for(self, path: str) -> BodyLimit | None:
         """Node uploads take archives of gigabytes for up to an hour; every other body has the
@@ -55,6 +59,7 @@ def make_app(runtime: Runtime) -> B3lbApplication:
     deps = {"runtime": runtime}
     api = ApiRouter(runtime)  # BBB API calls skip RequestHandler: b3lb/api/handler.py says why
     metrics = MetricsRouter(MetricsCache(runtime))  # served from memory: b3lb/metrics_cache.py
+    dashboard = admin_events.start(runtime)  # samples the load history from now on
     routes = [
         (r"/bigbluebutton/api/?", api),
         (rf"/bigbluebutton/api/{CALL}", api),
@@ -69,8 +74,12 @@ def make_app(runtime: Runtime) -> B3lbApplication:
         (r"/b3lb/t/([a-z]{2,10})/(logo|slide|css)", AssetHandler, deps),
         (upload.UPLOAD_PATH, upload.UploadHandler, deps),
         (r"/b3lb/r/(?P<nonce>[a-zA-Z0-9!@*(_)-]+)", PlaybackHandler, deps),
+        *admin_page.routes(),
+        *admin_events.routes(runtime, dashboard),
+        *admin_api.routes(runtime),  # /b3lb/admin/api/v1/ (b3lb/admin/api.py), its catch-all 404 last
     ]
     app = B3lbApplication(routes, default_handler_class=NotFoundHandler, compress_response=False)
     app.upload_limit = upload.body_limit(runtime.config)
     app.metrics_cache = metrics.cache
+    app.dashboard = dashboard
     return app

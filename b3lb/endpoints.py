@@ -67,6 +67,9 @@ class PingHandler(RuntimeHandler):
         self.finish("OK!")
 
 
+ASSET_POLICY = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; sandbox"
+
+
 class AssetHandler(RuntimeHandler):
     """`GET /b3lb/t/{slug}/logo|slide|css`: the stored file with its MIME type, else 404."""
 
@@ -79,6 +82,10 @@ class AssetHandler(RuntimeHandler):
             return
         self.set_header("Content-Type", row["mime"] or "application/octet-stream")
         self.set_header("Cache-Control", "public, max-age=300")
+        # A tenant's file is served from the dashboard's origin: an SVG logo opened on its own must not
+        # run script there (it could read the dashboard's token from sessionStorage).
+        self.set_header("Content-Security-Policy", ASSET_POLICY)
+        self.set_header("X-Content-Type-Options", "nosniff")
         self.finish(bytes(row["data"]))
 
 

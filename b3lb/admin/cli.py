@@ -23,7 +23,7 @@ import asyncpg
 from b3lb import migrate as migrations
 from b3lb import resources
 from b3lb import validation as V
-from b3lb.admin import cli_render, common
+from b3lb.admin import cli_access, cli_lifecycle, cli_render, common
 from b3lb.admin import fleet as admin
 from b3lb.admin import meetings as admin_meeting
 from b3lb.admin import recordings as admin_recording
@@ -132,6 +132,7 @@ async def _admin_command(config: Config, args: argparse.Namespace) -> Any:
             await _ensure_schema(conn, embedded=db.embedded is not None)
             async with conn.transaction():
                 result = await args.run(conn, args, config)
+                await cli_access.audit_command(conn, args)  # every write in the audit log, as cli:<user>
             then = getattr(args, "then", None)  # work that must follow the commit (recording delete)
             return result if then is None else await then(conn, args, config, result)
     finally:
@@ -256,6 +257,7 @@ def _add_cluster(sub: Any) -> None:
     _leaf(commands, "list", "list clusters", lambda c, a, _: admin.cluster_list(c))
     p = _leaf(commands, "remove", "remove a cluster without nodes", lambda c, a, _: admin.cluster_remove(c, a.name))
     p.add_argument("name", type=NAME)
+    cli_lifecycle.add_cluster_commands(commands)  # maintenance NAME on|off
 
 
 def _add_cluster_group(sub: Any) -> None:
@@ -331,6 +333,7 @@ def _add_node(sub: Any) -> None:
     )
     p.add_argument("node")
     p.add_argument("state", choices=("on", "off"))
+    cli_lifecycle.add_node_commands(commands)  # drain, panic
 
 
 def _tenant_options(parser: Parser, add: bool) -> None:
@@ -564,6 +567,7 @@ def build_parser() -> Parser:
         _add_meeting,
         _add_recording,
         cli_render.add_render_command,
+        cli_access.add_access_commands,  # token add|list|expire|revoke, secret set
     ):
         add(sub)
     return parser

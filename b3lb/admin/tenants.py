@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mimetypes
 import secrets as pysecrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,6 +155,9 @@ class SecretSettings:
     hold_time_days: int | None = None  # None: 14 (the schema's default)
 
 
+SECRET_FIELDS = ("attendee_limit", "meeting_limit", "record_by_default", "hold_time_days")
+
+
 def _secret_row(row: asyncpg.Record) -> Row:
     shown = {"label": secret_label(row["tenant"], row["sub_id"]), **dict(row)}
     del shown["tenant"]
@@ -188,6 +192,38 @@ async def secret_add(conn: asyncpg.Connection, slug: str, sub_ids: range, settin
                 settings.hold_time_days,
             )
     return [row for row in await secret_list(conn, slug) if row["sub_id"] in sub_ids]
+
+
+# Settings `secret set` can hand back to the tenant (NULL in the row: the tenant's value applies).
+INHERITABLE = ("attendee_limit", "meeting_limit", "record_by_default")
+
+
+async def secret_set(
+    conn: asyncpg.Connection, slug: str, sub_id: int, settings: SecretSettings, inherit: Iterable[str] = ()
+) -> list[Row]:
+    """Change a secret's limits, recording choice and hold time; `inherit` names settings that go
+    back to the tenant's value. Fields left None keep their value."""
+    settings = V.check_fields(settings, V.LIMIT_FIELDS)
+    inherit = frozenset(inherit)
+    unknown = sorted(inherit - set(INHERITABLE))
+    if unknown:
+        raise ValueError(f"inherit: only {', '.join(INHERITABLE)} can be inherited, got {', '.join(unknown)}")
+    for name in sorted(inherit):
+        if getattr(settings, name) is not None:
+            raise ValueError(f"{name.replace('_', '-')}: give a value or inherit it, not both")
+    if not inherit and all(getattr(settings, f) is None for f in SECRET_FIELDS):
+        raise ValueError("settings: nothing to change: give at least one setting")
+    secret = await secret_by_label(conn, slug, sub_id)
+    await conn.execute(
+        Q.admin_secret_update,
+        secret["id"],
+        settings.attendee_limit,
+        settings.meeting_limit,
+        settings.record_by_default,
+        settings.hold_time_days,
+        *(name in inherit for name in INHERITABLE),
+    )
+    return [row for row in await secret_list(conn, slug) if row["sub_id"] == sub_id]
 
 
 async def secret_rotate(conn: asyncpg.Connection, slug: str, sub_id: int) -> list[Row]:
@@ -277,6 +313,21 @@ async def parameter_remove(conn: asyncpg.Connection, rule_id: int) -> list[Row]:
 # Assets ------------------------------------------------------------------------------------
 
 
+def check_asset(kind: str, name: str, data: bytes) -> tuple[str, str, bytes]:
+    """(file name, MIME type, bytes) of an asset to store; ValueError naming the field when unusable.
+    The CLI (a file) and the admin API (a request body) store assets through this one rule."""
+    if kind not in ASSET_KINDS:
+        raise ValueError(f"kind: choose one of {', '.join(ASSET_KINDS)}, got {kind[:20]!r}")
+    if not isinstance(name, str) or not name.strip() or V.has_control(name) or "/" in name:
+        raise ValueError("name: give the file's name, without control characters or '/'")
+    if not data:
+        raise ValueError("file: the file is empty")
+    if len(data) > MAX_ASSET_SIZE:
+        raise ValueError(f"file: {len(data)} bytes is larger than 16 MiB")
+    mime = "text/css" if kind == "css" else mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return name[: V.MAX_TEXT], mime[:100], data
+
+
 def read_asset(kind: str, path: Path) -> tuple[str, str, bytes]:
     """(file name, MIME type, bytes) of an asset file; AdminError when unusable."""
     try:
@@ -286,18 +337,19 @@ def read_asset(kind: str, path: Path) -> tuple[str, str, bytes]:
         data = path.read_bytes()
     except OSError as exc:
         raise AdminError(f"cannot read {path}: {exc.strerror}") from None
-    if not data:
-        raise AdminError(f"{path}: the file is empty")
-    if len(data) > MAX_ASSET_SIZE:
-        raise AdminError(f"{path}: larger than 16 MiB")
     if V.has_control(path.name):
         raise AdminError(f"{path}: rename the file: its name has control characters")
-    mime = "text/css" if kind == "css" else mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return path.name[: V.MAX_TEXT], mime[:100], data
+    try:
+        return check_asset(kind, path.name, data)
+    except ValueError as exc:
+        raise AdminError(f"{path}: {str(exc).partition(': ')[2]}") from None
 
 
-async def asset_list(conn: asyncpg.Connection) -> list[Row]:
-    return [dict(row) for row in await conn.fetch(Q.admin_asset_list)]
+async def asset_list(conn: asyncpg.Connection, slug: str | None = None) -> list[Row]:
+    """Stored assets, of every tenant or (slug) of one."""
+    if slug is not None:
+        await tenant_by_slug(conn, slug)
+    return [dict(row) for row in await conn.fetch(Q.admin_asset_list) if slug is None or row["tenant"] == slug]
 
 
 async def asset_set(conn: asyncpg.Connection, slug: str, kind: str, path: Path) -> list[Row]:
@@ -305,9 +357,22 @@ async def asset_set(conn: asyncpg.Connection, slug: str, kind: str, path: Path) 
         raise AdminError(f"unknown asset {kind!r}: choose {', '.join(ASSET_KINDS)}")
     tenant = await tenant_by_slug(conn, slug)
     name, mime, data = read_asset(kind, path)
+    return await _asset_write(conn, tenant, kind, name, mime, data)
+
+
+async def asset_store(conn: asyncpg.Connection, slug: str, kind: str, name: str, data: bytes) -> list[Row]:
+    """Store bytes (the admin API's upload) as the tenant's asset of `kind`, named `name`."""
+    name, mime, data = check_asset(kind, name, data)
+    tenant = await tenant_by_slug(conn, slug)
+    return await _asset_write(conn, tenant, kind, name, mime, data)
+
+
+async def _asset_write(
+    conn: asyncpg.Connection, tenant: asyncpg.Record, kind: str, name: str, mime: str, data: bytes
+) -> list[Row]:
     await conn.execute(Q.admin_asset_ensure, tenant["id"])
     await conn.execute(Q.admin_asset_store, tenant["id"], kind, name, mime, data)
-    return [row for row in await asset_list(conn) if row["tenant"] == slug and row["kind"] == kind]
+    return [row for row in await asset_list(conn, tenant["slug"]) if row["kind"] == kind]
 
 
 async def asset_clear(conn: asyncpg.Connection, slug: str, kind: str) -> list[Row]:

@@ -116,8 +116,8 @@ async def token_list(conn: asyncpg.Connection, tenant_id: int | None = None, onl
 async def token_expire(conn: asyncpg.Connection, name: str, days: int = 0) -> list[Row]:
     """Let a token lapse now (days=0) or after `days` days."""
     name = V.check_value("name", TOKEN_NAME, name)
-    when = datetime.now(UTC) + timedelta(days=V.check_value("days", V.Whole(0, 36_500), days))
-    if await conn.fetchval(Q.token_expire, name, when) is None:
+    days = V.check_value("days", V.Whole(0, 36_500), days)
+    if await conn.fetchval(Q.token_expire, name, days) is None:
         raise AdminError(f"no usable token named {name!r}")
     return await token_list(conn, only_name=name)
 

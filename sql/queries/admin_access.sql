@@ -27,7 +27,8 @@ WHERE $1::integer IS NULL OR t.tenant_id = $1
 ORDER BY t.name;
 
 -- name: token_expire
-UPDATE admin_token SET expires_at = $2
+-- The database's clock, as token_list's: a token expired now lists as expired in the same transaction.
+UPDATE admin_token SET expires_at = now() + make_interval(days => $2)
 WHERE name = $1 AND revoked_at IS NULL
 RETURNING id;
 
