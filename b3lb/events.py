@@ -88,7 +88,8 @@ class MeetingEvents:
 
     async def publish(self, kind: str, ref: MeetingRef) -> None:
         message = {"from": self.instance, "kind": kind, "id": ref.id, "secret_id": ref.secret_id,
-                   "meeting_id": ref.meeting_id, "node_id": ref.node_id, "nonce": str(ref.nonce)}
+                   "meeting_id": ref.meeting_id, "node_id": ref.node_id, "nonce": str(ref.nonce),
+                   "failover_state": ref.failover_state}  # a re-created meeting's joins carry roles
         try:
             channel = await self.channel_name()
             await self.client.publish(channel, orjson.dumps(message))
@@ -116,7 +117,8 @@ class MeetingEvents:
                 self._apply_suspect(int(message["node_id"]))
                 return
             ref = MeetingRef(id=message["id"], secret_id=message["secret_id"], meeting_id=message["meeting_id"],
-                             node_id=message["node_id"], nonce=uuid.UUID(message["nonce"]), via_event=True)
+                             node_id=message["node_id"], nonce=uuid.UUID(message["nonce"]), via_event=True,
+                             failover_state=int(message.get("failover_state", 0)))
             kind = message["kind"]
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring malformed meeting event: %s", exc)

@@ -19,8 +19,10 @@ import asyncpg
 from b3lb.db import Q
 from b3lb.outage import Outage
 
-# secret id, meetingID, name, node id, end callback URL, recording-ready URL
-InsertArgs = tuple[int, str, str, int, str, str]
+# secret id, meetingID, name, node id, end callback URL, recording-ready URL[, stored create (JSON, for a
+# failover: b3lb/api/stored_create.py; absent or None: nothing stored)]
+InsertArgs = tuple[int, str, str, int, str, str] | tuple[int, str, str, int, str, str, str | None]
+INSERT_COLUMNS = 7
 
 
 class MeetingInserts:
@@ -100,7 +102,8 @@ class MeetingInserts:
                 future.set_result(row)
 
     async def _insert_rows(self, rows: Sequence[InsertArgs]) -> list[asyncpg.Record]:
-        columns = [list(column) for column in zip(*rows, strict=True)]
+        full = [row if len(row) == INSERT_COLUMNS else (*row, None) for row in rows]
+        columns = [list(column) for column in zip(*full, strict=True)]
         return await self._pool.fetch(Q.meetings_insert, *columns)
 
 

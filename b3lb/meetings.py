@@ -7,14 +7,21 @@ refresh_meetings), so meetings placed elsewhere are seen too without reloading t
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from b3lb.api.stored_create import PasswordHashes
 
 PRUNE_AT_MOST = 20_000  # removal times dropped per call of forget_old_removals (a few milliseconds)
+# meeting.failover_state (sql/0009_failover.sql): as created by its frontend; claimed by a failover that
+# is re-creating it on its node; re-created by a failover (the node made up its own passwords)
+AS_CREATED, RECREATING, RECREATED = 0, 1, 2
 
 
 @dataclass(slots=True)
@@ -40,6 +47,11 @@ class MeetingRef:
     uncertain_since: float = 0.0
     creating: int = 0  # creates of it in flight in this process: no poll may drop it meanwhile
     info_tried: float = 0.0  # monotonic time getMeetings last fetched its element from the node
+    # AS_CREATED, RECREATING or RECREATED (b3lb/api/failover.py): anything but AS_CREATED takes a
+    # join off the fast path (it waits for the re-create, or its password becomes a role).
+    failover_state: int = AS_CREATED
+    # The original create's password hashes, read when a join or create first needs them.
+    passwords: PasswordHashes | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> MeetingRef:
@@ -51,6 +63,7 @@ class MeetingRef:
             nonce=row["nonce"],
             attendees=row["attendees"],
             xml=row.get("xml"),
+            failover_state=row.get("failover_state") or AS_CREATED,
         )
 
 
@@ -73,6 +86,9 @@ class MeetingTable:
         # insert: concurrent creates must count these against the limits too
         self.placing: dict[tuple[int, str], int] = {}
         self._largest = 0  # size of the table when its indexes were last rebuilt (compact_if_shrunk)
+        # (secret, meetingID) -> the failover of it under way in this process: every join of it
+        # here awaits that one (b3lb/api/failover.py) instead of moving it again
+        self.failing_over: dict[tuple[int, str], asyncio.Task[Any]] = {}
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -168,6 +184,11 @@ class MeetingTable:
                 _carry_over(ref, fresh)
             self.add(fresh)  # replaces a record under the same key
             return
+        # Within one placement (nonce) the state only goes up: RECREATING -> RECREATED when the failover's
+        # create answered; a read that began before that must not take it back.
+        state = row.get("failover_state") or AS_CREATED
+        if state > ref.failover_state:
+            ref.failover_state = state
         if not polling:
             self.set_attendees(ref, row["attendees"])
             xml = row["xml"]

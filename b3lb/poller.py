@@ -317,7 +317,7 @@ class Poller:
         every SLICE_SECONDS of work, so a cycle over 100,000 meetings never stalls the API."""
         grace = self.config.meeting_grace
         now = time.monotonic()
-        node_rows, meeting_rows, vanished = [], [], []
+        node_rows, meeting_rows, vanished, failed = [], [], [], []
         slice_started = time.perf_counter()
         for result in results:
             entry, node = result.entry, result.entry.node
@@ -331,6 +331,8 @@ class Poller:
                 vanished.extend(self._update_meetings(result, now, grace, meeting_rows, cycle_started))
             else:
                 log.info("poll of node %s failed: %s", node.slug, result.error)
+                if self.config.probe_failed and not result.local and not node.has_errors:
+                    failed.append(result)  # the next failure need not wait an interval
             entry.recompute()
             node_rows.append((node.id, node.cpu_load, node.attendees, node.meetings, node.has_errors,
                               result.ok, fit_text(result.error, ERROR_SIZE)))
@@ -339,6 +341,8 @@ class Poller:
                 slice_started = time.perf_counter()
         self._ended = len(vanished)
         await self._store(node_rows, meeting_rows, vanished)
+        for result in failed:  # after the store: its node rows must not overwrite a probe's verdict
+            self.probe_soon(result.entry.node.id, result.error)
 
     def _update_meetings(
         self,
@@ -397,7 +401,8 @@ class Poller:
 
         async def gone(conn: asyncpg.Connection) -> None:
             for at in range(0, len(vanished), WRITE_BATCH):
-                ended.extend(await conn.fetch(Q.meetings_vanished, [r.id for r in vanished[at : at + WRITE_BATCH]]))
+                batch = vanished[at : at + WRITE_BATCH]
+                ended.extend(await conn.fetch(Q.meetings_vanished, [r.id for r in batch], [r.nonce for r in batch]))
 
         async def prune(conn: asyncpg.Connection) -> None:
             await conn.execute(Q.meetings_gone_prune, GONE_KEEP_SECONDS)

@@ -61,6 +61,27 @@ async def test_poll_updates_loads_counts_and_database(db_url):
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_failed_poll_is_followed_by_a_probe_at_once(db_url):
+    """poller.probe_failed (the shipped default): the second failure in a row comes from an extra
+    poll right after the cycle, not from the next cycle; a slow node's single failure stays one."""
+    async with Harness(db_url, nodes=2, poller={"probe_failed": True}) as h:
+        fake, entry = h.fleet.nodes[1], node_entry(h, 1)
+        fake.set_down()
+        await h.poll()
+        stored = "SELECT has_errors FROM node WHERE id = $1"
+        for _ in range(100):  # bounded: the probe runs (and stores its verdict) in the background
+            if entry.node.has_errors and await h.pool.fetchval(stored, entry.node.id):
+                break
+            await asyncio.sleep(0.02)
+        assert entry.node.has_errors and await h.pool.fetchval(stored, entry.node.id)
+        fake.set_up()
+        await h.poll()
+        assert entry.node.has_errors  # recovery keeps its hysteresis: no probe after a good poll
+        await h.poll()
+        assert not entry.node.has_errors
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_error_state_has_hysteresis_both_ways(db_url):
     async with Harness(db_url, nodes=2) as h:
         fake = h.fleet.nodes[1]
@@ -106,6 +127,24 @@ async def test_slow_node_delays_neither_other_nodes_nor_the_api(db_url):
         assert all(r.ok for r in results)
         fast = [h.runtime.poller.poll_seconds[node_entry(h, i).node.id] for i in (1, 2)]
         assert max(fast) < 0.5 and h.runtime.poller.poll_seconds[node_entry(h, 0).node.id] >= 1.0
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_vanished_meeting_moved_meanwhile_keeps_its_new_row(db_url):
+    """The poller deletes only the placement it saw: a row a failover (another process) moved to a
+    new nonce after this process's last read stays."""
+    async with Harness(db_url, nodes=1, poller={"meeting_grace": 0.0}) as h:
+        await create(h, "room-1")
+        await create(h, "room-2")
+        await h.poll()
+        moved = await h.pool.fetchval(
+            "UPDATE meeting SET nonce = gen_random_uuid() WHERE meeting_id = 'room-1' RETURNING nonce")
+        h.fleet.nodes[0].remove_meeting("room-1")
+        h.fleet.nodes[0].remove_meeting("room-2")
+        await h.poll()  # both vanish from this process's view of the node
+        rows = await h.pool.fetch("SELECT meeting_id, nonce FROM meeting")
+        assert [(r["meeting_id"], r["nonce"]) for r in rows] == [("room-1", moved)]
+        assert await h.pool.fetchval("SELECT count(*) FROM meeting_ended WHERE meeting_id = 'room-2'") == 1
 
 
 @pytest.mark.gen_test(timeout=30)

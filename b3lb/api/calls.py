@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 from b3lb import bbbxml
+from b3lb.api import failover, stored_create
 from b3lb.api.forward import forward, succeeded
 from b3lb.api.xml import MEETING_NOT_FOUND, MISSING_MEETING_ID, NOT_RUNNING, ApiResult
 from b3lb.balancer import NodeEntry
 from b3lb.db import Q
-from b3lb.meetings import MeetingRef
+from b3lb.meetings import AS_CREATED, RECREATING, MeetingRef
 from b3lb.runtime import Runtime
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ log = logging.getLogger("b3lb.api")
 
 
 async def owner(runtime: Runtime, req: ApiRequest) -> tuple[MeetingRef, NodeEntry] | None:
-    """The meeting and its node, or None when unknown or its node is in error (spec 2.1)."""
+    """The meeting and its node, or None when unknown or its node is in error (spec 2.1) and no
+    failover (here or in another process) has moved it to a healthy one."""
     meeting_id = req.get("meetingID")
     if not meeting_id:
         return None
@@ -35,8 +37,8 @@ async def owner(runtime: Runtime, req: ApiRequest) -> tuple[MeetingRef, NodeEntr
     if ref is None:
         return None
     entry = runtime.loads.nodes.get(ref.node_id)
-    if entry is None or entry.node.has_errors:
-        return None
+    if entry is None or entry.node.has_errors or ref.failover_state == RECREATING:
+        return await failover.current_placement(runtime, ref)
     return ref, entry
 
 
@@ -93,7 +95,14 @@ async def end(runtime: Runtime, req: ApiRequest) -> ApiResult:
     if found is None:
         return MEETING_NOT_FOUND
     ref, entry = found
-    result = await pass_through(runtime, req, entry)
+    if ref.failover_state != AS_CREATED and req.get("password"):
+        # Re-created by a failover: the node made up its own moderator password, so the original
+        # one (checked against its stored hash) is left out; a wrong one goes on for the node to refuse.
+        hashes = await stored_create.load_passwords(runtime, ref)
+        params = stored_create.without_moderator_password(req.params, hashes)
+        result = await forward(runtime, entry, req.call, params)
+    else:
+        result = await pass_through(runtime, req, entry)
     if succeeded(result):
         # Leave routing at once: a create right after end must place the meeting afresh.
         runtime.meetings.remove(ref)

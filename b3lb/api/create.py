@@ -6,7 +6,9 @@ Node choice reads the in-memory load table; the only SQL is the insert of the ro
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 import time
 from pathlib import PurePosixPath
@@ -16,11 +18,12 @@ from xml.sax.saxutils import quoteattr
 import asyncpg
 
 from b3lb.api import params as p
+from b3lb.api import stored_create
 from b3lb.api.forward import call_node, node_suspected, succeeded
 from b3lb.api.xml import MEETING_ID_SIZE, MISSING_MEETING_ID, NAME_SIZE, ApiResult, failed, limit_reached, no_node
 from b3lb.balancer import NodeEntry
 from b3lb.db import Q
-from b3lb.meetings import MeetingRef
+from b3lb.meetings import AS_CREATED, MeetingRef
 from b3lb.runtime import Runtime
 from b3lb.tenancy import SecretContext
 
@@ -54,6 +57,10 @@ async def create(runtime: Runtime, req: ApiRequest) -> ApiResult:
     if not 2 <= len(name) <= 256:
         return NAME_SIZE
     ctx = req.ctx
+    failing_over = runtime.meetings.failing_over.get((ctx.secret.id, meeting_id))
+    if failing_over is not None:  # a join here is moving it off a node in error: go where it went
+        with contextlib.suppress(Exception):  # (that join reports its failure; this create goes on)
+            await asyncio.shield(failing_over)
     # Memory only: a meeting another instance created just now shows up as the insert's conflict.
     # A meeting learnt from a Redis event is not trusted for a create: the row decides.
     ref = runtime.meetings.get(ctx.secret.id, meeting_id)
@@ -66,19 +73,28 @@ async def create(runtime: Runtime, req: ApiRequest) -> ApiResult:
         if isinstance(placed, ApiResult):
             return placed
         ref, entry, is_new = placed
-    body = _client_body(req) or (await _slide_request(runtime, req.ctx) if req.ctx.assets.slide else _PLAIN_GET)
-    return await _send(runtime, req, ref, entry, is_new, body)
+    params = req.params
+    if not is_new and ref.failover_state != AS_CREATED:  # re-created by a failover: the node made its own passwords
+        params = stored_create.without_known_passwords(params, await stored_create.load_passwords(runtime, ref))
+    body = _client_body(req) or (await slide_request(runtime, req.ctx) if req.ctx.assets.slide else PLAIN_GET)
+    return await _send(runtime, req, ref, entry, is_new, body, params)
 
 
 async def _send(
-    runtime: Runtime, req: ApiRequest, ref: MeetingRef, entry: NodeEntry, is_new: bool, body: RequestBody
+    runtime: Runtime,
+    req: ApiRequest,
+    ref: MeetingRef,
+    entry: NodeEntry,
+    is_new: bool,
+    body: RequestBody,
+    client_params: p.Params,
 ) -> ApiResult:
     """Forward the create; a new meeting that its node certainly failed goes to the next node."""
     attempts = runtime.config.api.create_attempts
     for attempt in range(1, attempts + 1):
         if is_new and req.ctx.recording_enabled:
             await _open_record_set(runtime, req, ref)
-        params = _rewrite(runtime, req.ctx, req.params, ref)
+        params = _rewrite(runtime, req.ctx, client_params, ref)
         ref.creating += 1  # no poll drops a meeting while a create of it is under way
         try:
             outcome = await call_node(runtime, entry, "create", params, method=body[0], body=body[1],
@@ -116,7 +132,7 @@ async def _send(
 RequestBody = tuple[str, bytes | None, str | None]  # method, body, Content-Type towards the node
 
 
-_PLAIN_GET: RequestBody = ("GET", None, None)
+PLAIN_GET: RequestBody = ("GET", None, None)
 
 
 def _client_body(req: ApiRequest) -> RequestBody | None:
@@ -126,9 +142,9 @@ def _client_body(req: ApiRequest) -> RequestBody | None:
     return None
 
 
-async def _slide_request(runtime: Runtime, ctx: SecretContext) -> RequestBody:
+async def slide_request(runtime: Runtime, ctx: SecretContext) -> RequestBody:
     body = await _slide_body(runtime, ctx)
-    return ("POST", body, "application/xml") if body is not None else _PLAIN_GET
+    return ("POST", body, "application/xml") if body is not None else PLAIN_GET
 
 
 LOST_RACE = "lost race"
@@ -149,7 +165,7 @@ async def _move(
         return None
     args = _row_args(ctx, req, req.get("name") or "")
     try:
-        row = await runtime.pool.fetchrow(Q.meeting_move, ref.id, entry.node.id, *args, failed_on.node.id)
+        row = await move_row(runtime, ref, entry, restart=args)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         log.warning("cannot move meeting %s off node %s: %s", ref.id, failed_on.node.slug, exc)
         return None
@@ -157,7 +173,6 @@ async def _move(
         runtime.loads.unplaced(failed_on.node.id)
         runtime.meetings.remove(ref, forget=False)  # a reload brings the row as it is now
         return LOST_RACE
-    runtime.meetings.remove(ref)
     runtime.loads.unplaced(failed_on.node.id)
     if ctx.recording_enabled:  # the meeting never ran there: nothing will be uploaded for the old nonce
         try:
@@ -165,7 +180,7 @@ async def _move(
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             log.warning("cannot drop the record set of meeting %s's failed create: %s", ref.id, exc)
     moved = MeetingRef.from_row(row)
-    runtime.meetings.add(moved)
+    runtime.meetings.add(moved)  # replaces its record (not a removal: the row id lives on)
     runtime.loads.placed(entry.node.id)
     runtime.announce("created", moved)
     log.info("create of %s failed on node %s, trying node %s", ref.meeting_id, failed_on.node.slug, entry.node.slug)
@@ -175,14 +190,39 @@ async def _move(
 async def _open_record_set(runtime: Runtime, req: ApiRequest, ref: MeetingRef) -> None:
     """Spec 3.5: the set the node's upload will fill, stored before the node is asked (a SUCCESS
     means it is durable). Without it the meeting is not created at all."""
-    ctx = req.ctx
-    name, callback, ready_url = _row_args(ctx, req, req.get("name") or "")
     try:
-        await runtime.pool.execute(Q.record_set_open, ref.nonce, ctx.secret.id, ref.meeting_id, ctx.tenant.slug,
-                                   name, ready_url, callback)
+        await open_record_set(runtime, req.ctx, ref, *_row_args(req.ctx, req, req.get("name") or ""))
     except Exception:
         await _forget(runtime, ref)
         raise
+
+
+async def open_record_set(
+    runtime: Runtime, ctx: SecretContext, ref: MeetingRef, name: str, callback: str, ready_url: str
+) -> None:
+    await runtime.pool.execute(Q.record_set_open, ref.nonce, ctx.secret.id, ref.meeting_id, ctx.tenant.slug,
+                               name, ready_url, callback)
+
+
+async def move_row(
+    runtime: Runtime,
+    ref: MeetingRef,
+    target: NodeEntry,
+    *,
+    restart: tuple[str, str, str] | None = None,
+    stored: str | None = None,
+    failover: bool = False,
+) -> asyncpg.Record | None:
+    """The one way a meeting's row changes node (a create restarting it, a create's next attempt, a
+    failover): only while it still has the nonce `ref` saw, so of concurrent movers in any number of
+    processes exactly one gets the row, the others None (they read where it went).
+
+    `restart`: the name and callback URLs of a create that restarts the room, and `stored` its
+    parameters (None: kept, as a failover re-creates it as it was); `failover`: the row says
+    "being re-created" until the failover's create answered (b3lb/api/failover.py)."""
+    name, callback, ready_url = restart if restart is not None else (None, None, None)
+    return await runtime.pool.fetchrow(Q.meeting_move, ref.id, target.node.id, name, callback, ready_url,
+                                       ref.nonce, stored, failover)
 
 
 def _row_args(ctx: SecretContext, req: ApiRequest, name: str) -> tuple[str, str, str]:
@@ -230,11 +270,16 @@ async def _store(
 ) -> tuple[MeetingRef, NodeEntry, bool] | ApiResult:
     with_keys = runtime.config.api.add_message_keys
     args = _row_args(ctx, req, name)
+    # What a failover needs to re-create it, written with the routing row (no round trip of its own)
+    client_body = _client_body(req)
+    stored = stored_create.encode(req.params, client_body[1] if client_body else None, req.content_type)
     if stale is None:
-        row = await runtime.meeting_inserts.insert((ctx.secret.id, meeting_id, name, entry.node.id, args[1], args[2]))
-    else:  # its node is in error: restart the room elsewhere with a fresh nonce
-        runtime.meetings.remove(stale)
-        row = await runtime.pool.fetchrow(Q.meeting_move, stale.id, entry.node.id, *args, stale.node_id)
+        row = await runtime.meeting_inserts.insert(
+            (ctx.secret.id, meeting_id, name, entry.node.id, args[1], args[2], stored)
+        )
+    else:  # its node is in error: restart the room elsewhere with a fresh nonce (the stale record stays
+        # meanwhile: a join of it here tries the same conditional move, and one of them wins)
+        row = await move_row(runtime, stale, entry, restart=args, stored=stored)
     if row is None:  # another create (maybe on another instance) placed or moved it first
         row = await runtime.pool.fetchrow(Q.meeting_by_key, ctx.secret.id, meeting_id)
         if row is None:
@@ -245,7 +290,7 @@ async def _store(
             runtime.meetings.add(existing)
             return existing, won, False
         # known elsewhere but on a node in error: restart it here, once
-        row = await runtime.pool.fetchrow(Q.meeting_move, existing.id, entry.node.id, *args, existing.node_id)
+        row = await move_row(runtime, existing, entry, restart=args, stored=stored)
         if row is None:
             return no_node(with_keys)
     ref = MeetingRef.from_row(row)

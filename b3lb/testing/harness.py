@@ -103,7 +103,8 @@ class Harness:
                 base.server, **{"api_base_domain": BASE_DOMAIN, "public_scheme": "https", **(server or {})}
             ),
             api=dataclasses.replace(base.api, node_request_timeout=2.0, node_connect_timeout=1.0, **api),
-            poller=dataclasses.replace(base.poller, **{"timeout": 1.0, **(poller or {})}),
+            # no extra polls behind the test's back unless it asks (probe_failed)
+            poller=dataclasses.replace(base.poller, **{"timeout": 1.0, "probe_failed": False, **(poller or {})}),
             callbacks=dataclasses.replace(base.callbacks, **(callbacks or {})),
             recordings=dataclasses.replace(base.recordings, **self._recordings(recordings or {})),
         )

@@ -20,10 +20,12 @@ FROM unnest($1::bigint[], $2::int[], $3::int[], $4::int[], $5::int[], $6::int[],
 WHERE meeting.id = d.id
 
 -- name: meetings_vanished
--- Meetings their node no longer reports: out of routing, kept for a late end callback.
+-- Meetings their node no longer reports: out of routing, kept for a late end callback. Only the
+-- placement the poller saw ($2: its nonce): a row a failover moved meanwhile stays.
 WITH gone AS (
-    DELETE FROM meeting WHERE id = ANY($1::bigint[])
-    RETURNING id, nonce, secret_id, meeting_id, end_callback_url, create_time
+    DELETE FROM meeting m USING unnest($1::bigint[], $2::uuid[]) AS d(id, nonce)
+    WHERE m.id = d.id AND m.nonce = d.nonce
+    RETURNING m.id, m.nonce, m.secret_id, m.meeting_id, m.end_callback_url, m.create_time
 ), kept AS (
     INSERT INTO meeting_ended (nonce, secret_id, meeting_id, end_callback_url, create_time)
     SELECT nonce, secret_id, meeting_id, end_callback_url, create_time FROM gone

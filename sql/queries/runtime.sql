@@ -37,13 +37,13 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text
 
 -- name: meetings_all
 -- Every meeting; its getMeetings element unless $1 (the polling process holds newer ones itself).
-SELECT id, secret_id, meeting_id, node_id, nonce, attendees,
+SELECT id, secret_id, meeting_id, node_id, nonce, attendees, failover_state,
        CASE WHEN $1 THEN NULL ELSE convert_to(xml, 'UTF8') END AS xml
 FROM meeting
 
 -- name: meetings_changed
 -- The meetings written by transaction $1 or later.
-SELECT id, secret_id, meeting_id, node_id, nonce, attendees,
+SELECT id, secret_id, meeting_id, node_id, nonce, attendees, failover_state,
        CASE WHEN $2 THEN NULL ELSE convert_to(xml, 'UTF8') END AS xml
 FROM meeting WHERE changed_xid >= $1::text::xid8
 
@@ -52,25 +52,17 @@ FROM meeting WHERE changed_xid >= $1::text::xid8
 SELECT id FROM meeting_gone WHERE gone_xid >= $1::text::xid8
 
 -- name: meeting_by_key
-SELECT id, secret_id, meeting_id, node_id, nonce, attendees, convert_to(xml, 'UTF8') AS xml
+SELECT id, secret_id, meeting_id, node_id, nonce, attendees, failover_state, convert_to(xml, 'UTF8') AS xml
 FROM meeting WHERE secret_id = $1 AND meeting_id = $2
 
 -- name: meetings_insert
--- The new meetings of several creates at once (b3lb/inserts.py); existing ones are left out.
-INSERT INTO meeting (secret_id, meeting_id, meeting_name, node_id, end_callback_url, recording_ready_url)
-SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[])
+-- The new meetings of several creates at once (b3lb/inserts.py); existing ones are left out. $7: each
+-- create's parameters as a failover needs them (b3lb/api/stored_create.py), in the same statement.
+INSERT INTO meeting (secret_id, meeting_id, meeting_name, node_id, end_callback_url, recording_ready_url,
+                     create_params)
+SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::int[], $5::text[], $6::text[], $7::jsonb[])
 ON CONFLICT (secret_id, meeting_id) DO NOTHING
 RETURNING id, secret_id, meeting_id, node_id, nonce, attendees
-
--- name: meeting_move
--- Restart a room whose node ($6) is in error on a new node, with a fresh nonce. Nothing when a
--- concurrent create has moved it already.
-UPDATE meeting
-SET node_id = $2, nonce = gen_random_uuid(), create_time = now(), meeting_name = $3,
-    end_callback_url = $4, recording_ready_url = $5, attendees = 0, listeners = 0, voice = 0,
-    videos = 0, moderators = 0, xml = NULL
-WHERE id = $1 AND node_id = $6
-RETURNING id, secret_id, meeting_id, node_id, nonce, create_time, attendees
 
 -- name: meeting_delete
 -- A failed create's own row: matched by nonce too, so a concurrent restart elsewhere stays.
