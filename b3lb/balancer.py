@@ -81,6 +81,10 @@ class LoadTable:
     group_nodes: dict[int, list[int]] = field(default_factory=dict)
     error_after: int = 2
     recover_after: int = 2
+    # Changes whenever a node comes, goes, or goes into or out of error: what getMeetings lists
+    # depends on it (b3lb/meeting_lists.py)
+    health_version: int = 0
+    _health: frozenset[tuple[int, bool]] = frozenset()
 
     def rebuild(
         self,
@@ -123,6 +127,10 @@ class LoadTable:
             groups.setdefault(group_id, []).extend(cluster_nodes.get(cluster_id, []))
         self.nodes = entries
         self.group_nodes = groups
+        health = frozenset((node_id, entry.node.has_errors) for node_id, entry in entries.items())
+        if health != self._health:
+            self._health = health
+            self.health_version += 1
 
     def choose(self, cluster_group_id: int, exclude: Mapping[int, object] | None = None) -> NodeEntry | None:
         """The least loaded available node of the group, random among equals; None if none.
@@ -177,6 +185,7 @@ class LoadTable:
         if not entry.node.has_errors and entry.failures >= self.error_after:
             entry.node.has_errors = True
             entry.recompute()
+            self.health_version += 1
             log.warning(
                 "node %s goes to error after %d failures: %s", entry.node.slug, entry.failures, reason
             )
@@ -197,6 +206,7 @@ class LoadTable:
             entry.node.has_errors = False
             entry.successes = 0
             entry.recompute()
+            self.health_version += 1
             log.info("node %s recovered after %d good polls", entry.node.slug, self.recover_after)
             return True
         return False

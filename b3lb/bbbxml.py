@@ -17,12 +17,14 @@ from __future__ import annotations
 import html
 from collections.abc import Iterator
 from dataclasses import dataclass
+from hashlib import blake2b
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lxml import etree
 
 OPEN, CLOSE = b"<meeting>", b"</meeting>"
+DIGEST_SIZE = 16  # bytes of an element's digest: a collision would only delay one element's update
 _FIELDS = ("participantCount", "listenerCount", "voiceParticipantCount", "videoCount", "moderatorCount")
 _TAGS = {name: (f"<{name}>".encode(), f"</{name}>".encode()) for name in ("meetingID", "isBreakout", *_FIELDS)}
 _CLOSE_LEN = len(CLOSE)
@@ -62,22 +64,20 @@ class ScannedMeeting:
             return self.body[self.start : self.end]
         return cut(self.body, self.start, self.end, cuts)
 
-    def same_as(self, xml: bytes | None) -> bool:
-        """Whether `xml` equals `self.xml`, compared in place (no copy of either is made)."""
-        if xml is None:
-            return False
-        body, cuts = self.body, self._cuts()
-        if not cuts:
-            return len(xml) == self.end - self.start and body.startswith(xml, self.start)
-        if len(xml) != self.end - self.start - sum(stop - begin for begin, stop in cuts):
-            return False
-        view, offset, position = memoryview(xml), 0, self.start
-        for begin, stop in (*cuts, (self.end, self.end)):
-            length = begin - position
-            if not body.startswith(view[offset : offset + length], position):
-                return False
-            offset, position = offset + length, stop
-        return True
+    def digest(self) -> bytes:
+        """element_digest(self.xml), computed in place (no copy of the element is made)."""
+        hasher = blake2b(digest_size=DIGEST_SIZE)
+        view, position = memoryview(self.body), self.start
+        for begin, stop in self._cuts():
+            hasher.update(view[position:begin])
+            position = stop
+        hasher.update(view[position : self.end])
+        return hasher.digest()
+
+
+def element_digest(xml: bytes) -> bytes:
+    """What the poller keeps of a meeting's element to see whether the next poll changed it."""
+    return blake2b(xml, digest_size=DIGEST_SIZE).digest()
 
 
 def private_spans(body: bytes, start: int, end: int) -> list[tuple[int, int]]:

@@ -47,9 +47,9 @@ class MeetingSync:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             position = await conn.fetchval(Q.meetings_xmin)
             if full:
-                cursor = await conn.cursor(Q.meetings_all, polling)
+                cursor = await conn.cursor(Q.meetings_all)
             else:
-                cursor = await conn.cursor(Q.meetings_changed, self.position, polling)
+                cursor = await conn.cursor(Q.meetings_changed, self.position)
             while rows := await cursor.fetch(BATCH):
                 read += len(rows)
                 for row in rows:

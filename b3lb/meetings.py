@@ -34,9 +34,11 @@ class MeetingRef:
     attendees: int = 0
     # monotonic time this process learnt of the meeting: protects fresh meetings from racing polls
     seen_at: float = field(default_factory=time.monotonic)
-    # From the last poll of its node: the node's <meeting> element, verbatim, for getMeetings.
-    xml: bytes | None = None
-    # Counts and origin as last written to the database, so unchanged meetings are not rewritten.
+    # Whether its row holds the node's <meeting> element for getMeetings (b3lb/meeting_lists.py
+    # reads it from there: 100,000 elements in memory would take some 150 MB).
+    listed: bool = False
+    # Counts, origin and the element's digest as last written to the database by this process's
+    # poller, so unchanged meetings are not rewritten.
     polled: tuple[object, ...] | None = None
     # Learnt from another instance's Redis event, not from the database: a create must still
     # write (or find) its row rather than trust it (b3lb/events.py).
@@ -62,7 +64,7 @@ class MeetingRef:
             node_id=row["node_id"],
             nonce=row["nonce"],
             attendees=row["attendees"],
-            xml=row.get("xml"),
+            listed=bool(row.get("listed")),
             failover_state=row.get("failover_state") or AS_CREATED,
         )
 
@@ -89,6 +91,9 @@ class MeetingTable:
         # (secret, meetingID) -> the failover of it under way in this process: every join of it
         # here awaits that one (b3lb/api/failover.py) instead of moving it again
         self.failing_over: dict[tuple[int, str], asyncio.Task[Any]] = {}
+        # secret id -> a number that changes whenever one of its meetings is added, removed or gets
+        # a new element: getMeetings answers stay cached while it holds (b3lb/meeting_lists.py)
+        self.versions: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -106,6 +111,11 @@ class MeetingTable:
         self.by_meeting_id.setdefault(ref.meeting_id, []).append(ref)
         self.by_node.setdefault(ref.node_id, {})[(ref.secret_id, ref.meeting_id)] = ref
         self.attendees_by_secret[ref.secret_id] = self.attendees_by_secret.get(ref.secret_id, 0) + ref.attendees
+        self.changed(ref.secret_id)
+
+    def changed(self, secret_id: int) -> None:
+        """A meeting of this secret came, went or got a new element: its getMeetings answer is stale."""
+        self.versions[secret_id] = self.versions.get(secret_id, 0) + 1
 
     def remove(self, ref: MeetingRef, *, forget: bool = True) -> None:
         key = (ref.secret_id, ref.meeting_id)
@@ -115,6 +125,7 @@ class MeetingTable:
             self.removed[ref.id] = time.monotonic()
             self.removed.move_to_end(ref.id)
         del self.by_key[key]
+        self.changed(ref.secret_id)
         if self.by_id.get(ref.id) is ref:
             del self.by_id[ref.id]
         self.attendees_by_secret[ref.secret_id] = self.attendees_by_secret.get(ref.secret_id, 0) - ref.attendees
@@ -189,11 +200,10 @@ class MeetingTable:
         state = row.get("failover_state") or AS_CREATED
         if state > ref.failover_state:
             ref.failover_state = state
-        if not polling:
+        if not polling:  # the row changed: its counts, and maybe its element
             self.set_attendees(ref, row["attendees"])
-            xml = row["xml"]
-            if xml is not None and xml != ref.xml:
-                ref.xml = xml
+            ref.listed = bool(row["listed"])
+            self.changed(ref.secret_id)
 
     def forget_ids(self, ids: Iterable[int]) -> list[MeetingRef]:
         """Meetings the database no longer holds (ended anywhere); returns those that were known."""
@@ -235,5 +245,4 @@ def _carry_over(previous: MeetingRef, ref: MeetingRef) -> None:
     # (not `creating`: the create in flight counts down on the record it counted up)
     ref.seen_at, ref.polled, ref.uncertain_since = previous.seen_at, previous.polled, previous.uncertain_since
     ref.info_tried = previous.info_tried
-    if ref.xml is None:
-        ref.xml = previous.xml
+    ref.listed = ref.listed or previous.listed

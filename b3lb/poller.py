@@ -20,6 +20,7 @@ from lxml import etree
 from b3lb import bbbxml
 from b3lb.api.forward import node_url
 from b3lb.balancer import NodeEntry
+from b3lb.bytebudget import ByteBudget
 from b3lb.columns import ERROR_SIZE, ORIGIN_SIZE, fit_count, fit_text, fit_xml_text
 from b3lb.db import Q
 from b3lb.meeting_sync import GONE_KEEP_SECONDS
@@ -40,6 +41,10 @@ TAIL_SLICE = 5000  # records updated between two loop turns after a cycle's writ
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 # A failed API call asks for an extra poll of its node, at most this often per node (seconds).
 PROBE_MIN_GAP = 2.0
+# Bytes of node answers a cycle holds at once, at most: 100 nodes with 1,000 meetings answer some
+# 1.5 MB each, and all of them in flight together doubled the process's memory (issue 12).
+ANSWERS_IN_FLIGHT = 32 * 1024 * 1024
+ELEMENT_BYTES = 1536  # a <meeting> element with a few attendees, for estimating an answer's size
 
 
 @dataclass(slots=True)
@@ -48,7 +53,8 @@ class MeetingSample:
     counts: tuple[int, int, int, int, int]  # attendees, listeners, voice, videos, moderators
     origin: str
     origin_server_name: str
-    xml: bytes
+    xml: bytes | None  # the element to store; None when it is what the row holds already
+    digest: bytes  # bbbxml.element_digest of the element
 
 
 @dataclass(slots=True)
@@ -107,7 +113,13 @@ class Poller:
         # Nodes whose error state this process decided but could not store yet: a reload of the
         # node table must keep the in-memory state, or a recovery would be undone (issue 9.4).
         self.unstored_health: set[int] = set()
-        self._unstored_polls: list[tuple[MeetingRef, tuple[object, ...]]] = []
+        # Changed meetings of this cycle not written yet: (record, what its row gets, element). Written
+        # WRITE_BATCH at a time while the cycle goes on, so that a first cycle over 100,000 meetings
+        # never holds all their elements at once (some 150 MB).
+        self._unwritten: list[tuple[MeetingRef, tuple[object, ...], bytes]] = []
+        self._writing = asyncio.Lock()
+        self.answer_budget = ByteBudget(ANSWERS_IN_FLIGHT)
+        self._answer_sizes: dict[int, int] = {}  # node id -> bytes of its last getMeetings answer
 
     async def poll_once(self) -> list[NodePoll]:
         """One full cycle over every node; returns the per-node results."""
@@ -118,13 +130,13 @@ class Poller:
 
         async def worker() -> None:
             for index in queue:
-                polls[index] = await self._poll_timed(entries[index])
+                async with self.answer_budget.take(self._expected_size(entries[index])):
+                    polls[index] = await self._poll_timed(entries[index], cycle=True)
 
         # `concurrency` workers rather than a task per node: a thousand tasks and semaphore
         # hand-overs cost more than the polls' own Python work
         await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(entries)))))
         results = [poll for poll in polls if poll is not None]
-        self._unstored_polls = []
         await self._apply(results, cycle_started=time.monotonic() - (time.perf_counter() - started))
         if self._ended >= TRIM_AFTER_ENDED:  # much freed at once: give it back to the OS
             self.runtime.meetings.compact_if_shrunk()
@@ -136,6 +148,14 @@ class Poller:
         self.last_cpu = time.process_time() - cpu_started
         log.debug("poll cycle", extra={"nodes": len(entries), "seconds": round(self.last_duration, 3)})
         return results
+
+    def _expected_size(self, entry: NodeEntry) -> int:
+        """Bytes the node's answer will take: the last one's size, else guessed from its meetings."""
+        size = self._answer_sizes.get(entry.node.id)
+        if size is not None:
+            return size
+        routed = len(self.runtime.meetings.by_node.get(entry.node.id, ()))
+        return (max(entry.node.meetings, routed) + 1) * ELEMENT_BYTES
 
     def probe_soon(self, node_id: int, reason: str) -> None:
         """Poll one node now, outside the cycle, because a call to it failed (`reason`).
@@ -177,10 +197,16 @@ class Poller:
             return False
         return loads.record_failure(node_id, result.error)
 
-    async def _poll_timed(self, entry: NodeEntry) -> NodePoll:
+    async def _poll_timed(self, entry: NodeEntry, *, cycle: bool = False) -> NodePoll:
+        """One node's poll; `cycle`: part of a cycle, whose changed meetings are written (a probe's are not)."""
         started = time.perf_counter()
         try:
-            return await self._poll_node(entry)
+            result = await self._poll_node(entry)
+            if cycle and result.ok:
+                self._queue_changes(result)
+                if len(self._unwritten) >= WRITE_BATCH:
+                    await self._write_changes()
+            return result
         except Exception as exc:  # a bug must cost one node's poll, not the cycle
             log.exception("poll of node %s failed unexpectedly", entry.node.slug)
             return NodePoll(entry, error=repr(exc))
@@ -214,6 +240,7 @@ class Poller:
         if meetings.code != 200:
             result.error = f"HTTP {meetings.code}"
             return result
+        self._answer_sizes[entry.node.id] = len(meetings.body)
         try:
             scanned = bbbxml.scan_iter(meetings.body)
         except ValueError:  # not a SUCCESS document: lxml below says what it is instead
@@ -258,17 +285,18 @@ class Poller:
             owned = [r for r in refs if r.node_id == node_id] if refs else None
             if not owned:
                 continue
+            digest = meeting.digest()
             for ref in owned:
                 # Most meetings look as they did one poll ago, and that element is what their row holds
-                # (ref.polled ends with the stored element): nothing to read, keep, write or allocate
-                if ref.polled is not None and ref.polled[-1] is ref.xml and meeting.same_as(ref.xml):
+                # (ref.polled ends with its digest): nothing to read, keep or write
+                if ref.polled is not None and ref.polled[-1] == digest:
                     if ref.uncertain_since:  # its create's fate is decided by this poll
                         counts, (origin, server) = ref.polled[:5], ref.polled[5:7]
-                        samples.append(MeetingSample(ref, counts, origin, server, ref.xml))  # type: ignore[arg-type]
+                        samples.append(MeetingSample(ref, counts, origin, server, None, digest))  # type: ignore[arg-type]
                     continue
                 xml = meeting.xml
                 counts, origin, server = bbbxml.details(xml)
-                samples.append(MeetingSample(ref, counts, origin, server, xml))
+                samples.append(MeetingSample(ref, counts, origin, server, xml, digest))
         if not bbbxml.template_holds(body, found):
             return False
         result.meetings, result.attendees, result.listed, result.samples = count, attendees, listed, samples
@@ -306,8 +334,59 @@ class Poller:
         xml = etree.tostring(meeting, encoding="utf-8", xml_declaration=False)
         origin = meta.findtext("bbb-origin") or "" if meta is not None else ""
         server = meta.findtext("bbb-origin-server-name") or "" if meta is not None else ""
+        digest = bbbxml.element_digest(xml)
         for ref in owned:
-            result.samples.append(MeetingSample(ref, counts, origin, server, xml))
+            result.samples.append(MeetingSample(ref, counts, origin, server, xml, digest))
+
+    def _queue_changes(self, result: NodePoll) -> None:
+        """Queue the rows of the node's changed meetings; their samples keep no element."""
+        for sample in result.samples:
+            if sample.xml is None:
+                continue
+            counts = tuple(map(fit_count, sample.counts))  # cut to fit the columns: a tenant controls metadata
+            origin, server = fit_text(sample.origin, ORIGIN_SIZE), fit_text(sample.origin_server_name, ORIGIN_SIZE)
+            polled = (*counts, origin, server, sample.digest)
+            if polled != sample.ref.polled:
+                self._unwritten.append((sample.ref, polled, sample.xml))
+            sample.xml = None
+
+    async def _write_changes(self, *, everything: bool = False) -> None:
+        """Write queued meeting rows, WRITE_BATCH per statement; a row is marked written (ref.polled)
+        once stored. On failure the rows are dropped: next cycle finds them changed again."""
+        async with self._writing:
+            while len(self._unwritten) >= (1 if everything else WRITE_BATCH):
+                batch = self._unwritten[:WRITE_BATCH]
+                del self._unwritten[:WRITE_BATCH]
+                try:
+                    refused = await self._write_batch(batch)
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                    self._store_failed(exc)
+                    self._unwritten.clear()  # the database is away: this cycle writes no more
+                    return
+                meetings = self.runtime.meetings
+                for ref, polled, _ in batch:
+                    if ref.id not in refused:
+                        ref.polled, ref.listed = polled, True
+                        meetings.changed(ref.secret_id)  # getMeetings reads the new element from the row
+
+    async def _write_batch(self, batch: list[tuple[MeetingRef, tuple[object, ...], bytes]]) -> set[object]:
+        """The ids of the rows not written (all of them when the database refused the statement)."""
+        rows = [(ref.id, *polled[:-1], fit_xml_text(xml)) for ref, polled, xml in batch]
+        refused: list[object] = []
+
+        async def write(conn: asyncpg.Connection) -> None:
+            refused.extend(await self._store_rows(conn, Q.meetings_update, rows))
+
+        async with self.runtime.pool.acquire() as conn:
+            if not await self._store_step(conn, "meetings", write):
+                return {row[0] for row in rows}
+        return set(refused)
+
+    def _store_failed(self, exc: BaseException) -> None:
+        if is_database_unavailable(exc):  # once per outage, not once per cycle
+            self.runtime.poll_store.failed(exc)
+        else:
+            log.warning("cannot store poll results: %s", exc)
 
     async def _apply(self, results: list[NodePoll], cycle_started: float = 0.0) -> None:
         """Fold one cycle into memory first (the API sees it at once), then the database.
@@ -317,7 +396,8 @@ class Poller:
         every SLICE_SECONDS of work, so a cycle over 100,000 meetings never stalls the API."""
         grace = self.config.meeting_grace
         now = time.monotonic()
-        node_rows, meeting_rows, vanished, failed = [], [], [], []
+        await self._write_changes(everything=True)
+        node_rows, vanished, failed = [], [], []
         slice_started = time.perf_counter()
         for result in results:
             entry, node = result.entry, result.entry.node
@@ -328,7 +408,7 @@ class Poller:
                 node.attendees, node.meetings = fit_count(result.attendees), fit_count(result.meetings)
                 entry.pending_meetings = 0  # the poll now sees what we placed
                 entry.last_error = ""
-                vanished.extend(self._update_meetings(result, now, grace, meeting_rows, cycle_started))
+                vanished.extend(self._update_meetings(result, now, grace, cycle_started))
             else:
                 log.info("poll of node %s failed: %s", node.slug, result.error)
                 if self.config.probe_failed and not result.local and not node.has_errors:
@@ -340,7 +420,7 @@ class Poller:
                 await asyncio.sleep(0)
                 slice_started = time.perf_counter()
         self._ended = len(vanished)
-        await self._store(node_rows, meeting_rows, vanished)
+        await self._store(node_rows, vanished)
         for result in failed:  # after the store: its node rows must not overwrite a probe's verdict
             self.probe_soon(result.entry.node.id, result.error)
 
@@ -349,24 +429,14 @@ class Poller:
         result: NodePoll,
         now: float,
         grace: float,
-        meeting_rows: list[tuple[object, ...]],
         cycle_started: float = 0.0,
     ) -> list[MeetingRef]:
         for sample in result.samples:
             ref = sample.ref
-            # What the node reports is cut to fit the columns (a tenant controls the metadata)
-            counts = tuple(map(fit_count, sample.counts))
-            self.runtime.meetings.set_attendees(ref, counts[0])
-            ref.xml = sample.xml
+            self.runtime.meetings.set_attendees(ref, fit_count(sample.counts[0]))
             if ref.uncertain_since:
                 ref.uncertain_since = 0.0
                 log.info("meeting %s: its unanswered create did reach node %s", ref.id, result.entry.node.slug)
-            # An element that looks as it did is the very same object: the comparison costs nothing
-            polled = (*counts, fit_text(sample.origin, ORIGIN_SIZE), fit_text(sample.origin_server_name, ORIGIN_SIZE),
-                      sample.xml)
-            if polled != ref.polled:  # only changed meetings are written
-                meeting_rows.append((ref.id, *polled))  # the element becomes text batch by batch (_store)
-                self._unstored_polls.append((ref, polled))  # ref.polled once the rows are stored
         gone = []
         for ref in self.runtime.meetings.refs_on_node(result.entry.node.id):
             if ref.meeting_id in result.listed or ref.creating:
@@ -382,22 +452,12 @@ class Poller:
             gone.append(ref)
         return gone
 
-    async def _store(
-        self, node_rows: list[tuple[object, ...]], meeting_rows: list[tuple[object, ...]], vanished: list[MeetingRef]
-    ) -> None:
+    async def _store(self, node_rows: list[tuple[object, ...]], vanished: list[MeetingRef]) -> None:
         pool = self.runtime.pool
         ended: list[asyncpg.Record] = []
-        refused: set[object] = set()  # meeting rows the database would not take: written again next cycle
 
         async def nodes(conn: asyncpg.Connection) -> None:
             await conn.execute(Q.nodes_update, *map(list, zip(*node_rows, strict=True)))
-
-        async def meetings(conn: asyncpg.Connection) -> None:
-            # in batches: encoding one statement of 10,000 elements would hold the loop for tens of ms,
-            # and the elements' text copies exist one batch at a time
-            for at in range(0, len(meeting_rows), WRITE_BATCH):
-                batch = [(*row[:-1], fit_xml_text(row[-1])) for row in meeting_rows[at : at + WRITE_BATCH]]
-                refused.update(await self._store_rows(conn, Q.meetings_update, batch))  # type: ignore[arg-type]
 
         async def gone(conn: asyncpg.Connection) -> None:
             for at in range(0, len(vanished), WRITE_BATCH):
@@ -410,7 +470,7 @@ class Poller:
         async def stats(conn: asyncpg.Connection) -> None:
             await conn.execute(Q.stats_refresh)
 
-        steps = {"nodes": (node_rows, nodes), "meetings": (meeting_rows, meetings), "ended meetings": (vanished, gone),
+        steps = {"nodes": (node_rows, nodes), "ended meetings": (vanished, gone),
                  "pruning": (True, prune), "stats": (True, stats)}
         try:
             async with pool.acquire() as conn, conn.transaction():
@@ -418,10 +478,7 @@ class Poller:
                           for name, (todo, step) in steps.items() if todo}
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             self.unstored_health.update(row[0] for row in node_rows)  # type: ignore[misc]
-            if is_database_unavailable(exc):  # once per outage, not once per cycle
-                self.runtime.poll_store.failed(exc)
-            else:
-                log.warning("cannot store poll results: %s", exc)
+            self._store_failed(exc)
             return
         self.runtime.poll_store.succeeded()
         if stored.get("nodes"):
@@ -432,13 +489,6 @@ class Poller:
             self.runtime.counters.meeting_ended(row["secret_id"], row["seconds"])
             if number % (TAIL_SLICE // 10) == 0:  # some 5 µs each
                 await asyncio.sleep(0)
-        if stored.get("meetings"):  # else they are written again next cycle
-            for number, (ref, polled) in enumerate(self._unstored_polls, 1):
-                if ref.id not in refused:
-                    ref.polled = polled
-                if number % TAIL_SLICE == 0:
-                    await asyncio.sleep(0)
-        self._unstored_polls = []
 
     async def _store_step(
         self, conn: asyncpg.Connection, name: str, step: Callable[[asyncpg.Connection], Awaitable[None]]

@@ -20,6 +20,7 @@ from b3lb.config import Config
 from b3lb.counters import Counters
 from b3lb.db import Q
 from b3lb.inserts import MeetingInserts
+from b3lb.meeting_lists import MeetingLists
 from b3lb.meeting_sync import MeetingSync
 from b3lb.meetings import MeetingRef, MeetingTable
 from b3lb.memory import settle_long_lived
@@ -40,6 +41,7 @@ class Runtime:
         self.directory = TenantDirectory()
         self.loads = LoadTable(error_after=config.poller.error_after, recover_after=config.poller.recover_after)
         self.meetings = MeetingTable()
+        self.meeting_lists = MeetingLists()  # getMeetings answers (b3lb/api/getmeetings.py)
         # Ended meetings' ids are remembered this long: a read that began before the end must not bring them back.
         keep_removed = max(30.0, 3 * config.api.cache_refresh_interval)
         self.meeting_sync = MeetingSync(pool, self.meetings, keep_removed=keep_removed)

@@ -612,7 +612,7 @@ async def test_two_b3lb_processes_racing_cause_one_create(db_url, tmp_path):
 
 def test_the_routing_table_follows_a_failover_s_state_within_one_placement():
     row = {"id": 1, "secret_id": 2, "meeting_id": "m", "node_id": 3, "nonce": uuid.uuid4(), "attendees": 0,
-           "xml": None, "failover_state": 1}
+           "listed": False, "failover_state": 1}
     table = MeetingTable()
     table.add(MeetingRef.from_row(row))
     table.apply_row({**row, "failover_state": 2}, polling=False)  # the failover's create answered

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from lxml import etree
 
+from b3lb.meeting_lists import stored_elements
 from b3lb.poller import parse_load
 from b3lb.runtime import Runtime
 from b3lb.testing.fakebbb import FakeMeeting
@@ -175,14 +176,17 @@ async def test_unchanged_meeting_keeps_its_copy_and_a_changed_one_is_read_again(
         fake.add_attendees("room-1", 2)
         await h.poll()
         ref = h.runtime.meetings.get(h.tenants["ABC"].secrets[0][0], "room-1")
-        first_xml = ref.xml
-        assert first_xml is not None and b"<participantCount>2</participantCount>" in first_xml
-        await h.poll()  # the node sends the same element again: the stored copy stays
-        assert ref.xml is first_xml and ref.polled[0] == 2
+        first = ref.polled
+        assert ref.listed and first is not None and first[0] == 2
+        xid = "SELECT changed_xid::text FROM meeting WHERE meeting_id = 'room-1'"
+        written = await h.pool.fetchval(xid)
+        await h.poll()  # the node sends the same element again: nothing is written
+        assert ref.polled is first and await h.pool.fetchval(xid) == written
         fake.add_attendees("room-1", 3)
         await h.poll()  # now it differs: read again, counted and written
-        assert ref.xml is not first_xml and b"<participantCount>5</participantCount>" in ref.xml
-        assert ref.polled[0] == 5
+        assert ref.polled is not first and ref.polled[0] == 5 and ref.polled[-1] != first[-1]
+        element = await h.pool.fetchval("SELECT xml FROM meeting WHERE meeting_id = 'room-1'")
+        assert "<participantCount>5</participantCount>" in element
         assert await h.pool.fetchval("SELECT attendees FROM meeting WHERE meeting_id = 'room-1'") == 5
         r = await h.call("getMeetings", "")
         assert [m.findtext("participantCount") for m in xml(r).iterfind("meetings/meeting")] == ["5"]
@@ -225,20 +229,23 @@ async def test_other_instances_read_only_the_meetings_that_changed(db_url):
         secret_id = h.tenants["ABC"].secrets[0][0]
         here = h.runtime.meetings.get(secret_id, "room-1")
         stored = await h.pool.fetchval("SELECT xml FROM meeting WHERE id = $1", here.id)
-        assert stored.encode() == here.xml and stored.count("<meeting>") == 1
+        assert here.listed and stored.count("<meeting>") == 1 and "<meetingID>room-1</meetingID>" in stored
         pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
         other = Runtime(h.config, pool)  # another instance: it does not poll
         try:
             await other.refresh_directory()
             await other.refresh_meetings()
-            assert len(other.meetings) == 21 and other.meetings.get(secret_id, "room-1").xml == here.xml
+            assert len(other.meetings) == 21 and other.meetings.get(secret_id, "room-1").listed
+            version = other.meetings.versions[secret_id]
             fake = next(n for n in h.fleet.nodes if n.domain == h.runtime.loads.nodes[here.node_id].node.domain)
             fake.add_attendees("room-1", 3)
             await h.poll()
             position = other.meeting_sync.position
             await other.refresh_meetings()
             there = other.meetings.get(secret_id, "room-1")
-            assert there.attendees == 3 and b"<participantCount>3</participantCount>" in there.xml
+            # its getMeetings answer there is stale now: built again from the row's new element
+            assert there.attendees == 3 and there.listed and other.meetings.versions[secret_id] > version
+            assert b"<participantCount>3</participantCount>" in (await stored_elements(pool, [there.id]))[there.id]
             # The 20 unchanged meetings are not read again, unless a transaction that was still
             # running at the last read (anywhere in this PostgreSQL: other test runs) holds the
             # position before their writes: then they must be read again, since it might change them.

@@ -36,23 +36,25 @@ FROM asset
 SELECT pg_snapshot_xmin(pg_current_snapshot())::text
 
 -- name: meetings_all
--- Every meeting; its getMeetings element unless $1 (the polling process holds newer ones itself).
-SELECT id, secret_id, meeting_id, node_id, nonce, attendees, failover_state,
-       CASE WHEN $1 THEN NULL ELSE convert_to(xml, 'UTF8') END AS xml
+-- Every meeting, and whether its row holds its getMeetings element (read when asked: meeting_elements).
+SELECT id, secret_id, meeting_id, node_id, nonce, attendees, failover_state, xml IS NOT NULL AS listed
 FROM meeting
 
 -- name: meetings_changed
 -- The meetings written by transaction $1 or later.
-SELECT id, secret_id, meeting_id, node_id, nonce, attendees, failover_state,
-       CASE WHEN $2 THEN NULL ELSE convert_to(xml, 'UTF8') END AS xml
+SELECT id, secret_id, meeting_id, node_id, nonce, attendees, failover_state, xml IS NOT NULL AS listed
 FROM meeting WHERE changed_xid >= $1::text::xid8
+
+-- name: meeting_elements
+-- The getMeetings elements of these meetings (b3lb/meeting_lists.py).
+SELECT id, convert_to(xml, 'UTF8') AS xml FROM meeting WHERE id = ANY($1::bigint[]) AND xml IS NOT NULL
 
 -- name: meetings_gone
 -- The meetings deleted by transaction $1 or later.
 SELECT id FROM meeting_gone WHERE gone_xid >= $1::text::xid8
 
 -- name: meeting_by_key
-SELECT id, secret_id, meeting_id, node_id, nonce, attendees, failover_state, convert_to(xml, 'UTF8') AS xml
+SELECT id, secret_id, meeting_id, node_id, nonce, attendees, failover_state, xml IS NOT NULL AS listed
 FROM meeting WHERE secret_id = $1 AND meeting_id = $2
 
 -- name: meetings_insert
