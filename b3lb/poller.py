@@ -44,6 +44,8 @@ PROBE_MIN_GAP = 2.0
 # Bytes of node answers a cycle holds at once, at most: 100 nodes with 1,000 meetings answer some
 # 1.5 MB each, and all of them in flight together doubled the process's memory (issue 12).
 ANSWERS_IN_FLIGHT = 32 * 1024 * 1024
+# Seconds the load file may take at least, whatever the getMeetings call before it left of poller.timeout.
+LOAD_TIMEOUT_MIN = 1.0
 ELEMENT_BYTES = 1536  # a <meeting> element with a few attendees, for estimating an answer's size
 
 
@@ -217,7 +219,7 @@ class Poller:
         result = NodePoll(entry)
         timeout = self.config.timeout
         fetch = self.runtime.nodes.fetch
-        load_call = asyncio.ensure_future(fetch(entry.node.load_url, timeout=timeout, purpose="poll"))  # runs alongside
+        started = time.monotonic()
         try:
             meetings: NodeResponse | NodeRequestError = await fetch(
                 node_url(entry, "getMeetings", []), timeout=timeout, purpose="poll"
@@ -225,15 +227,17 @@ class Poller:
         except NodeRequestError as exc:
             meetings = exc
             result.local = getattr(exc, "kind", "") == "local"
-        except BaseException:  # cancelled (shutdown): so is the load request
-            load_call.cancel()
-            raise
-        try:
-            load = await load_call
-            if load.code == 200:
-                result.cpu_load = parse_load(load.body)
-        except NodeRequestError:
-            pass
+        # The load file after the meetings, on the same kept-alive connection: one connection per node
+        # rather than two (each TLS connection holds some 100 KB and costs a handshake). A node that did
+        # not answer is not asked again.
+        if not isinstance(meetings, NodeRequestError):
+            try:
+                load = await fetch(entry.node.load_url, purpose="poll",
+                                   timeout=max(LOAD_TIMEOUT_MIN, timeout - (time.monotonic() - started)))
+                if load.code == 200:
+                    result.cpu_load = parse_load(load.body)
+            except NodeRequestError:
+                pass
         if isinstance(meetings, NodeRequestError):
             result.error = str(meetings)
             return result

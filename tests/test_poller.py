@@ -41,6 +41,22 @@ def test_parse_load(body, expected):
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_node_is_polled_over_one_kept_alive_connection(db_url):
+    """getMeetings and then the load file on the same connection: one per node, kept across cycles."""
+    async with Harness(db_url, nodes=3) as h:
+        for fake in h.fleet.nodes:
+            fake.cpu = 2500
+        for _ in range(3):
+            await h.poll()
+        assert all(node_entry(h, i).node.cpu_load == 25.0 for i in range(3))
+        connector = h.runtime.nodes._pools["poll"].session.connector
+        assert sorted(len(kept) for kept in connector._conns.values()) == [1, 1, 1]
+        h.fleet.nodes[0].set_down()
+        await h.poll()  # a node that does not answer is not asked for its load as well
+        assert node_entry(h, 0).node.cpu_load == 25.0
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_poll_updates_loads_counts_and_database(db_url):
     async with Harness(db_url, nodes=2) as h:
         fake = h.fleet.nodes[0]
