@@ -121,8 +121,9 @@ class PollerConfig:
     # A node goes to error after this many failed polls in a row, and back after recover_after good ones.
     error_after: int = 2
     recover_after: int = 2
-    # A node's failed poll in a cycle is followed at once by an extra poll (not a whole interval later),
-    # so a dead node goes to error, and its meetings fail over, about one interval after it died.
+    # A node whose poll in a cycle found the connection refused or dropped is polled again at once (not a
+    # whole interval later), so a dead node goes to error, and its meetings fail over, about one interval
+    # after it died. A timeout waits for the next cycle (a busy node must not go to error at once).
     probe_failed: bool = True
     # Seconds a new meeting is protected from removal by a poll that raced with its create.
     meeting_grace: float = 15.0

@@ -26,7 +26,7 @@ from b3lb.db import Q
 from b3lb.meeting_sync import GONE_KEEP_SECONDS
 from b3lb.meetings import MeetingRef
 from b3lb.memory import release_free_memory, settle_long_lived
-from b3lb.nodeclient import NodeRequestError, NodeResponse
+from b3lb.nodeclient import CONNECT, LOCAL, RESET, NodeRequestError, NodeResponse
 from b3lb.outage import is_database_unavailable
 from b3lb.runtime import Runtime
 
@@ -44,6 +44,10 @@ PROBE_MIN_GAP = 2.0
 # Bytes of node answers a cycle holds at once, at most: 100 nodes with 1,000 meetings answer some
 # 1.5 MB each, and all of them in flight together doubled the process's memory (issue 12).
 ANSWERS_IN_FLIGHT = 32 * 1024 * 1024
+# Failures of a cycle's poll that an extra poll follows at once (poller.probe_failed): the node refused or
+# dropped the connection, as a dead one does. A slow answer (timeout) waits for the next cycle: under load
+# a second try at once would often fail too and put a merely busy node in error.
+PROBED_KINDS = frozenset({CONNECT, RESET})
 # Seconds the load file may take at least, whatever the getMeetings call before it left of poller.timeout.
 LOAD_TIMEOUT_MIN = 1.0
 ELEMENT_BYTES = 1536  # a <meeting> element with a few attendees, for estimating an answer's size
@@ -65,6 +69,7 @@ class NodePoll:
     ok: bool = False
     error: str = ""
     local: bool = False  # failed inside b3lb (no free connection slot): says nothing about the node
+    kind: str = ""  # of the failure (nodeclient's kinds: connect, reset, timeout, answer, local)
     cpu_load: float | None = None  # percent; None: the load endpoint gave nothing usable
     meetings: int = 0
     attendees: int = 0
@@ -226,7 +231,8 @@ class Poller:
             )
         except NodeRequestError as exc:
             meetings = exc
-            result.local = getattr(exc, "kind", "") == "local"
+            result.kind = getattr(exc, "kind", "")
+            result.local = result.kind == LOCAL
         # The load file after the meetings, on the same kept-alive connection: one connection per node
         # rather than two (each TLS connection holds some 100 KB and costs a handshake). A node that did
         # not answer is not asked again.
@@ -415,7 +421,7 @@ class Poller:
                 vanished.extend(self._update_meetings(result, now, grace, cycle_started))
             else:
                 log.info("poll of node %s failed: %s", node.slug, result.error)
-                if self.config.probe_failed and not result.local and not node.has_errors:
+                if self.config.probe_failed and result.kind in PROBED_KINDS and not node.has_errors:
                     failed.append(result)  # the next failure need not wait an interval
             entry.recompute()
             node_rows.append((node.id, node.cpu_load, node.attendees, node.meetings, node.has_errors,

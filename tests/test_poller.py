@@ -96,6 +96,12 @@ async def test_a_failed_poll_is_followed_by_a_probe_at_once(db_url):
         assert entry.node.has_errors  # recovery keeps its hysteresis: no probe after a good poll
         await h.poll()
         assert not entry.node.has_errors
+        # A slow node (a timeout) is not probed: it needs error_after failed cycles.
+        slow, slow_entry = h.fleet.nodes[0], node_entry(h, 0)
+        slow.mode, slow.delay = "stall", 2.0  # longer than the harness's 1 s poll timeout
+        await h.poll()
+        await asyncio.sleep(0.3)
+        assert not slow_entry.node.has_errors and slow_entry.failures == 1
 
 
 @pytest.mark.gen_test(timeout=30)
