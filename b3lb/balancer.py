@@ -50,7 +50,7 @@ class NodeEntry:
             attendees=n.attendees + self.pending_meetings,
             meetings=n.meetings + self.pending_meetings,
             cpu_load=n.cpu_load,
-            maintenance=n.maintenance,
+            maintenance=n.maintenance or c.maintenance,
             has_errors=n.has_errors,
             a_factor=c.load_a_factor,
             m_factor=c.load_m_factor,
@@ -59,8 +59,13 @@ class NodeEntry:
         )
 
     @property
+    def in_maintenance(self) -> bool:
+        """The node's own maintenance or its cluster's (sql/0011): either keeps new meetings away."""
+        return self.node.maintenance or self.cluster.maintenance
+
+    @property
     def available(self) -> bool:
-        return not self.node.maintenance and not self.node.has_errors
+        return not self.in_maintenance and not self.node.has_errors
 
     def create_failed(self) -> None:
         if self.avoid_until > time.monotonic():

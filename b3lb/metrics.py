@@ -202,7 +202,7 @@ async def node_text(runtime: Runtime) -> str:
     for e in entries:
         labels = f'{{cluster="{_escape(e.cluster.name)}",node="{_escape(e.node.slug)}"}} '
         load.append(f"b3lb_node_load{labels}{floatToGoString(e.load)}\n")
-        kind = "maintenance" if e.node.maintenance else "error" if e.node.has_errors else "ok"
+        kind = "error" if e.node.has_errors else "maintenance" if e.in_maintenance else "ok"  # down shows first
         state.append(f"b3lb_node_state{labels}{NODE_STATES[kind]}.0\n")
         cpu.append(f"b3lb_node_cpu_percent{labels}{floatToGoString(e.node.cpu_load)}\n")
         if e.node.id in polled:

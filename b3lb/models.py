@@ -38,6 +38,7 @@ class Cluster(_FromRow):
     load_cpu_series_iteratations: int = 6
     load_cpu_maximum: int = 5000
     sha_algorithm: str = "SHA256"
+    maintenance: bool = False  # cluster-wide maintenance (sql/0011), apart from each node's own flag
 
 
 @dataclass(slots=True)

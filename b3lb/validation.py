@@ -279,6 +279,20 @@ def _path_problem(text: str, max_length: int) -> str:
 _SECRET_LABEL = re.compile(r"([A-Za-z]{2,10})(?:-([0-9]{1,3}))?")
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def parse_bool(text: str) -> bool:
+    """A yes/no word of the CLI or a query parameter: true/yes/on/1 or false/no/off/0, any case."""
+    word = text.strip().lower() if isinstance(text, str) else ""
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected true or false (yes/no, on/off, 1/0), got {_shown(text)}")
+
+
 def parse_tenant_slug(text: str) -> str:
     """A tenant slug, stored upper-case: 2 to 10 letters A-Z."""
     slug = text.strip().upper() if isinstance(text, str) else ""
@@ -341,6 +355,7 @@ RECORD_FORMAT = Choice(("MP4", "WEBM"))
 PARAMETER_NAME = Text(max_length=MAX_PARAMETER, spaces=False, strip=False)
 PARAMETER_VALUE = Text(max_length=MAX_PARAMETER, min_length=0, strip=False)
 MEETING_ID = Text(max_length=MAX_TEXT, strip=False)
+DESCRIPTION = Text(max_length=MAX_TEXT, min_length=0)  # '' clears it
 
 # Settings field -> (option name for messages, rule). Boolean fields need no rule.
 CLUSTER_FIELDS: dict[str, tuple[str, Rule]] = {
@@ -364,6 +379,7 @@ LIMIT_FIELDS: dict[str, tuple[str, Rule]] = {
     "hold_time_days": ("hold-time-days", HOLD_DAYS),
 }
 TENANT_FIELDS: dict[str, tuple[str, Rule]] = {"cluster_group": ("clustergroup", NAME), **LIMIT_FIELDS}
+SECRET_FIELDS: dict[str, tuple[str, Rule]] = {**LIMIT_FIELDS, "description": ("description", DESCRIPTION)}
 PROFILE_FIELDS: dict[str, tuple[str, Rule]] = {
     "width": ("width", PIXELS),
     "height": ("height", PIXELS),
@@ -393,3 +409,9 @@ def check_value(option: str, rule: Rule, value: Any) -> Any:
         return rule.check(value)
     except ValueError as exc:
         raise ValueError(f"{option}: {exc}") from None
+
+
+def require_change(settings: Any) -> None:
+    """A `set` that changes nothing is refused (the CLI and the admin API alike), not logged as a write."""
+    if all(value is None for value in dataclasses.asdict(settings).values()):
+        raise ValueError("settings: nothing to change: give at least one setting")

@@ -10,11 +10,16 @@ from api_helpers import create_ok, owner, xml
 
 from b3lb.recordings.storage import archive_key
 
+# The sets' nonces (their row keys, the meeting's upload credential: never in an answer) and the
+# public IDs the API names them by.
 OLD, NEW, NEWEST = (
     "11111111-1111-4111-8111-111111111111",
     "22222222-2222-4222-8222-222222222222",
     "33333333-3333-4333-8333-333333333333",
 )
+PUBLIC = {OLD: "a1111111-1111-4111-8111-111111111111", NEW: "a2222222-2222-4222-8222-222222222222",
+          NEWEST: "a3333333-3333-4333-8333-333333333333"}
+P_OLD, P_NEW, P_NEWEST = PUBLIC[OLD], PUBLIC[NEW], PUBLIC[NEWEST]
 
 
 async def meetings(api: Admin) -> list[tuple[str, str]]:
@@ -99,12 +104,12 @@ async def test_meeting_end_when_the_node_fails_or_no_longer_has_it(db_url):
 async def add_set(api: Admin, nonce: str, tenant: str, status: str, archive: bytes | None = None) -> None:
     key = archive_key(nonce) if archive is not None else ""
     await api.pool.execute(
-        "INSERT INTO record_set (id, nonce, secret_id, meeting_id, tenant_slug, meta_name, status, raw_size, "
-        "archive_key, archive_sha256, uploaded_at) "
-        "SELECT $1::text, $1::text::uuid, s.id, 'room', $2::text, 'Sync', $3, $4, $5::text, $6, "
+        "INSERT INTO record_set (id, nonce, public_id, secret_id, meeting_id, tenant_slug, meta_name, status, "
+        "raw_size, archive_key, archive_sha256, uploaded_at) "
+        "SELECT $1::text, $1::text::uuid, $7::uuid, s.id, 'room', $2::text, 'Sync', $3, $4, $5::text, $6, "
         "CASE WHEN $5::text = '' THEN NULL ELSE now() END "
         "FROM secret s JOIN tenant t ON t.id = s.tenant_id WHERE t.slug = $2::text AND s.sub_id = 0",
-        nonce, tenant, status, len(archive or b""), key, "ab" * 32 if archive else "")
+        nonce, tenant, status, len(archive or b""), key, "ab" * 32 if archive else "", PUBLIC[nonce])
     if archive is not None:
         await api.h.runtime.storage.put_bytes(key, archive)
 
@@ -115,25 +120,31 @@ async def test_recordings(db_url):
         await add_set(api, OLD, "XYZ", "UNKNOWN")
         await add_set(api, NEW, "ABC", "UPLOADED", b"tar" * 10)
         await add_set(api, NEWEST, "ABC", "UPLOADED", b"tar" * 20)
-        assert {r["id"] for r in await api.ok("GET", "/recordings", token="reader")} == {OLD, NEW, NEWEST}
-        assert [r["id"] for r in await api.ok("GET", "/recordings?status=unknown")] == [OLD]
+        assert {r["id"] for r in await api.ok("GET", "/recordings", token="reader")} == {P_OLD, P_NEW, P_NEWEST}
+        assert [r["id"] for r in await api.ok("GET", "/recordings?status=unknown")] == [P_OLD]
         assert len(await api.ok("GET", "/recordings?limit=1")) == 1
         await api.error(400, "GET", "/recordings?status=LOST", field="status")
         await api.error(400, "GET", "/recordings?limit=0", field="limit")
-        shown = await api.ok("GET", f"/recordings/{NEW}")
-        assert (shown["id"], shown["tenant"], shown["status"], shown["archive_size"]) == (NEW, "ABC", "UPLOADED", 30)
+        shown = await api.ok("GET", f"/recordings/{P_NEW}")
+        assert (shown["id"], shown["tenant"], shown["status"], shown["archive_size"]) == (P_NEW, "ABC", "UPLOADED", 30)
+        assert shown["archive"].startswith("22/22/22222222.../")  # the folder, cut before the nonce's secret part
         await api.error(400, "GET", "/recordings/not-a-uuid", field="id")
         await api.error(404, "GET", "/recordings/44444444-4444-4444-8444-444444444444")
-        (job,) = await api.ok("POST", f"/recordings/{NEW}/rerender")
-        assert job["job"] == "QUEUED"
-        assert "no archive" in await api.error(409, "POST", f"/recordings/{OLD}/rerender")
-        (gone,) = await api.ok("DELETE", f"/recordings/{NEWEST}")
-        assert gone["status"] == "deleted" and gone["previous_status"] == "UPLOADED"
+        await api.error(404, "GET", f"/recordings/{NEW}")  # a nonce names no set
+        (job,) = await api.ok("POST", f"/recordings/{P_NEW}/rerender")
+        assert (job["id"], job["job"]) == (P_NEW, "QUEUED")
+        assert "no archive" in await api.error(409, "POST", f"/recordings/{P_OLD}/rerender")
+        (gone,) = await api.ok("DELETE", f"/recordings/{P_NEWEST}")
+        assert (gone["id"], gone["status"], gone["previous_status"], gone["files_deleted"]) == (
+            P_NEWEST, "deleted", "UPLOADED", 1)
         assert not await api.h.runtime.storage.exists(archive_key(NEWEST))
         assert await api.pool.fetchval("SELECT count(*) FROM record_set WHERE id = $1", NEWEST) == 0
-        await api.error(404, "DELETE", f"/recordings/{NEWEST}")
-        actions = [(r["action"], r["tenant"]) for r in await api.audit_rows()]
-        assert actions == [("recording.rerender", "ABC"), ("recording.delete", "ABC")]
+        await api.error(404, "DELETE", f"/recordings/{P_NEWEST}")
+        rows = [(r["action"], r["target"], r["tenant"]) for r in await api.audit_rows()]
+        assert rows == [("recording.rerender", P_NEW, "ABC"), ("recording.delete", P_NEWEST, "ABC")]
+        for method, path, body in api.answers:  # (a nonce the test itself sent is echoed in "no record set")
+            leaked = [n for n in (OLD, NEW, NEWEST) if n.encode() in body and n not in path]
+            assert leaked == [], (method, path, body)
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -141,17 +152,29 @@ async def test_tenant_token_reaches_only_its_recordings(db_url):
     async with admin_api(db_url) as api:
         await add_set(api, OLD, "XYZ", "UPLOADED", b"theirs")
         await add_set(api, NEW, "ABC", "UPLOADED", b"mine")
-        assert [r["id"] for r in await api.ok("GET", "/recordings", token="abc")] == [NEW]
+        assert [r["id"] for r in await api.ok("GET", "/recordings", token="abc")] == [P_NEW]
         await api.error(404, "GET", "/recordings?tenant=XYZ", token="abc")
-        assert await api.error(404, "GET", f"/recordings/{OLD}", token="abc") == f"no record set {OLD!r}"
-        await api.error(404, "POST", f"/recordings/{OLD}/rerender", token="abc")
-        await api.error(404, "DELETE", f"/recordings/{OLD}", token="abc")
+        assert await api.error(404, "GET", f"/recordings/{P_OLD}", token="abc") == f"no record set {P_OLD!r}"
+        await api.error(404, "POST", f"/recordings/{P_OLD}/rerender", token="abc")
+        await api.error(404, "DELETE", f"/recordings/{P_OLD}", token="abc")
         assert await api.h.runtime.storage.exists(archive_key(OLD))
         assert await api.pool.fetchval("SELECT status FROM record_set WHERE id = $1", OLD) == "UPLOADED"
         assert await api.pool.fetchval("SELECT count(*) FROM render_job") == 0
-        assert (await api.ok("GET", f"/recordings/{NEW}", token="abc"))["tenant"] == "ABC"
-        await api.ok("DELETE", f"/recordings/{NEW}", token="abc")
-        assert [r["id"] for r in await api.ok("GET", "/recordings")] == [OLD]
+        assert (await api.ok("GET", f"/recordings/{P_NEW}", token="abc"))["tenant"] == "ABC"
+        await api.ok("DELETE", f"/recordings/{P_NEW}", token="abc")
+        assert [r["id"] for r in await api.ok("GET", "/recordings")] == [P_OLD]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_delete_purges_its_own_set_only(db_url):
+    """Another tenant's set waiting in DELETING (for housekeeping) is not touched by a tenant's delete."""
+    async with admin_api(db_url) as api:
+        await add_set(api, OLD, "XYZ", "DELETING", b"theirs")
+        await add_set(api, NEW, "ABC", "UPLOADED", b"mine")
+        (gone,) = await api.ok("DELETE", f"/recordings/{P_NEW}", token="abc")
+        assert (gone["status"], gone["files_deleted"]) == ("deleted", 1) and "sets_deleted" not in gone
+        assert await api.h.runtime.storage.exists(archive_key(OLD))
+        assert await api.pool.fetchval("SELECT status FROM record_set WHERE id = $1", OLD) == "DELETING"
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -194,14 +217,14 @@ async def test_tokens(db_url):
 @pytest.mark.gen_test(timeout=60)
 async def test_audit_log(db_url):
     async with admin_api(db_url) as api:
-        await api.ok("PATCH", "/tenants/ABC", {"meeting_limit": 4}, token="abc")
+        await api.ok("PATCH", "/tenants/ABC", {"hold_time_days": 4}, token="abc")
         await api.ok("PATCH", "/tenants/XYZ", {"meeting_limit": 5})
         await api.ok("POST", "/clustergroups", {"name": "eu"}, status=201)
         rows = await api.ok("GET", "/audit", token="reader")
         assert [(r["action"], r["tenant"], r["actor"]) for r in rows] == [
             ("clustergroup.add", None, "token:admin"), ("tenant.set", "XYZ", "token:admin"),
             ("tenant.set", "ABC", "token:abc")]  # newest first
-        assert rows[2]["detail"] == {"meeting_limit": 4}
+        assert rows[2]["detail"] == {"hold_time_days": 4}
         assert [r["action"] for r in await api.ok("GET", "/audit?limit=1")] == ["clustergroup.add"]
         assert [r["tenant"] for r in await api.ok("GET", "/audit?tenant=xyz")] == ["XYZ"]
         assert [r["tenant"] for r in await api.ok("GET", "/audit", token="abc-reader")] == ["ABC"]

@@ -7,8 +7,14 @@ import orjson
 import pytest
 from admin_api_support import API, admin_api
 from api_helpers import xml
+from tornado.httpclient import AsyncHTTPClient
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+from tornado.web import Application
 
 from b3lb.admin import tokens
+from b3lb.admin.api_core import Call, Endpoint, EndpointHandler, Operation
+from b3lb.admin.common import AdminError, NotFound, Row
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -79,12 +85,12 @@ async def test_too_little_scope_gets_403_and_writes_nothing(db_url):
 async def test_writes_are_audited_with_the_token_name(db_url):
     async with admin_api(db_url) as api:
         await api.ok("POST", "/clustergroups", {"name": "second"}, token="writer", status=201)
-        await api.ok("PATCH", "/tenants/ABC", {"meeting_limit": 5}, token="abc")
+        await api.ok("PATCH", "/tenants/ABC", {"hold_time_days": 5}, token="abc")
         (group,) = await api.audit_rows("clustergroup.add")
         assert group == {"actor": "token:writer", "tenant": None, "action": "clustergroup.add", "target": "second",
                          "detail": {"name": "second"}}
         (tenant,) = await api.audit_rows("tenant.set")
-        assert tenant["actor"] == "token:abc" and tenant["tenant"] == "ABC" and tenant["detail"] == {"meeting_limit": 5}
+        assert (tenant["actor"], tenant["tenant"], tenant["detail"]) == ("token:abc", "ABC", {"hold_time_days": 5})
         # Reads are not logged; failed writes neither.
         await api.ok("GET", "/clustergroups")
         await api.error(409, "POST", "/clustergroups", {"name": "second"})
@@ -150,3 +156,70 @@ async def test_a_database_outage_answers_503_in_json(db_url):
         response = await api.raw("GET", "/clusters")
         assert response.code == 503 and response.headers["Retry-After"] == "5", response.body
         assert orjson.loads(response.body) == {"error": "unavailable", "message": "the database is unavailable"}
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_every_answer_forbids_sniffing_and_framing(db_url):
+    async with admin_api(db_url) as api:
+        answers = [await api.raw("GET", "/clusters"), await api.raw("GET", "/clusters", token=None),
+                   await api.raw("GET", "/clusters", token="abc"), await api.raw("GET", "/nope"),
+                   await api.raw("DELETE", "/clusters"), await api.raw("GET", "/clusters?x=1"),
+                   await api.raw("GET", "/openapi.json", token=None), await api.raw("POST", "/clusters", body=b"{")]
+        assert [r.code for r in answers] == [200, 401, 403, 404, 405, 400, 200, 400]
+        for r in answers:
+            assert r.headers["X-Content-Type-Options"] == "nosniff", r.code
+            assert r.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'", r.code
+        await api.pool.close()
+        r = await api.raw("GET", "/clusters")
+        assert r.code == 503 and r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_write_that_changes_nothing_or_sends_a_stray_body_is_refused(db_url):
+    async with admin_api(db_url) as api:
+        for path in ("/tenants/ABC", "/secrets/ABC", "/clusters/main", "/nodes/main/fake-0001"):
+            message = await api.error(400, "PATCH", path, {}, field="settings")
+            assert "nothing to change" in message, message
+        # Operations without a declared body take none (empty, or an empty object), like unknown fields.
+        await api.error(400, "POST", "/secrets/ABC/rotate", {"force": True}, field="force")
+        await api.error(400, "DELETE", "/clustergroups/all/clusters/main", {"x": 1}, field="x")
+        r = await api.raw("POST", "/secrets/ABC/rotate", body=b"rotate please")
+        assert r.code == 400 and orjson.loads(r.body)["field"] == "body", r.body
+        assert await api.audit_rows() == []
+        await api.ok("POST", "/secrets/ABC/rotate", {})
+        await api.ok("POST", "/secrets/ABC/rotate")
+        assert [r["action"] for r in await api.audit_rows()] == ["secret.rotate", "secret.rotate"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_missing_resources_are_404_by_their_error_type_not_their_wording(db_url):
+    """NotFound is 404 whatever its message says (a node removed while a panic ran, say); any other
+    AdminError is 409 even when its message starts with 'no '."""
+
+    async def gone(call: Call) -> list[Row]:
+        raise NotFound("node main/fake-0001 was removed meanwhile")
+
+    async def refused(call: Call) -> list[Row]:
+        raise AdminError("no more room on this node")
+
+    endpoints = [Endpoint("/probe/gone", (Operation("POST", "gone", gone, "write", True),)),
+                 Endpoint("/probe/refused", (Operation("POST", "refused", refused, "write", True),))]
+    async with admin_api(db_url) as api:
+        app = Application([(e.pattern, EndpointHandler, {"runtime": api.h.runtime, "endpoint": e}) for e in endpoints])
+        sock, port = bind_unused_port()
+        server = HTTPServer(app)
+        server.add_sockets([sock])
+        try:
+            for name, status in (("gone", 404), ("refused", 409)):
+                r = await AsyncHTTPClient().fetch(f"http://127.0.0.1:{port}{API}/probe/{name}", method="POST", body=b"",
+                                                  headers={"Authorization": f"Bearer {api.tokens['admin']}"},
+                                                  raise_error=False)
+                assert r.code == status, (name, r.body)
+        finally:
+            server.stop()
+        # The look-ups of the operations raise it: a missing node, profile, secret, token, rule, set.
+        for method, path, body in (("GET", "/nodes/main/nope", None), ("POST", "/recordprofiles/nope/link",
+                                   {"tenant": "ABC"}), ("PATCH", "/secrets/ABC-009", {"hold_time_days": 1}),
+                                   ("POST", "/tokens/nobody/revoke", None), ("DELETE", "/parameters/99", None),
+                                   ("DELETE", "/recordings/a1111111-1111-4111-8111-111111111111", None)):
+            await api.error(404, method, path, body)

@@ -87,6 +87,10 @@ def test_secret_set(cli: Cli) -> None:
     assert (row["attendee_limit"], row["meeting_limit"], row["record_by_default"]) == (None, 2, None)
     (row,) = cli.json("secret", "set", "ABC", "--record-by-default", "off", "--hold-time-days", "0")
     assert (row["record_by_default"], row["hold_time_days"]) == (False, 0)
+    (row,) = cli.json("secret", "set", "ABC", "--description", "inherit")  # a description, not a keyword
+    assert (row["description"], row["record_by_default"]) == ("inherit", False)
+    (row,) = cli.json("secret", "set", "ABC", "--description", "")
+    assert row["description"] == ""
     before = fetch(cli.env, "SELECT * FROM secret ORDER BY id")
     assert "nothing to change" in cli.fails(2, "secret", "set", "ABC-001")
     assert "from 0 to" in cli.fails(2, "secret", "set", "ABC-001", "--attendee-limit", "-1")
@@ -94,6 +98,8 @@ def test_secret_set(cli: Cli) -> None:
     assert "from 0 to" in cli.fails(2, "secret", "set", "ABC-001", "--hold-days", "inherit")
     assert "no secret ABC-009" in cli.fails(1, "secret", "set", "ABC-009", "--meeting-limit", "1")
     assert "no tenant" in cli.fails(1, "secret", "set", "XYZ", "--meeting-limit", "1")
+    for bad in ("two\nlines", "x" * 201, "bell\x07"):
+        assert "--description" in cli.fails(2, "secret", "set", "ABC-001", "--description", bad)
     assert fetch(cli.env, "SELECT * FROM secret ORDER BY id") == before
     assert cli("secret", "set", "--help")[0] == 0 and cli("token", "add", "--help")[0] == 0
 

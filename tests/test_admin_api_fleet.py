@@ -3,6 +3,8 @@ nodes (maintenance, drain, panic) and recording profiles; each with good and bad
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from admin_api_support import admin_api
 from api_helpers import create_ok, owner
@@ -33,7 +35,7 @@ async def test_cluster_maintenance_switches_every_node_at_once(db_url):
         rows = await api.ok("POST", "/clusters/main/maintenance", {"on": True}, token="writer")
         assert [r["state"] for r in rows] == ["maintenance"] * 3
         # This process stops placing meetings there at once (no wait for the directory refresh).
-        assert all(e.node.maintenance for e in api.h.runtime.loads.nodes.values())
+        assert all(e.in_maintenance for e in api.h.runtime.loads.nodes.values())
         await api.error(400, "POST", "/clusters/main/maintenance", {"on": "yes"}, field="on")
         await api.error(400, "POST", "/clusters/main/maintenance", {}, field="on")
         await api.error(404, "POST", "/clusters/nope/maintenance", {"on": False})
@@ -134,9 +136,17 @@ async def test_panic_ends_the_nodes_meetings(db_url):
             await create_ok(api.h, f"room-{n}")
         node = owner(api.h, "room-0")
         mine = sorted(m for m in node.meetings)
-        rows = await api.ok("POST", f"/nodes/main/{node.name}/panic")
-        assert sorted(r["meeting_id"] for r in rows) == mine
-        assert all(r["end"] == "ended" and r["dropped"] for r in rows), rows
+        (row,) = await api.ok("POST", f"/nodes/main/{node.name}/panic", status=202)
+        assert (row["panic_state"], row["meetings_left"]) == ("running", len(mine))
+        assert row["status_url"].endswith(f"/nodes/main/{node.name}/drain")
+        for _ in range(400):  # it goes on in the background; the status reports its end
+            (row,) = await api.ok("GET", f"/nodes/main/{node.name}/drain", token="reader")
+            if row["panic_state"] != "running":
+                break
+            await asyncio.sleep(0.05)
+        assert row["panic_state"] == "finished", row
+        detail = row["panic_detail"]
+        assert (detail["meetings"], detail["ends_failed"], detail["failures"]) == (len(mine), 0, [])
         assert node.meetings == {}
         left = {r["meeting_id"] for r in await api.pool.fetch("SELECT meeting_id FROM meeting")}
         assert left == {f"room-{n}" for n in range(3)} - set(mine)

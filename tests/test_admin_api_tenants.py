@@ -53,19 +53,21 @@ async def test_tenant_token_sees_and_changes_only_its_tenant(db_url):
         assert [t["slug"] for t in await api.ok("GET", "/tenants", token="abc")] == ["ABC"]
         assert await api.error(404, "GET", "/tenants/XYZ", token="abc") == "no tenant 'XYZ'"
         assert await api.error(404, "GET", "/tenants/NOPE", token="abc") == "no tenant 'NOPE'"
-        await api.error(404, "PATCH", "/tenants/xyz", {"meeting_limit": 1}, token="abc")
+        await api.error(404, "PATCH", "/tenants/xyz", {"hold_time_days": 1}, token="abc")
         await api.error(403, "PATCH", "/tenants/ABC", {"cluster_group": "all"}, token="abc")
-        (row,) = await api.ok("PATCH", "/tenants/ABC", {"meeting_limit": 3}, token="abc")
-        assert row["meeting_limit"] == 3
-        limits = await api.pool.fetch("SELECT slug, meeting_limit FROM tenant ORDER BY slug")
-        assert [tuple(r) for r in limits] == [("ABC", 3), ("XYZ", before)]
+        (row,) = await api.ok("PATCH", "/tenants/ABC", {"hold_time_days": 3}, token="abc")
+        assert row["hold_time_days"] == 3
+        limits = await api.pool.fetch("SELECT slug, meeting_limit, hold_time_days FROM tenant ORDER BY slug")
+        assert [tuple(r) for r in limits] == [("ABC", before, 3), ("XYZ", before, 14)]
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_secrets(db_url):
     async with admin_api(db_url) as api:
-        rows = await api.ok("POST", "/secrets", {"tenant": "ABC", "sub_id": "1-3", "attendee_limit": 5}, status=201)
-        assert [(r["label"], r["attendee_limit"]) for r in rows] == [("ABC-001", 5), ("ABC-002", 5), ("ABC-003", 5)]
+        rows = await api.ok("POST", "/secrets", {"tenant": "ABC", "sub_id": "1-3", "attendee_limit": 5,
+                                                 "description": "LMS"}, status=201)
+        assert [(r["label"], r["attendee_limit"], r["description"]) for r in rows] == [
+            ("ABC-001", 5, "LMS"), ("ABC-002", 5, "LMS"), ("ABC-003", 5, "LMS")]
         assert all(len(r["secret"]) == 64 for r in rows)
         assert "nothing created" in await api.error(409, "POST", "/secrets", {"tenant": "ABC", "sub_id": "3-4"})
         await api.error(400, "POST", "/secrets", {"tenant": "ABC", "sub_id": 1000}, field="sub_id")
@@ -82,6 +84,16 @@ async def test_secrets(db_url):
             7, 2, True, 3)
         (row,) = await api.ok("PATCH", "/secrets/ABC-1", {"attendee_limit": None, "record_by_default": None})
         assert (row["attendee_limit"], row["meeting_limit"], row["record_by_default"]) == (None, 2, None)
+        assert row["description"] == "LMS"
+        (row,) = await api.ok("PATCH", "/secrets/ABC-1", {"description": "  Moodle production  "})
+        assert (row["description"], row["meeting_limit"]) == ("Moodle production", 2)  # others kept
+        for bad in ("line\nbreak", "bell\x07", "x" * 201, "bidi\u202e"):
+            await api.error(400, "PATCH", "/secrets/ABC-1", {"description": bad}, field="description")
+            await api.error(400, "POST", "/secrets", {"tenant": "ABC", "sub_id": 9, "description": bad},
+                            field="description")
+        await api.error(400, "PATCH", "/secrets/ABC-1", {"description": None}, field="description")
+        assert (await secret_row(api, "ABC", 1))["description"] == "Moodle production"
+        assert await secret_row(api, "ABC", 9) == {}
         await api.error(400, "PATCH", "/secrets/ABC-001", {}, field="settings")
         await api.error(400, "PATCH", "/secrets/ABC-001", {"hold_time_days": None}, field="hold_time_days")
         await api.error(400, "PATCH", "/secrets/ABC-001", {"meeting_limit": -1}, field="meeting_limit")
@@ -90,7 +102,7 @@ async def test_secrets(db_url):
         assert await api.ok("DELETE", "/secrets/ABC-003") == [{"removed": "ABC-003"}]
         await api.error(404, "DELETE", "/secrets/ABC-003")
         actions = [r["action"] for r in await api.audit_rows()]
-        assert actions == ["secret.add", "secret.set", "secret.set", "secret.remove"]
+        assert actions == ["secret.add", "secret.set", "secret.set", "secret.set", "secret.remove"]
 
 
 @pytest.mark.gen_test(timeout=60)
@@ -116,7 +128,7 @@ async def test_tenant_token_reaches_only_its_secrets(db_url):
         assert [r["label"] for r in await api.ok("GET", "/secrets", token="abc")] == ["ABC"]
         await api.error(404, "GET", "/secrets?tenant=XYZ", token="abc")
         await api.error(404, "POST", "/secrets", {"tenant": "XYZ", "sub_id": 1}, token="abc")
-        await api.error(404, "PATCH", "/secrets/XYZ", {"meeting_limit": 1}, token="abc")
+        await api.error(404, "PATCH", "/secrets/XYZ", {"hold_time_days": 1}, token="abc")
         await api.error(404, "POST", "/secrets/XYZ/rotate", token="abc")
         await api.error(404, "DELETE", "/secrets/XYZ", token="abc")
         assert await secret_row(api, "XYZ") == xyz and await api.count("secret") == 2
@@ -192,7 +204,7 @@ async def test_assets(db_url):
         assert served.headers["X-Content-Type-Options"] == "nosniff"
         r = await api.raw("PUT", "/assets/ABC/css?name=style.txt", body=b"body { color: red }")
         assert orjson.loads(r.body)["data"][0]["mime"] == "text/css"
-        for path, body, field in (("/assets/ABC/slide?name=empty.pdf", b"", "file"),
+        for path, body, field in (("/assets/ABC/slide?name=empty.pdf", b"", "body"),
                                   ("/assets/ABC/slide", b"x", "name"),
                                   ("/assets/ABC/banner?name=b.png", PNG, "kind"),
                                   ("/assets/ABC/slide?name=a%0Ab.pdf", b"x", "name"),
@@ -223,3 +235,27 @@ async def test_tenant_token_reaches_only_its_assets(db_url):
         assert (await api.h.request("/b3lb/t/xyz/css")).body == b"a {}"
         assert (await api.raw("PUT", "/assets/ABC/css?name=mine.css", body=b"c {}", token="abc")).code == 200
         assert [a["tenant"] for a in await api.ok("GET", "/assets", token="abc")] == ["ABC"]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_limits_are_fleet_decisions(db_url):
+    """A tenant-scoped write token cannot lift its own limits: 403 naming the field, nothing written."""
+    async with admin_api(db_url) as api:
+        tenants = [tuple(r) for r in await api.pool.fetch("SELECT * FROM tenant ORDER BY id")]
+        secrets = [tuple(r) for r in await api.pool.fetch("SELECT * FROM secret ORDER BY id")]
+        for field in ("attendee_limit", "meeting_limit"):
+            for method, path, body in (("PATCH", "/tenants/ABC", {field: 0}),
+                                       ("PATCH", "/secrets/ABC", {field: 0, "hold_time_days": 3}),
+                                       ("PATCH", "/secrets/ABC", {field: None}),  # back to the tenant's: a change too
+                                       ("POST", "/secrets", {"tenant": "ABC", "sub_id": 1, field: 0})):
+                for token in ("abc", "abc-admin"):
+                    message = await api.error(403, method, path, body, token=token, field=field)
+                    assert message.startswith(f"{field}: "), message
+        assert [tuple(r) for r in await api.pool.fetch("SELECT * FROM tenant ORDER BY id")] == tenants
+        assert [tuple(r) for r in await api.pool.fetch("SELECT * FROM secret ORDER BY id")] == secrets
+        assert await api.audit_rows() == []
+        # The same token keeps the rest of its tenant's settings; a fleet token sets limits.
+        await api.ok("PATCH", "/secrets/ABC", {"hold_time_days": 3, "record_by_default": True}, token="abc")
+        await api.ok("POST", "/secrets", {"tenant": "ABC", "sub_id": 1}, token="abc", status=201)
+        (row,) = await api.ok("PATCH", "/tenants/ABC", {"attendee_limit": 10}, token="writer")
+        assert row["attendee_limit"] == 10

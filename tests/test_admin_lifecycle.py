@@ -8,94 +8,39 @@ in-process through main() for the bad-input cases.
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 import orjson
 import pytest
-from api_helpers import create_ok, hosting, meeting_rows, owner, sent, set_node, xml
-from tornado.httpserver import HTTPServer
-from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler
+from admin_lifecycle_support import (
+    ACTOR,
+    Frontend,
+    audit_rows,
+    callback_param,
+    create_on,
+    maintenance_of,
+    node_row_count,
+    running_frontend,
+)
+from api_helpers import create_ok, hosting, meeting_rows, owner, sent, xml
 
 from b3lb.admin import lifecycle
 from b3lb.admin.cli import main
 from b3lb.admin.common import AdminError
 from b3lb.admin.fleet import node_maintenance
-from b3lb.testing.fakebbb import FakeNode, checksum_is_valid
+from b3lb.balancer import LoadTable
+from b3lb.models import Cluster, Node
+from b3lb.testing.fakebbb import checksum_is_valid
 from b3lb.testing.harness import LOOPBACK_CALLBACKS, Harness
-
-ACTOR = "test:lifecycle"
-
-
-class Frontend:
-    """A frontend's end-callback endpoint on loopback: records every hit with the time it came."""
-
-    def __init__(self, status: int = 200) -> None:
-        self.hits: list[tuple[str, float]] = []
-        self.status = status
-        frontend = self
-
-        class Hit(RequestHandler):
-            def get(self) -> None:
-                frontend.hits.append((self.request.uri or "", time.time()))
-                self.set_status(frontend.status)
-
-        sock = bind_sockets(0, "127.0.0.1", family=socket.AF_INET)[0]
-        self.port = sock.getsockname()[1]
-        self.server = HTTPServer(Application([(r"/.*", Hit)]))
-        self.server.add_sockets([sock])
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def params(self) -> dict[str, list[tuple[str, str]]]:
-        """meetingID -> the query pairs of its callback."""
-        found = {}
-        for uri, _ in self.hits:
-            pairs = parse_qsl(urlsplit(uri).query)
-            found[dict(pairs)["meetingID"]] = pairs
-        return found
-
-    def stop(self) -> None:
-        self.server.stop()
 
 
 @pytest.fixture
 def frontend(io_loop: object) -> Iterator[Frontend]:
-    receiver = Frontend()
-    yield receiver
-    receiver.stop()
-
-
-def callback_param(url: str) -> str:
-    return "meta_endCallbackUrl=" + quote(url, safe="")
-
-
-async def create_on(h: Harness, node: FakeNode, meeting_id: str, extra: str = "") -> None:
-    """Create a meeting that lands on `node`: every other node is in maintenance meanwhile."""
-    others = [n for n in h.fleet.nodes if n is not node]
-    for other in others:
-        await set_node(h, other, maintenance=True)
-    try:
-        await create_ok(h, meeting_id, extra=extra)
-    finally:
-        for other in others:
-            await set_node(h, other, maintenance=False)
-    assert owner(h, meeting_id) is node
-
-
-async def audit_rows(h: Harness) -> list[asyncpg.Record]:
-    return await h.pool.fetch("SELECT actor, action, target, detail FROM admin_audit ORDER BY id")
-
-
-async def maintenance_of(h: Harness) -> dict[str, bool]:
-    return {r["slug"]: r["maintenance"] for r in await h.pool.fetch("SELECT slug, maintenance FROM node")}
+    yield from running_frontend()
 
 
 # Drain -------------------------------------------------------------------------------------
@@ -175,6 +120,42 @@ async def test_wait_drained_times_out_and_stops_when_maintenance_is_switched_off
                 await lifecycle.wait_drained(conn, drained.name, 5, every=0.05)
 
 
+@pytest.mark.gen_test(timeout=120)
+async def test_a_drained_node_that_goes_down_shows_as_down_and_drain_wait_stops(db_url, cli_env):
+    async with Harness(db_url, nodes=2) as h:
+        drained, other = h.fleet.nodes
+        await create_on(h, drained, "stuck")
+        async with h.pool.acquire() as conn, conn.transaction():
+            await lifecycle.node_drain(conn, drained.name, ACTOR)
+        drained.set_down()
+        await h.poll()
+        await h.poll()  # poller.error_after = 2: the node is in error (stored by the poller)
+        assert await h.pool.fetchval("SELECT has_errors FROM node WHERE slug = $1", drained.name)
+        async with h.pool.acquire() as conn:
+            (row,) = await lifecycle.node_drain_status(conn, drained.name)
+            assert (row["state"], row["error"], row["meetings_left"], row["drained"]) == (
+                "maintenance+error", True, 1, False)
+            # The poller cannot see the meeting of an unreachable node end: waiting would never finish.
+            with pytest.raises(AdminError, match=f"node main/{drained.name} is in error; use node panic"):
+                await lifecycle.wait_drained(conn, drained.name, 30, every=0.05)
+        env = script_env(cli_env)
+        code, out, err = await finish(await start_script(env, "--json", "node", "list"))
+        assert code == 0, err
+        assert {r["slug"]: r["state"] for r in orjson.loads(out)} == {drained.name: "maintenance+error",
+                                                                      other.name: "ok"}
+        code, out, err = await finish(await start_script(env, "node", "drain", drained.name, "--wait", "--timeout",
+                                                         "60"))
+        assert (code, out) == (1, "") and "Traceback" not in err
+        assert err.splitlines()[-1].startswith(f"error: node main/{drained.name} is in error; use node panic")
+        # Once the node is back, the wait goes on as usual.
+        drained.set_up()
+        await h.poll()
+        await h.poll()
+        async with h.pool.acquire() as conn:
+            (row,) = await lifecycle.node_drain_status(conn, drained.name)
+        assert (row["state"], row["error"], row["meetings_left"]) == ("maintenance", False, 1)
+
+
 def script_env(cli_env: dict[str, str], **settings: str) -> dict[str, str]:
     return {**cli_env, "B3LB_CALLBACKS_ALLOWED_NETWORKS": "127.0.0.0/8", **settings}
 
@@ -237,6 +218,7 @@ async def test_panic_tells_frontends_then_ends_on_the_node_then_drops_the_rows(d
         doomed.mark_changed()
         await h.poll()
         nonce = await h.pool.fetchval("SELECT nonce FROM meeting WHERE meeting_id = 'room-1'")
+        routed_before = await node_row_count(h, doomed)
         async with h.pool.acquire() as conn:
             rows = await lifecycle.node_panic(conn, doomed.name, None, ACTOR, runtime=h.runtime)
         label = f"main/{doomed.name}"
@@ -266,9 +248,11 @@ async def test_panic_tells_frontends_then_ends_on_the_node_then_drops_the_rows(d
         audit = await audit_rows(h)
         assert [(r["action"], r["target"], orjson.loads(r["detail"])["phase"]) for r in audit] == [
             ("node.panic", label, "started"), ("node.panic", label, "finished")]
+        # Counted independently of the code: the rows the node had before, the `end`s it received.
+        assert routed_before == 3 and len(ends) == 3 and await node_row_count(h, doomed) == 0
         assert orjson.loads(audit[1]["detail"]) == {
             "phase": "finished", "meetings": 3, "callbacks_sent": 2, "callbacks_failed": 0, "ends_failed": 0,
-            "dropped": sum(r["dropped"] for r in rows)}  # the node's own end callback may take a row first
+            "dropped": routed_before, "failures": []}
         # This process routes them no more; the frontends' re-creates land on other nodes.
         for meeting_id in ("room-1", "room-2", "quiet"):
             assert h.runtime.meetings.get(h.tenants["ABC"].secrets[0][0], meeting_id) is None
@@ -292,6 +276,7 @@ async def test_panic_of_a_dead_node_drops_the_rows_and_reports_what_failed(db_ur
             await create_on(h, dead, "unheard", callback_param(broken.url("/ended")))
             await create_on(h, dead, "refused", callback_param("http://10.1.2.3/ended"))  # the URL guard's no
             dead.set_down()
+            routed_before = await node_row_count(h, dead)
             async with h.pool.acquire() as conn:
                 rows = await lifecycle.node_panic(conn, dead.name, h.runtime.nodes, ACTOR, runtime=h.runtime)
             outcome = {r["meeting_id"]: (r["callback"], r["end"], r["dropped"]) for r in rows}
@@ -304,8 +289,11 @@ async def test_panic_of_a_dead_node_drops_the_rows_and_reports_what_failed(db_ur
             kept = await h.pool.fetch("SELECT meeting_id FROM meeting_ended ORDER BY meeting_id")
             assert [r["meeting_id"] for r in kept] == ["refused", "unheard"]
             detail = orjson.loads((await audit_rows(h))[-1]["detail"])
+            assert routed_before == 3 and await node_row_count(h, dead) == 0
             assert (detail["callbacks_sent"], detail["callbacks_failed"], detail["ends_failed"], detail["dropped"]) == (
-                1, 2, 3, 3)
+                1, 2, 3, routed_before)
+            assert sorted((f["meeting_id"], f["callback"][:7]) for f in detail["failures"]) == [
+                ("refused", "refused"), ("told", "sent (H"), ("unheard", "failed:")]
             await create_ok(h, "told")  # the dead node still "runs" it: it never heard the end
             assert [r["node_id"] for r in await meeting_rows(h, "told")] == [
                 await h.pool.fetchval("SELECT id FROM node WHERE slug = $1", h.fleet.nodes[1].name)]
@@ -374,29 +362,59 @@ async def test_panic_command(db_url, cli_env, frontend):
 
 
 @pytest.mark.gen_test(timeout=60)
-async def test_cluster_maintenance_on_and_off(db_url):
-    async with Harness(db_url, nodes=2) as h:
+async def test_cluster_maintenance_is_its_own_switch_and_off_restores_each_nodes_state(db_url):
+    async with Harness(db_url, nodes=3) as h:
+        drained, first, second = h.fleet.nodes
         async with h.pool.acquire() as conn, conn.transaction():
+            await lifecycle.node_drain(conn, drained.name, ACTOR)
             rows = await lifecycle.cluster_maintenance(conn, "main", True, ACTOR)
-        assert [r["state"] for r in rows] == ["maintenance", "maintenance"]
-        await h.reload()
+        assert [(r["slug"], r["state"], r["cluster_maintenance"]) for r in rows] == [
+            (n.name, "maintenance", True) for n in (drained, first, second)]
+        assert await maintenance_of(h) == {drained.name: True, first.name: False, second.name: False}  # untouched
+        await h.reload()  # the serving process reads the cluster's switch with its node table
+        assert all(e.in_maintenance and e.load == -2 for e in h.runtime.loads.nodes.values())
         r = await h.call("create", "meetingID=nowhere&name=Room")
         assert xml(r).findtext("message") == "No Node available."
         async with h.pool.acquire() as conn, conn.transaction():
+            await lifecycle.cluster_maintenance(conn, "main", True, ACTOR)  # again: nothing changes
             rows = await lifecycle.cluster_maintenance(conn, "main", False, ACTOR)
-        assert [r["state"] for r in rows] == ["ok", "ok"]
+        # Off: each node as it is on its own; the drained one stays in maintenance.
+        assert [(r["slug"], r["state"]) for r in rows] == [
+            (drained.name, "maintenance"), (first.name, "ok"), (second.name, "ok")]
         await h.reload()
-        await create_ok(h, "somewhere")
-        assert [(r["action"], r["target"], orjson.loads(r["detail"])) for r in await audit_rows(h)] == [
-            ("cluster.maintenance", "main", {"on": True, "nodes": 2, "changed": 2}),
-            ("cluster.maintenance", "main", {"on": False, "nodes": 2, "changed": 2}),
+        for number in range(6):
+            await create_ok(h, f"somewhere-{number}")
+            assert owner(h, f"somewhere-{number}") is not drained
+        async with h.pool.acquire() as conn:
+            (status,) = await lifecycle.node_drain_status(conn, drained.name)
+        assert (status["node_maintenance"], status["cluster_maintenance"], status["drained"]) == (True, False, True)
+        assert [(r["action"], orjson.loads(r["detail"])) for r in await audit_rows(h)][1:] == [
+            ("cluster.maintenance", {"on": True, "nodes": 3, "changed": True}),
+            ("cluster.maintenance", {"on": True, "nodes": 3, "changed": False}),
+            ("cluster.maintenance", {"on": False, "nodes": 3, "changed": True}),
         ]
         async with h.pool.acquire() as conn:
             for name, on, error in (("bad\nname", True, ValueError), ("", True, ValueError),
                                     ("nosuch", True, AdminError), ("main", "yes", ValueError)):
                 with pytest.raises(error):
                     await lifecycle.cluster_maintenance(conn, name, on, ACTOR)  # type: ignore[arg-type]
-        assert len(await audit_rows(h)) == 2
+        assert len(await audit_rows(h)) == 4
+        assert not await h.pool.fetchval("SELECT maintenance FROM cluster WHERE name = 'main'")
+
+
+def test_the_balancer_skips_every_node_of_a_cluster_in_maintenance():
+    def table(cluster_maintenance: bool) -> LoadTable:
+        loads = LoadTable()
+        clusters = [Cluster(1, "a", maintenance=cluster_maintenance), Cluster(2, "b")]
+        nodes = [Node(10, 1, "a1", "a1.example.org", "s"), Node(20, 2, "b1", "b1.example.org", "s", maintenance=True)]
+        loads.rebuild(clusters, nodes, [(7, 1), (7, 2)])
+        return loads
+
+    assert table(False).choose(7).node.slug == "a1"
+    closed = table(True)
+    assert closed.choose(7) is None
+    a1 = closed.nodes[10]
+    assert a1.in_maintenance and not a1.available and not a1.node.maintenance and a1.load == -2
 
 
 # The commands with bad input: one clear line, non-zero exit, nothing written ---------------------
@@ -470,6 +488,6 @@ def test_commands_refuse_bad_input_and_write_nothing(cli_env, monkeypatch, capsy
         "CLUSTER", "SLUG", "DOMAIN"]
     assert written(cli_env) == (before[0] + 2, [True, True])
     rows = orjson.loads(cli.ok("--json", "cluster", "maintenance", "one", "off"))
-    assert [(r["slug"], r["state"]) for r in rows] == [("bbb1", "ok")]
+    assert [(r["slug"], r["state"]) for r in rows] == [("bbb1", "maintenance")]  # drained by itself: stays
     assert orjson.loads(cli.ok("--json", "node", "panic", "one/bbb1", "--yes")) == []
     assert written(cli_env) == (before[0] + 5, [True, True])

@@ -2,8 +2,9 @@
 Python package (its own browser downloads are never used).
 
 The page loads with the log-in only; a bad token is refused on the form; a good one shows the fake
-fleet; a node that goes down turns to error without a reload; the drain and maintenance buttons of a
-write token change the database; a read token has no buttons; a tenant token sees its tenant only.
+fleet; a node that goes down turns to error without a reload; the drain, maintenance and panic buttons
+and the cluster maintenance switch of a write token change the database (each "on" after a confirming
+second click); a read token has no buttons; a tenant token sees its tenant only.
 With B3LB_SCREENSHOT=path the richer fleet of the last test is saved as a PNG (docs/dashboard.png).
 """
 
@@ -201,6 +202,66 @@ async def test_drain_and_maintenance_buttons_change_the_database(db_url, chromiu
         assert problems.found == []
 
 
+async def cluster_maintenance(h: Harness) -> bool:
+    assert h.pool is not None
+    return bool(await h.pool.fetchval("SELECT maintenance FROM cluster WHERE name = 'main'"))
+
+
+@pytest.mark.gen_test(timeout=150)
+async def test_panic_and_cluster_maintenance_buttons(db_url, chromium):
+    from playwright.async_api import expect
+
+    async with Harness(db_url, nodes=2, cache_refresh_interval=0.2) as h:
+        dashboard_of(h).tick = 0.2
+        await create_ok(h, "room-1")
+        doomed = owner(h, "room-1")
+        other = next(n for n in h.fleet.nodes if n is not doomed)
+        await h.poll()
+        write = await make_token(h, "operator", "write")
+        problems = PageProblems()
+        async with browser_page(chromium, problems) as page:
+            await page.goto(admin_url(h))
+            await log_in(page, write)
+            await expect(row(page, doomed.name)).to_have_attribute("data-state", "ok")
+            panic = row(page, doomed.name).locator('button[data-action="panic"]')
+            await panic.click()
+            await expect(panic).to_have_text("Confirm panic: end 1 meeting(s)")  # one click alone does nothing
+            assert not await node_maintenance(h, doomed.name) and "room-1" in doomed.meetings
+            await panic.click()
+            await expect(page.locator("#action-log")).to_contain_text(
+                f"{doomed.name}: panic finished: 1 meeting(s) ended")
+            assert doomed.meetings == {} and await node_maintenance(h, doomed.name)
+            assert h.pool is not None
+            phases = await h.pool.fetch("SELECT actor, detail->>'phase' AS phase FROM admin_audit "
+                                        "WHERE action = 'node.panic' ORDER BY id")
+            assert [(r["actor"], r["phase"]) for r in phases] == [("token:operator", "started"),
+                                                                  ("token:operator", "finished")]
+            # In maintenance with nothing left: shown as drained.
+            await expect(row(page, doomed.name)).to_have_attribute("data-drained", "true")
+            await expect(row(page, doomed.name).locator(".tag-drained")).to_have_text("drained")
+
+            cluster = page.locator('#clusters li[data-cluster="main"]')
+            switch = cluster.locator('button[data-action="cluster-maintenance"]')
+            await expect(switch).to_have_text("Cluster maintenance on")
+            await switch.click()
+            await expect(switch).to_have_text("Confirm cluster maintenance")
+            assert not await cluster_maintenance(h)
+            await switch.click()
+            await expect(page.locator("#action-log")).to_contain_text("cluster main: maintenance on done")
+            assert await cluster_maintenance(h)
+            await expect(cluster).to_have_attribute("data-maintenance", "true")
+            await expect(row(page, other.name)).to_have_attribute("data-state", "maintenance")
+            await expect(row(page, other.name).locator(".tag-cluster")).to_be_visible()
+            assert not await node_maintenance(h, other.name)  # the node's own switch is untouched
+            await expect(switch).to_have_text("Cluster maintenance off")
+            await switch.click()  # off needs no confirmation, and leaves each node as it is on its own
+            await expect(page.locator("#action-log")).to_contain_text("cluster main: maintenance off done")
+            assert not await cluster_maintenance(h)
+            await expect(row(page, other.name)).to_have_attribute("data-state", "ok")
+            await expect(row(page, doomed.name)).to_have_attribute("data-state", "maintenance")
+        assert problems.found == []
+
+
 @pytest.mark.gen_test(timeout=120)
 async def test_tenant_token_sees_only_its_tenant(db_url, chromium):
     from playwright.async_api import expect
@@ -276,6 +337,9 @@ async def test_full_dashboard_with_chart(db_url, chromium):
         dashboard_of(h).tick = 0.2
         await _rich_fleet(h)
         await _fill_history(h)
+        assert h.pool is not None
+        await h.pool.execute("UPDATE node SET maintenance = true WHERE slug = 'fake-0003'")  # drained, then down
+        await h.reload()
         h.fleet.nodes[2].set_down()
         await h.poll()
         await h.poll()
@@ -286,7 +350,10 @@ async def test_full_dashboard_with_chart(db_url, chromium):
             await log_in(page, write)
             await expect(page.locator("#chart polyline")).to_have_count(2)
             await expect(page.locator("#legend li")).to_have_text(["main", "west"])
-            await expect(row(page, "fake-0003")).to_have_attribute("data-state", "error")
+            await expect(row(page, "fake-0003")).to_have_attribute("data-state", "error")  # down before maintenance
+            await expect(row(page, "fake-0003").locator(".tag-maintenance")).to_have_text("maintenance")
+            await expect(row(page, "fake-0005", "west").locator(".tag-drained")).to_have_text("drained")
+            await expect(page.locator("#clusters li")).to_have_count(2)
             await expect(row(page, "fake-0005", "west")).to_have_attribute("data-state", "maintenance")
             await expect(row(page, "fake-0004", "west")).to_have_attribute("data-state", "ok")
             await expect(page.locator('#tenants tr[data-tenant="ABC"] meter')).to_have_count(2)

@@ -17,7 +17,7 @@ import pytest
 from admin_page_support import WAIT, dashboard_of, make_token, wait_for
 from api_helpers import create_ok
 
-from b3lb.admin import events, history, tokens
+from b3lb.admin import events, history, lifecycle, tokens
 from b3lb.admin.events import EVENTS_PATH
 from b3lb.admin.page import CONTENT_SECURITY_POLICY, DashboardFiles
 from b3lb.balancer import NodeEntry
@@ -252,6 +252,39 @@ async def test_a_tenant_token_sees_its_tenant_only(db_url):
         assert "DEF" not in text and all(n.name not in text for n in h.fleet.nodes)
 
 
+@pytest.mark.gen_test(timeout=60)
+async def test_a_drained_node_that_goes_down_shows_as_down_and_clusters_show_their_switch(db_url):
+    async with Harness(db_url, nodes=2) as h:
+        dashboard_of(h).tick = 0.1
+        await h.poll()
+        token = await make_token(h, "viewer", "read")
+        drained, other = h.fleet.nodes
+        assert h.pool is not None and h.runtime is not None
+        async with h.pool.acquire() as conn, conn.transaction():
+            await lifecycle.node_drain(conn, drained.name, "test")
+        await h.reload()
+        async with stream(h, token) as s:
+            snap = await s.until("snapshot", lambda d: any(n["maintenance"] for n in d["nodes"]))
+            row = {n["slug"]: n for n in snap["nodes"]}[drained.name]
+            assert (row["state"], row["maintenance"], row["node_maintenance"], row["drained"]) == (
+                "maintenance", True, True, True)  # in maintenance and nothing routed there
+            assert snap["clusters"] == [{"name": "main", "maintenance": False, "nodes": 2, "nodes_ok": 1}]
+            drained.set_down()
+            await h.poll()
+            await h.poll()  # error_after = 2
+            snap = await s.until("snapshot", lambda d: any(n["error"] for n in d["nodes"]))
+            row = {n["slug"]: n for n in snap["nodes"]}[drained.name]
+            assert (row["state"], row["maintenance"], row["error"]) == ("error", True, True)  # down shows as down
+            async with h.pool.acquire() as conn, conn.transaction():
+                await lifecycle.cluster_maintenance(conn, "main", True, "test")
+            await h.reload()
+            snap = await s.until("snapshot", lambda d: d["clusters"][0]["maintenance"])
+            rows = {n["slug"]: n for n in snap["nodes"]}
+            assert snap["clusters"] == [{"name": "main", "maintenance": True, "nodes": 2, "nodes_ok": 0}]
+            assert (rows[other.name]["state"], rows[other.name]["node_maintenance"],
+                    rows[other.name]["cluster_maintenance"]) == ("maintenance", False, True)
+
+
 # -- limits and failures --------------------------------------------------------------------------
 
 
@@ -287,6 +320,64 @@ async def test_streams_are_bounded_and_leave_when_the_client_goes(db_url):
         second.close()
         again.close()
         await wait_for(lambda: not dashboard.clients and not dashboard._running, "the ticker stops with no client")
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_one_token_cannot_take_every_stream_and_tenant_tokens_leave_room_for_operators(db_url):
+    async with Harness(db_url, nodes=1, tenants=("ABC", "DEF")) as h:
+        dashboard = dashboard_of(h)
+        dashboard.tick = 0.1
+        dashboard.max_clients, dashboard.fleet_reserved = 6, 2  # max_per_token stays events.MAX_PER_TOKEN (3)
+        viewer = await make_token(h, "viewer", "read")
+        ops = await make_token(h, "ops", "read")
+        tenant_tokens = [await make_token(h, f"tenant-{n}", "read", tenant=slug)
+                         for n, slug in enumerate(("ABC", "DEF"))]
+        opened = [await RawStream.open(h, viewer) for _ in range(events.MAX_PER_TOKEN)]
+        try:
+            assert [s.status for s in opened] == [200] * events.MAX_PER_TOKEN
+            refused = await RawStream.open(h, viewer)  # one token, one more stream: refused
+            assert refused.status == 429 and refused.headers["retry-after"] == "10"
+            assert orjson.loads(refused.body) == {"error": "busy", "message": (
+                f"this token already has {events.MAX_PER_TOKEN} dashboard streams open (the most per token)")}
+            opened.append(await RawStream.open(h, tenant_tokens[0]))  # 4 of 6 open
+            assert opened[-1].status == 200
+            refused = await RawStream.open(h, tenant_tokens[1])  # tenants stop at 6 - 2 reserved
+            assert refused.status == 503 and orjson.loads(refused.body)["error"] == "busy"
+            for _ in range(2):  # the reserved slots are there for an unscoped token
+                opened.append(await RawStream.open(h, ops))
+                assert opened[-1].status == 200
+            refused = await RawStream.open(h, await make_token(h, "third", "read"))  # all 6 taken
+            assert refused.status == 503
+            assert len(dashboard.clients) == 6
+        finally:
+            for s in opened:
+                s.close()
+        await wait_for(lambda: not dashboard.clients, "the closed streams leave")
+        again = await RawStream.open(h, viewer)
+        assert again.status == 200
+        again.close()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_tenant_stream_is_told_only_that_the_database_is_unavailable(db_url):
+    async with Harness(db_url, nodes=2, tenants=("ABC",)) as h:
+        dashboard_of(h).tick = 0.1
+        await h.poll()
+        fleet = await make_token(h, "viewer", "read")
+        tenant = await make_token(h, "abc-view", "read", tenant="ABC")
+        async with stream(h, fleet) as operator, stream(h, tenant) as customer:
+            await operator.until("snapshot")
+            await customer.until("snapshot")
+            assert h.pool is not None
+            await h.pool.close()  # every query now fails as in an outage
+            told = await operator.until("error")
+            assert told["message"].startswith("database unavailable: ") and len(told["message"]) > 22
+            assert (await customer.until("error")) == {"message": "database unavailable"}
+            snap = await customer.until("snapshot", lambda d: not d["database"]["ok"])
+            assert snap["database"] == {"ok": False, "message": "database unavailable"}
+            assert snap["nodes"] is None and snap["clusters"] is None
+            text = orjson.dumps(snap).decode()
+            assert all(n.domain not in text and n.name not in text for n in h.fleet.nodes)
 
 
 @pytest.mark.gen_test(timeout=60)

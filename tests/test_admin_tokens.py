@@ -95,6 +95,28 @@ def test_bad_token_input_is_refused_without_writing(db_url: str) -> None:
     in_db(db_url, body)
 
 
+def test_expiry_is_on_the_database_clock_with_one_days_rule(db_url: str) -> None:
+    """token add --days and token expire --days count from the database's now(), as token_list's state
+    does, and share one bound (add: 1.., expire: 0..)."""
+
+    async def body(conn: asyncpg.Connection) -> None:
+        async with conn.transaction():  # now() is the transaction's start: exact equality
+            await tokens.token_add(conn, "ci", "read", days=3)
+            assert await conn.fetchval("SELECT expires_at = now() + interval '3 days' FROM admin_token") is True
+            await tokens.token_expire(conn, "ci", 2)
+            assert await conn.fetchval("SELECT expires_at = now() + interval '2 days' FROM admin_token") is True
+        for days, message in ((tokens.MAX_DAYS + 1, "^days: .*from 1 to 36500"), (0, "^days: .*from 1 to")):
+            with pytest.raises(ValueError, match=message):
+                await tokens.token_add(conn, "x", "read", days=days)
+        with pytest.raises(ValueError, match="^days: .*from 0 to 36500"):
+            await tokens.token_expire(conn, "ci", tokens.MAX_DAYS + 1)
+        assert tokens.VALID_DAYS.high == tokens.EXPIRE_DAYS.high == tokens.MAX_DAYS and tokens.EXPIRE_DAYS.low == 0
+        (row,) = await tokens.token_list(conn)
+        assert row["state"] == "active"
+
+    in_db(db_url, body)
+
+
 def test_bearer_header_parsing() -> None:
     assert tokens.bearer("Bearer b3lb_abc") == "b3lb_abc"
     assert tokens.bearer("bearer   b3lb_abc ") == "b3lb_abc"

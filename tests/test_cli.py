@@ -278,6 +278,8 @@ def test_tenant_commands(setup: Cli) -> None:
     assert "no cluster group" in cli.fails(1, "tenant", "add", "NEW", "--clustergroup", "nope")
     assert "no tenant" in cli.fails(1, "tenant", "set", "ZZZ", "--meeting-limit", "1")
     assert "from 0 to 10000000" in cli.fails(2, "tenant", "set", "ABC", "--meeting-limit", "-1")
+    for command in (("tenant", "set", "ABC"), ("cluster", "set", "main"), ("node", "set", "bbb1")):
+        assert "nothing to change" in cli.fails(2, *command)  # refused, not logged as a write
     assert count(cli.env, "tenant") == 1
     assert "ABC" in cli.ok("tenant", "list")
 
@@ -309,13 +311,19 @@ def test_tenant_show(setup: Cli) -> None:
 
 def test_secret_add_and_list(setup: Cli) -> None:
     cli = setup
-    rows = cli.json("secret", "add", "ABC", "--sub-id", "5", "--meeting-limit", "3", "--record-by-default", "true")
+    rows = cli.json("secret", "add", "ABC", "--sub-id", "5", "--meeting-limit", "3", "--record-by-default", "true",
+                    "--description", " Moodle production ")
     assert rows[0]["label"] == "ABC-005" and len(rows[0]["secret"]) == 64
     int(rows[0]["secret"], 16)
     listed = cli.json("secret", "list", "--tenant", "abc")
     assert [r["label"] for r in listed] == ["ABC", "ABC-001", "ABC-005"]
     assert listed[2]["meeting_limit"] == 3 and listed[2]["record_by_default"] is True
+    assert [r["description"] for r in listed] == ["", "", "Moodle production"]
     assert len({r["secret"] for r in listed}) == 3
+    assert "DESCRIPTION" in cli.ok("secret", "list").splitlines()[0]
+    for bad in ("line\nbreak", "x" * 201, "esc\x1b[31m"):
+        assert "--description" in cli.fails(2, "secret", "add", "ABC", "--sub-id", "6", "--description", bad)
+    assert count(cli.env, "secret") == 3
 
 
 def test_secret_add_is_all_or_nothing(setup: Cli) -> None:
@@ -359,7 +367,8 @@ def test_parameter_commands(setup: Cli) -> None:
     assert "already exists" in cli.fails(
         1, "parameter", "add", "--tenant", "ABC", "--for", "CREATE", "--mode", "OVERRIDE", "welcome", "x"
     )
-    assert "needs a VALUE" in cli.fails(2, "parameter", "add", "--tenant", "ABC", "--for", "JOIN", "--mode", "SET", "x")
+    assert "value: a SET rule needs a value" in cli.fails(2, "parameter", "add", "--tenant", "ABC", "--for", "JOIN",
+                                                          "--mode", "SET", "x")
     assert "200" in cli.fails(
         2, "parameter", "add", "--tenant", "ABC", "--for", "JOIN", "--mode", "SET", "x", "v" * 201
     )

@@ -24,6 +24,8 @@ OLD, NEW, NEWEST = (
 )
 RECORD_NONCE = "44444444-4444-4444-8444-444444444444"
 MISSING = "55555555-5555-4555-8555-555555555555"
+# The commands name a set by its public ID; the nonces above are the sets' row keys (upload credentials).
+P_OLD, P_NEW, P_NEWEST = ("a" + n[1:] for n in (OLD, NEW, NEWEST))
 
 
 @pytest.fixture
@@ -68,10 +70,11 @@ def add_set(cli: Cli, nonce: str, *, tenant: str = "ABC", sub_id: int = 0, statu
             name: str = "Weekly Sync", age_days: int = 0, archive: bytes | None = None) -> None:
     key = archive_key(nonce) if archive is not None else ""
     execute_sql(cli.env["DATABASE_URL"], f"""
-        INSERT INTO record_set (id, nonce, secret_id, meeting_id, tenant_slug, meta_name, status, raw_size,
+        INSERT INTO record_set (id, nonce, public_id, secret_id, meeting_id, tenant_slug, meta_name, status, raw_size,
                                 archive_key, archive_sha256, ready_url, metadata, created_at, uploaded_at,
                                 internal_id)
-        SELECT '{nonce}', '{nonce}', s.id, 'room-{nonce[:4]}', '{tenant}', $name${name}$name$, '{status}',
+        SELECT '{nonce}', '{nonce}', '{"a" + nonce[1:]}', s.id, 'room-{nonce[:4]}', '{tenant}', $name${name}$name$,
+               '{status}',
                {len(archive or b'')}, '{key}', '{'ab' * 32 if archive else ''}',
                'https://gl.example/ready?token=SECRET', '{{"bbb-origin": "Greenlight"}}',
                now() - interval '{age_days} days', {'now()' if archive else 'NULL'}, 'internal-{nonce[:4]}'
@@ -119,21 +122,21 @@ def test_list_without_sets(cli: Cli) -> None:
 def test_list_filters_and_columns(sets: Cli) -> None:
     cli = sets
     rows = cli.json("recording", "list")
-    assert [r["id"] for r in rows] == [NEWEST, NEW, OLD]  # newest first
+    assert [r["id"] for r in rows] == [P_NEWEST, P_NEW, P_OLD]  # newest first
     newest, new, old = rows
     assert (newest["tenant"], newest["status"], newest["records"], newest["size"]) == ("ABC", "RENDERED", 1, 150)
     assert (new["records"], new["size"], new["name"]) == (0, 300, "Evil ?[31mName")  # no terminal escapes
     assert (old["size"], old["uploaded"], old["meeting_id"]) == (0, None, "room-1111")
     assert set(newest) == {"id", "tenant", "meeting_id", "name", "status", "records", "size", "created", "uploaded",
                            "render", "progress"}
-    assert [r["id"] for r in cli.json("recording", "list", "--tenant", "abc")] == [NEWEST, NEW]
-    assert [r["id"] for r in cli.json("recording", "list", "--status", "uploaded")] == [NEW]
+    assert [r["id"] for r in cli.json("recording", "list", "--tenant", "abc")] == [P_NEWEST, P_NEW]
+    assert [r["id"] for r in cli.json("recording", "list", "--status", "uploaded")] == [P_NEW]
     assert [r["id"] for r in cli.json("recording", "list", "--tenant", "XYZ", "--status", "RENDERED")] == []
-    assert [r["id"] for r in cli.json("recording", "list", "--limit", "2")] == [NEWEST, NEW]
+    assert [r["id"] for r in cli.json("recording", "list", "--limit", "2")] == [P_NEWEST, P_NEW]
     table = cli.ok("recording", "list")
     assert table.splitlines()[0].split() == ["ID", "TENANT", "MEETING_ID", "NAME", "STATUS", "RECORDS", "SIZE",
                                              "CREATED", "UPLOADED", "RENDER"]
-    assert NEWEST in table and "\x1b" not in table
+    assert P_NEWEST in table and NEWEST not in table and "\x1b" not in table
 
 
 def test_list_rejects_bad_options(sets: Cli) -> None:
@@ -151,27 +154,30 @@ def test_list_rejects_bad_options(sets: Cli) -> None:
 def test_show_a_set_with_records_job_and_callbacks(sets: Cli) -> None:
     cli = sets
     base = load_config().public_base_url
-    shown = cli.json("recording", "show", NEWEST)
-    assert (shown["id"], shown["tenant"], shown["secret"], shown["status"]) == (NEWEST, "ABC", "ABC", "RENDERED")
-    assert shown["archive"] == archive_key(NEWEST) and shown["archive_size"] == 50
+    shown = cli.json("recording", "show", P_NEWEST)
+    assert (shown["id"], shown["tenant"], shown["secret"], shown["status"]) == (P_NEWEST, "ABC", "ABC", "RENDERED")
+    assert shown["archive"] == "33/33/33333333.../raw.tar" and shown["archive_size"] == 50  # the nonce cut
     assert shown["ready_callback"] == "https://gl.example/ready"  # no query string: it carries tokens
     assert shown["metadata"] == {"bbb-origin": "Greenlight"}
     assert shown["render_job"]["state"] == "FAILED" and shown["render_job"]["last_error"] == "ffmpeg exploded"
     (record,) = shown["records"]
     assert record["record_id"] == f"rec-{NEWEST[:4]}" and record["profile"] == "hd" and record["size"] == 100
     assert record["url"] == f"{base}/b3lb/r/{RECORD_NONCE}" and record["published"] is True
+    assert record["file"] == f"33/33/33333333.../{RECORD_NONCE}.mp4"  # the video's own nonce is its URL
     (callback,) = shown["callbacks_pending"]
     assert callback["url"] == "https://gl.example/ready" and callback["attempts"] == 2
-    assert "SECRET" not in cli.ok("recording", "show", NEWEST, "--json")
-    # an upper-case or braced UUID names the same set
-    assert cli.json("recording", "show", "{" + NEWEST.upper() + "}")["id"] == NEWEST
-    table = cli.ok("recording", "show", NEWEST)
+    assert "SECRET" not in cli.ok("recording", "show", P_NEWEST, "--json")
+    assert NEWEST not in cli.ok("recording", "show", P_NEWEST, "--json")
+    # an upper-case or braced UUID names the same set; its nonce names none
+    assert cli.json("recording", "show", "{" + P_NEWEST.upper() + "}")["id"] == P_NEWEST
+    assert "no record set" in cli.fails(1, "recording", "show", NEWEST)
+    table = cli.ok("recording", "show", P_NEWEST)
     assert "records:" in table and f"/b3lb/r/{RECORD_NONCE}" in table and "SECRET" not in table
     assert "bbb-origin=Greenlight" in table
-    bare = cli.json("recording", "show", OLD)
+    bare = cli.json("recording", "show", P_OLD)
     assert (bare["render_job"], bare["records"], bare["archive"], bare["secret"]) == (None, [], None, "XYZ")
-    assert "render job: none" in cli.ok("recording", "show", OLD)
-    assert cli.json("recording", "show", NEW)["secret"] == "ABC-001"
+    assert "render job: none" in cli.ok("recording", "show", P_OLD)
+    assert cli.json("recording", "show", P_NEW)["secret"] == "ABC-001"
 
 
 def test_show_refuses_unknown_and_malformed_ids(sets: Cli) -> None:
@@ -188,16 +194,16 @@ def test_show_refuses_unknown_and_malformed_ids(sets: Cli) -> None:
 
 def test_rerender_requeues_jobs_of_sets_with_an_archive(sets: Cli) -> None:
     cli = sets
-    (row,) = cli.json("recording", "rerender", NEWEST)
-    assert (row["id"], row["job"], row["attempts"]) == (NEWEST, "QUEUED", 0)
+    (row,) = cli.json("recording", "rerender", P_NEWEST)
+    assert (row["id"], row["job"], row["attempts"]) == (P_NEWEST, "QUEUED", 0)
     (job,) = fetch(cli.env, "SELECT * FROM render_job WHERE recordset_id = $1", NEWEST)
     assert (job["state"], job["attempts"], job["last_error"], job["locked_until"]) == ("QUEUED", 0, "", None)
-    assert cli.json("recording", "rerender", NEW)[0]["job"] == "QUEUED"  # no job yet: one is made
+    assert cli.json("recording", "rerender", P_NEW)[0]["job"] == "QUEUED"  # no job yet: one is made
     assert count(cli.env, "render_job") == 2
-    assert "no archive yet (status UNKNOWN)" in cli.fails(1, "recording", "rerender", OLD)
+    assert "no archive yet (status UNKNOWN)" in cli.fails(1, "recording", "rerender", P_OLD)
     assert "no record set" in cli.fails(1, "recording", "rerender", MISSING)
     execute_sql(cli.env["DATABASE_URL"], f"UPDATE record_set SET status = 'DELETING' WHERE id = '{NEW}'")
-    assert "being deleted" in cli.fails(1, "recording", "rerender", NEW)
+    assert "being deleted" in cli.fails(1, "recording", "rerender", P_NEW)
     assert count(cli.env, "render_job") == 2
 
 
@@ -208,16 +214,20 @@ def test_delete_removes_files_then_rows(sets: Cli) -> None:
     cli = sets
     video = video_key(NEWEST, RECORD_NONCE, "mp4")
     assert exists(video) and exists(archive_key(NEWEST)) and exists(archive_key(NEW))
-    (row,) = cli.json("recording", "delete", NEWEST)
-    assert (row["id"], row["previous_status"], row["status"]) == (NEWEST, "RENDERED", "deleted")
+    (row,) = cli.json("recording", "delete", P_NEWEST)
+    assert (row["id"], row["previous_status"], row["status"]) == (P_NEWEST, "RENDERED", "deleted")
     assert row["files_deleted"] >= 2
     assert not exists(video) and not exists(archive_key(NEWEST))
     assert [r["id"] for r in fetch(cli.env, "SELECT id FROM record_set ORDER BY id")] == [OLD, NEW]
     for table in ("record", "render_job", "callback_outbox"):
         assert count(cli.env, table) == 0, table
     assert exists(archive_key(NEW))  # other sets keep their files
-    assert "deleted" in cli.ok("recording", "delete", OLD)  # a set without files
-    assert "no record set" in cli.fails(1, "recording", "delete", NEWEST)  # already gone
+    audit = fetch(cli.env, "SELECT target, tenant, detail::text AS detail FROM admin_audit WHERE action = $1",
+                  "recording.delete")
+    assert [(a["target"], a["tenant"]) for a in audit] == [(P_NEWEST, "ABC")]  # the public ID, never the nonce
+    assert NEWEST not in audit[0]["detail"]
+    assert "deleted" in cli.ok("recording", "delete", P_OLD)  # a set without files
+    assert "no record set" in cli.fails(1, "recording", "delete", P_NEWEST)  # already gone
     assert "record set ID is a UUID" in cli.fails(2, "recording", "delete", "nope")
     assert count(cli.env, "record_set") == 1 and exists(archive_key(NEW))
 
@@ -234,13 +244,13 @@ def test_delete_with_storage_down_leaves_the_set_for_housekeeping(
                           "S3_ACCESS_KEY": "k", "S3_SECRET_KEY": "s"}
     for key, value in s3.items():
         monkeypatch.setenv(f"B3LB_RECORDINGS_{key}", value)
-    err = cli.fails(1, "recording", "delete", NEW)
+    err = cli.fails(1, "recording", "delete", P_NEW)
     assert "marked DELETING" in err and "housekeeping will delete it" in err
     (row,) = fetch(cli.env, "SELECT status FROM record_set WHERE id = $1", NEW)
     assert row["status"] == "DELETING"  # committed before any file was touched
     for key in s3:
         monkeypatch.delenv(f"B3LB_RECORDINGS_{key}")
-    assert "deleted" in cli.ok("recording", "delete", NEW)  # storage back: the CLI finishes it
+    assert "deleted" in cli.ok("recording", "delete", P_NEW)  # storage back: the CLI finishes it
     assert not exists(archive_key(NEW))
 
 

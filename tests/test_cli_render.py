@@ -15,8 +15,9 @@ from test_cli import Cli, b3lb, count, fetch
 
 from b3lb.recordings.storage import archive_key
 
-SET = "66666666-6666-4666-8666-666666666666"
+SET = "66666666-6666-4666-8666-666666666666"  # nonces: the sets' row keys, never shown
 OTHER = "77777777-7777-4777-8777-777777777777"
+P_SET, P_OTHER = "a6666666-6666-4666-8666-666666666666", "a7777777-7777-4777-8777-777777777777"  # their public IDs
 
 
 @pytest.fixture
@@ -82,9 +83,10 @@ def test_link_refuses_bad_input(cli: Cli) -> None:
 
 def add_set(cli: Cli, nonce: str, job: str | None = None) -> None:
     execute_sql(cli.env["DATABASE_URL"], f"""
-        INSERT INTO record_set (id, nonce, secret_id, meeting_id, tenant_slug, status, archive_key, archive_sha256,
-                                raw_size)
-        SELECT '{nonce}', '{nonce}', s.id, 'room', 'ABC', 'UPLOADED', 'aa/bb/{nonce}/raw.tar', '{'ab' * 32}', 10
+        INSERT INTO record_set (id, nonce, public_id, secret_id, meeting_id, tenant_slug, status, archive_key,
+                                archive_sha256, raw_size)
+        SELECT '{nonce}', '{nonce}', '{"a" + nonce[1:]}', s.id, 'room', 'ABC', 'UPLOADED', 'aa/bb/{nonce}/raw.tar',
+               '{'ab' * 32}', 10
         FROM secret s WHERE s.sub_id = 0;
     """)
     if job:
@@ -97,35 +99,35 @@ def test_list_shows_the_render_job_and_its_progress(cli: Cli) -> None:
                           WHERE recordset_id = '{SET}'""")
     add_set(cli, OTHER)
     rows = {row["id"]: row for row in cli.json("recording", "list")}
-    assert (rows[SET]["render"], rows[SET]["progress"]) == ("RUNNING", 42)
-    assert (rows[OTHER]["render"], rows[OTHER]["progress"]) == (None, None)
+    assert (rows[P_SET]["render"], rows[P_SET]["progress"]) == ("RUNNING", 42)
+    assert (rows[P_OTHER]["render"], rows[P_OTHER]["progress"]) == (None, None)
     table = cli.ok("recording", "list")
     assert table.splitlines()[0].split()[-1] == "RENDER" and "PROGRESS" not in table
     assert "RUNNING 42%" in table
     execute_sql(cli.env["DATABASE_URL"], "UPDATE render_job SET state = 'QUEUED'")
     rows = {row["id"]: row for row in cli.json("recording", "list")}
-    assert (rows[SET]["render"], rows[SET]["progress"]) == ("QUEUED", None)
+    assert (rows[P_SET]["render"], rows[P_SET]["progress"]) == ("QUEUED", None)
 
 
 def test_show_gives_the_failure_and_ffmpeg_s_last_lines_and_rerender_resets_it(cli: Cli) -> None:
     tail = "frame=  100 fps=50\\nError while decoding \\x1b[31mstream\\nConversion failed!"
     add_set(cli, SET, f"""UPDATE render_job SET state = 'FAILED', attempts = 3, worker = 'box:1/render',
                           last_error = 'ffmpeg exited with status 1', ffmpeg_tail = E'{tail}'""")
-    job = cli.json("recording", "show", SET)["render_job"]
+    job = cli.json("recording", "show", P_SET)["render_job"]
     assert (job["state"], job["attempts"], job["worker"]) == ("FAILED", 3, "box:1/render")
     assert job["last_error"] == "ffmpeg exited with status 1" and job["progress"] is None
     assert job["ffmpeg_tail"].splitlines() == ["frame=  100 fps=50", "Error while decoding ?[31mstream",
                                                "Conversion failed!"]  # fmt: skip
-    text = cli.ok("recording", "show", SET)
+    text = cli.ok("recording", "show", P_SET)
     assert "ffmpeg exited with status 1" in text and "ffmpeg's last lines:" in text
     assert "  Conversion failed!" in text and "\x1b" not in text
-    (row,) = cli.json("recording", "rerender", SET)
+    (row,) = cli.json("recording", "rerender", P_SET)
     assert (row["job"], row["attempts"]) == ("QUEUED", 0)
     (stored,) = fetch(cli.env, "SELECT * FROM render_job")
     assert (stored["state"], stored["last_error"], stored["ffmpeg_tail"], stored["worker"]) == ("QUEUED", "", "", "")
-    job = cli.json("recording", "show", SET)["render_job"]
+    job = cli.json("recording", "show", P_SET)["render_job"]
     assert (job["state"], job["last_error"], job["ffmpeg_tail"], job["worker"]) == ("QUEUED", "", None, None)
-    assert "ffmpeg's last lines" not in cli.ok("recording", "show", SET)
+    assert "ffmpeg's last lines" not in cli.ok("recording", "show", P_SET)
 
 
 # b3lb render ----------------------------------------------------------------------------------
@@ -211,7 +213,7 @@ def test_render_once_renders_with_the_linked_profile(cli: Cli, tmp_path) -> None
     assert "1 render jobs processed" in result.stderr
     assert '"render job' in result.stdout and "RENDERED" in result.stdout  # JSON log lines
     assert SET not in result.stdout  # logs name the set by its public_id, never by its nonce
-    shown = cli.json("recording", "show", SET)
+    shown = cli.json("recording", "show", P_SET)
     assert shown["status"] == "RENDERED" and shown["render_job"] is None
     (record,) = shown["records"]
     assert (record["profile"], record["format"]) == ("tiny", "MP4") and record["size"] > 0

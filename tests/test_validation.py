@@ -177,6 +177,48 @@ def test_text_rules() -> None:
         V.PARAMETER_VALUE.parse("true\n")
 
 
+def test_one_boolean_parser() -> None:
+    """The CLI's true|false options, `secret set --recording` and the admin API's ?force= all parse with it."""
+    for word in ("true", " Yes", "ON", "1"):
+        assert V.parse_bool(word) is True
+    for word in ("false", "no ", "Off", "0"):
+        assert V.parse_bool(word) is False
+    for bad in ("", "maybe", "2", "truee", "t"):
+        with pytest.raises(ValueError, match="expected true or false"):
+            V.parse_bool(bad)
+
+
+def test_descriptions() -> None:
+    assert V.DESCRIPTION.parse("  Moodle production ") == "Moodle production" and V.DESCRIPTION.parse("") == ""
+    for bad in ("line\nbreak", "tab\there", "bell\x07", "x" * 201, "bidi\u202e"):
+        with pytest.raises(ValueError):
+            V.DESCRIPTION.parse(bad)
+    with pytest.raises(ValueError, match=r"^description: "):
+        V.check_fields(SecretSettings(description="a\x1b[31m"), V.SECRET_FIELDS)
+
+
+def test_a_set_that_changes_nothing_is_refused() -> None:
+    for settings in (TenantSettings(), SecretSettings(), ClusterSettings(), NodeSettings()):
+        with pytest.raises(ValueError, match="^settings: nothing to change"):
+            V.require_change(settings)
+    V.require_change(TenantSettings(hold_time_days=0))  # 0 and False are changes
+    V.require_change(NodeSettings(maintenance=False))
+
+
+def test_parameter_rules_name_their_field() -> None:
+    assert ParameterRule("create", "set", "welcome", "hi").checked() == ParameterRule("CREATE", "SET", "welcome", "hi")
+    for rule, field in ((ParameterRule("NOW", "SET", "welcome", "x"), "for"),
+                        (ParameterRule("CREATE", "KEEP", "welcome", "x"), "mode"),
+                        (ParameterRule("CREATE", "SET", "a b", "x"), "name"),
+                        (ParameterRule("JOIN", "BLOCK", "welcome"), "name"),  # not a join parameter
+                        (ParameterRule("CREATE", "BLOCK", "welcome", "x"), "value"),
+                        (ParameterRule("CREATE", "SET", "welcome"), "value"),
+                        (ParameterRule("CREATE", "SET", "guestPolicy", "MAYBE"), "value"),
+                        (ParameterRule("CREATE", "SET", "welcome", "v" * 201), "value")):
+        with pytest.raises(ValueError, match=f"^{field}: "):
+            rule.checked()
+
+
 def test_tenant_slugs_sub_ids_and_labels() -> None:
     assert V.parse_tenant_slug(" abc ") == "ABC"
     assert V.parse_sub_ids("0-999") == range(1000) and V.parse_sub_ids("7") == range(7, 8)
@@ -242,7 +284,13 @@ def test_admin_operations_refuse_bad_values_without_writing(db_url: str) -> None
         await _rejects(admin_tenant.record_profile_add(conn, "hd", ProfileSettings(width=10_000)), "width")
         await _rejects(admin_tenant.parameter_remove(conn, 0), "id")
         rule = ParameterRule("CREATE", "SET", "welcome", "hi\x00")
-        await _rejects(admin_tenant.parameter_add(conn, "ABC", None, rule), "VALUE")
+        await _rejects(admin_tenant.parameter_add(conn, "ABC", None, rule), "^value: ")
+        ok = ParameterRule("CREATE", "BLOCK", "record")
+        await _rejects(admin_tenant.parameter_add(conn, "ABC", ("ABC", 0), ok), "^tenant: give exactly one")
+        await _rejects(admin_tenant.parameter_add(conn, None, None, ok), "^tenant: give exactly one")
+        await _rejects(admin_tenant.secret_add(conn, "ABC", range(1), SecretSettings(description="a\nb")),
+                       "^description: ")
+        await _rejects(admin_tenant.tenant_set(conn, "ABC", TenantSettings()), "^settings: nothing to change")
         await _rejects(admin_meeting.meeting_where(conn, "m" * 201), "MEETING_ID")
         tables = ("cluster", "node", "secret", "record_profile")
         counts = [await conn.fetchval(f"SELECT count(*) FROM {table}") for table in tables]  # noqa: S608

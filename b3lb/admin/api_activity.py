@@ -1,28 +1,34 @@
 """Admin API: meetings (list, where, end), recordings (list, show, delete, rerender), tokens, audit log.
 
-`meeting end` ends the meeting on its node with BBB's own `end` call (b3lb/api/forward.py
-call_node, signed with the node's secret) and then drops the routing row exactly as the BBB API's
-end does (b3lb/api/calls.py): out of this process's table at once, announced to other instances,
-`meeting_end` in the database (with the audit row in the same transaction).
+No answer and no audit row holds a meeting's nonce (it authorises the node's end callback and
+recording upload): meetings are named by meetingID and secret, record sets by their public_id.
+
+`meeting end` ends the meeting on its node with BBB's own `end` call (b3lb/api/node_end.py, signed
+with the node's secret, shared with a node panic) and then drops the routing row: `meeting_end` in
+the database with the audit row in one transaction, then out of this process's table and announced
+to other instances.
 """
 
 from __future__ import annotations
 
-import argparse
-import re
+import logging
 from typing import Any
+
+import asyncpg
 
 from b3lb import validation as V
 from b3lb.admin import audit, tokens
 from b3lb.admin import meetings as admin_meeting
 from b3lb.admin import recordings as admin_recording
 from b3lb.admin.api_core import ApiFailure, Call, Endpoint, Field, Operation, parse_field
-from b3lb.admin.common import AdminError, Row
-from b3lb.api.forward import call_node, node_suspected, succeeded
+from b3lb.admin.common import AdminError, NotFound, Row
+from b3lb.api.forward import node_suspected
+from b3lb.api.node_end import NodeAddress, end_on_node
 from b3lb.db import Q
 from b3lb.models import secret_label
+from b3lb.outage import describe
+from b3lb.recordings.storage import StorageError
 
-_MESSAGE_KEY = re.compile(rb"<messageKey>\s*([^<\s]*)\s*</messageKey>")
 AUDIT_LIMIT = V.Whole(1, audit.MAX_LIST)
 
 
@@ -33,12 +39,12 @@ def _tenant_of_label(label: str) -> str:
 # Meetings ------------------------------------------------------------------------------------
 
 
-async def meeting_list(call: Call) -> Any:
+async def meeting_list(call: Call) -> list[Row]:
     async with call.read() as conn:
         return await admin_meeting.meeting_list(conn, call.listed_tenant())
 
 
-async def meeting_where(call: Call) -> Any:
+async def meeting_where(call: Call) -> list[Row]:
     meeting_id = call.query("meeting_id")
     if meeting_id is None:
         raise ValueError("meeting_id: required")
@@ -46,7 +52,7 @@ async def meeting_where(call: Call) -> Any:
         rows = await admin_meeting.meeting_where(conn, meeting_id)
     rows = [row for row in rows if call.principal.sees_tenant(_tenant_of_label(row["secret"]))]
     if not rows:
-        raise AdminError(f"no meeting with ID {meeting_id!r}")
+        raise NotFound(f"no meeting with ID {meeting_id!r}")
     return rows
 
 
@@ -57,7 +63,7 @@ async def _meeting_key(call: Call, meeting_id: str) -> tuple[int, str, int]:
         rows = await conn.fetch(Q.api_meeting_key, meeting_id, call.principal.tenant)
     rows = [row for row in rows if wanted is None or (row["tenant"], row["sub_id"]) == wanted]
     if not rows:
-        raise AdminError(f"no meeting with ID {meeting_id!r}")
+        raise NotFound(f"no meeting with ID {meeting_id!r}")
     if len(rows) > 1:
         labels = ", ".join(secret_label(row["tenant"], row["sub_id"]) for row in rows)
         raise ValueError(f"secret: meeting ID {meeting_id!r} is used by {labels}: name the secret")
@@ -65,38 +71,49 @@ async def _meeting_key(call: Call, meeting_id: str) -> tuple[int, str, int]:
 
 
 async def meeting_end(call: Call) -> Any:
+    """`end` on the meeting's node (b3lb/api/node_end.py, as a panic sends it), then its route out."""
     runtime = call.runtime
     meeting_id = V.check_value("meeting_id", V.MEETING_ID, call.body["meeting_id"])
     secret_id, slug, sub_id = await _meeting_key(call, meeting_id)
     ref = await runtime.lookup_meeting(secret_id, meeting_id)
     if ref is None:
-        raise AdminError(f"no meeting with ID {meeting_id!r}")
+        raise NotFound(f"no meeting with ID {meeting_id!r}")
     entry = runtime.loads.nodes.get(ref.node_id)
     if entry is None:
         raise AdminError(f"meeting {meeting_id!r} is on a node this process does not know yet: try again")
     node = f"{entry.cluster.name}/{entry.node.slug}"
-    outcome = await call_node(runtime, entry, "end", [("meetingID", meeting_id)])
-    if outcome.verdict != "ok":
-        node_suspected(runtime, entry, "end", outcome.reason)
-        raise ApiFailure(502, "node_failed", f"node {node} did not end the meeting: {outcome.reason}")
-    key = _MESSAGE_KEY.search(outcome.result.body)
-    answer = "SUCCESS" if succeeded(outcome.result) else key.group(1).decode("ascii", "replace") if key else "?"
-    if answer not in ("SUCCESS", "notFound"):  # notFound: the node no longer has it; the route is stale
-        raise ApiFailure(409, "node_refused", f"node {node} refused to end the meeting: {answer}")
-    # As the BBB API's end (b3lb/api/calls.py): leave routing at once, then the row.
+    ended = await end_on_node(runtime.nodes, NodeAddress.of_entry(entry), meeting_id)
+    if ended.node_failed:
+        node_suspected(runtime, entry, "end", ended.outcome.reason)
+        raise ApiFailure(502, "node_failed", f"node {node} did not end the meeting: {ended.outcome.reason}")
+    if not ended.gone:  # notFound counts as gone: the node no longer has it, the route is stale
+        raise ApiFailure(409, "node_refused", f"node {node} refused to end the meeting: {ended.answer}")
+    # The node's end cannot be rolled back, so it comes first; then the row and the audit row in one
+    # transaction, and only once that committed does this process forget the meeting and tell the
+    # others. Should the transaction fail, memory and table still agree (the route stays everywhere)
+    # and the answer says so: the poller drops the row when its next poll finds the meeting gone from
+    # the node, or a repeated end (notFound) does.
+    label = secret_label(slug, sub_id)
+    try:
+        async with call.write("meeting.end", f"{label}/{meeting_id}", slug,
+                              {"node": node, "answer": ended.answer}) as conn:
+            seconds = await conn.fetchval(Q.meeting_end, ref.id)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        logging.getLogger("b3lb.admin.api").warning("meeting %s ended on node %s but not in the database: %s",
+                                                    ref.id, node, describe(exc))
+        raise ApiFailure(503, "unavailable", f"node {node} ended the meeting, but the database could not record "
+                         "it: the meeting stays listed until the poller sees it gone, or end it again") from None
     runtime.meetings.remove(ref)
     runtime.announce("ended", ref)
-    label = secret_label(slug, sub_id)
-    async with call.write("meeting.end", f"{label}/{meeting_id}", slug, {"node": node, "answer": answer}) as conn:
-        seconds = await conn.fetchval(Q.meeting_end, ref.id)
     runtime.counters.meeting_ended(ref.secret_id, seconds)
-    return [{"secret": label, "meeting_id": meeting_id, "node": node, "node_answer": answer}]
+    return [{"secret": label, "meeting_id": meeting_id, "node": node, "node_answer": ended.answer}]
 
 
 # Recordings ----------------------------------------------------------------------------------
 
 
 def _set_id(call: Call) -> str:
+    """The set's public_id from the path (the `id` of `GET /recordings`)."""
     set_id: str = parse_field("id", admin_recording.parse_set_id, call.path["id"])
     return set_id
 
@@ -104,13 +121,13 @@ def _set_id(call: Call) -> str:
 async def _set_tenant(call: Call, set_id: str) -> str:
     """The set's tenant; a set of another tenant answers as one that does not exist."""
     async with call.read() as conn:
-        slug = await conn.fetchval(Q.api_record_set_tenant, set_id)
+        slug = await admin_recording.set_tenant(conn, set_id)
     if slug is None or not call.principal.sees_tenant(slug):
-        raise AdminError(f"no record set {set_id!r}")
-    return str(slug)
+        raise NotFound(f"no record set {set_id!r}")
+    return slug
 
 
-async def recording_list(call: Call) -> Any:
+async def recording_list(call: Call) -> list[Row]:
     status = call.query("status")
     limit = call.query("limit")
     async with call.read() as conn:
@@ -123,30 +140,28 @@ async def recording_list(call: Call) -> Any:
         )
 
 
-async def recording_show(call: Call) -> Any:
+async def recording_show(call: Call) -> Row:
     set_id = _set_id(call)
     await _set_tenant(call, set_id)
     async with call.read() as conn:
         return await admin_recording.recording_show(conn, set_id, call.runtime.config.public_base_url)
 
 
-async def recording_delete(call: Call) -> Any:
-    """As `b3lb recording delete`: marked DELETING and committed, then files, then rows."""
+async def recording_delete(call: Call) -> list[Row]:
+    """As `b3lb recording delete`: marked DELETING and committed, then this set's files, then its rows."""
     set_id = _set_id(call)
     slug = await _set_tenant(call, set_id)
     async with call.write("recording.delete", set_id, slug) as conn:
         rows = await admin_recording.recording_mark_deleting(conn, set_id)
-    async with call.runtime.pool.acquire() as conn:
-        try:
-            done = await admin_recording.recording_purge(conn, argparse.Namespace(), call.runtime.config, rows)
-        except AdminError as exc:  # storage failed: the set stays DELETING and housekeeping finishes it
-            return [{**rows[0], "status": "DELETING (housekeeping will delete it)", "warning": str(exc)}]
-    if call.principal.tenant is not None:  # the purge's counts include other tenants' sets
-        return [{k: v for k, v in row.items() if k not in ("files_deleted", "sets_deleted")} for row in done]
-    return done
+    try:
+        storage = call.runtime.storage
+        async with call.runtime.pool.acquire() as conn:
+            return await admin_recording.recording_purge(conn, storage, rows[0])
+    except (AdminError, StorageError) as exc:  # storage failed: the set stays DELETING, housekeeping finishes it
+        return [{**rows[0], "status": "DELETING (housekeeping will delete it)", "warning": str(exc)}]
 
 
-async def recording_rerender(call: Call) -> Any:
+async def recording_rerender(call: Call) -> list[Row]:
     set_id = _set_id(call)
     slug = await _set_tenant(call, set_id)
     async with call.write("recording.rerender", set_id, slug) as conn:
@@ -156,12 +171,12 @@ async def recording_rerender(call: Call) -> Any:
 # Tokens and the audit log --------------------------------------------------------------------
 
 
-async def token_list(call: Call) -> Any:
+async def token_list(call: Call) -> list[Row]:
     async with call.read() as conn:
         return await tokens.token_list(conn)
 
 
-async def token_add(call: Call) -> Any:
+async def token_add(call: Call) -> list[Row]:
     body = call.body
     tenant = call.tenant(body["tenant"]) if body.get("tenant") is not None else None
     async with call.write("token.add", str(body["name"]), tenant) as conn:
@@ -175,20 +190,20 @@ async def _token_tenant(call: Call, name: str) -> str | None:
     return row["tenant"] if row is not None else None
 
 
-async def token_expire(call: Call) -> Any:
+async def token_expire(call: Call) -> list[Row]:
     name = call.path["name"]
     days = call.body.get("days", 0)
     async with call.write("token.expire", name, await _token_tenant(call, name)) as conn:
         return await tokens.token_expire(conn, name, days)
 
 
-async def token_revoke(call: Call) -> Any:
+async def token_revoke(call: Call) -> list[Row]:
     name = call.path["name"]
     async with call.write("token.revoke", name, await _token_tenant(call, name)) as conn:
         return await tokens.token_revoke(conn, name)
 
 
-async def audit_list(call: Call) -> Any:
+async def audit_list(call: Call) -> list[Row]:
     limit = call.query("limit")
     async with call.read() as conn:
         rows: list[Row] = await audit.audit_list(
@@ -200,7 +215,7 @@ async def audit_list(call: Call) -> Any:
 # The table -----------------------------------------------------------------------------------
 
 TENANT_QUERY = Field("tenant", "string", "only this tenant's (a tenant-scoped token: always its own)")
-SET_PATH = {"id": "record set ID (UUID)"}
+SET_PATH = {"id": "record set ID: its public UUID, the `id` of GET /recordings"}
 TOKEN_PATH = {"name": "token name"}
 
 ENDPOINTS = (
@@ -235,12 +250,12 @@ ENDPOINTS = (
             Field("name", "string", "letters, digits and - _ . @ (up to 100)", required=True),
             Field("scope", "string", "read < write < admin", required=True, choices=tokens.SCOPES),
             Field("tenant", "string", "scope the token to this tenant"),
-            Field("days", "integer", "valid for this many days (default: until revoked)"),
+            Field("days", "integer", f"valid for this many days, 1..{tokens.MAX_DAYS} (default: until revoked)"),
         ), status=201),
     )),
     Endpoint("/tokens/{name}/expire", (
         Operation("POST", "Let a token lapse now or after some days", token_expire, "admin", True,
-                  (Field("days", "integer", "0 (default): now"),)),
+                  (Field("days", "integer", f"from now, 0..{tokens.MAX_DAYS} (0, the default: at once)"),)),
     ), TOKEN_PATH),
     Endpoint("/tokens/{name}/revoke", (
         Operation("POST", "Revoke a token for good", token_revoke, "admin", True),

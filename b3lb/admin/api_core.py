@@ -7,10 +7,11 @@ query parameters, and the coroutine that does the work through the same function
 document (b3lb/admin/openapi.py) are both made from these declarations, so they cannot disagree.
 
 Answers are `{"data": ...}`; errors `{"error": KIND, "message": ..., "field": ...}`:
-ValueError from validation → 400 naming the field, AdminError → 404 when the message starts with
-"no " (also for another tenant's resources, so a tenant-scoped token learns nothing about them)
-else 409, a constraint the validators did not catch → 409. Every write runs in one transaction
-together with its audit row (`Call.write`).
+ValueError from validation → 400 naming the field, NotFound → 404 (also for another tenant's
+resources, so a tenant-scoped token learns nothing about them), any other AdminError → 409, a
+constraint the validators did not catch → 409. A body field marked `fleet` (limits, cluster group)
+answers 403 naming it to a tenant-scoped token. Every write runs in one transaction together with
+its audit row (`Call.write`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tornado.web import Finish
 
 from b3lb import validation as V
 from b3lb.admin import audit, tokens
-from b3lb.admin.common import AdminError, describe_db_error
+from b3lb.admin.common import AdminError, NotFound, Row, describe_db_error
 from b3lb.admin.tokens import Principal
 from b3lb.endpoints import RuntimeHandler
 from b3lb.outage import is_database_unavailable
@@ -47,8 +48,12 @@ _TYPES: dict[str, Callable[[Any], bool]] = {
     "null": lambda v: v is None,
 }
 # Option names in validation messages ("attendee-limit: ...") that are not the API field's name.
-_FIELD_ALIASES = {"clustergroup": "cluster_group", "sub-id": "sub_id", "--for": "for", "--mode": "mode"}
+_FIELD_ALIASES = {"clustergroup": "cluster_group", "sub-id": "sub_id"}
 _FIELD_PREFIX = re.compile(r"([A-Za-z][-A-Za-z_]{0,40}): ")
+# Every answer: JSON is never sniffed into something a browser runs, nor framed.
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff",
+                    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'"}
+Answer = Row | list[Row]  # what an operation gives: the rows `--json` prints, or one object
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class Field:
     help: str
     required: bool = False
     choices: tuple[str, ...] = ()
+    fleet: bool = False  # a fleet decision (limits, cluster group): 403 for tenant-scoped tokens
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -73,16 +79,18 @@ class Field:
         shape: dict[str, Any] = {"type": kinds[0] if len(kinds) == 1 else list(kinds), "description": self.help}
         if self.choices:
             shape["enum"] = list(self.choices)
+        if self.fleet:
+            shape["description"] += " (not for tenant-scoped tokens: 403)"
         return shape
 
 
 @dataclass(frozen=True)
 class Operation:
-    """One method of an endpoint. `body` None: no JSON body (see `raw_body` for uploads)."""
+    """One method of an endpoint. `body` None: no JSON body, none is accepted (see `raw_body` for uploads)."""
 
     method: str
     summary: str
-    run: Callable[[Call], Awaitable[Any]]
+    run: Callable[[Call], Awaitable[Answer]]
     scope: str = "read"
     fleet: bool = False  # a fleet resource: tenant-scoped tokens get 403
     body: tuple[Field, ...] | None = None
@@ -140,15 +148,6 @@ def parse_field(name: str, parse: Callable[[str], Any], value: Any) -> Any:
         raise ValueError(f"{name}: {exc}") from None
 
 
-def parse_flag(name: str, text: str) -> bool:
-    word = text.strip().lower()
-    if word in ("true", "1", "yes", "on"):
-        return True
-    if word in ("false", "0", "no", "off", ""):
-        return False
-    raise ValueError(f"{name}: expected true or false, got {text[:20]!r}")
-
-
 class Call:
     """One API request as the operation sees it: who asks, what they sent, where to write."""
 
@@ -177,13 +176,15 @@ class Call:
             raise ValueError(f"{name}: not UTF-8 text") from None
 
     def query_flag(self, name: str) -> bool:
-        return parse_flag(name, self.query(name) or "")
+        """A yes/no query parameter; absent: no."""
+        text = self.query(name)
+        return False if text is None else parse_field(name, V.parse_bool, text)
 
     def tenant(self, value: Any, name: str = "tenant") -> str:
         """The tenant slug in `value`; a tenant this token may not see answers as one that does not exist."""
         slug: str = parse_field(name, V.parse_tenant_slug, value)
         if not self.principal.sees_tenant(slug):
-            raise AdminError(f"no tenant {slug!r}")
+            raise NotFound(f"no tenant {slug!r}")
         return slug
 
     def secret(self, value: Any, name: str = "secret") -> tuple[str, int]:
@@ -236,6 +237,8 @@ class AdminApiHandler(RuntimeHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
+        for name, value in SECURITY_HEADERS.items():
+            self.set_header(name, value)
 
     def compute_etag(self) -> None:
         return None
@@ -303,18 +306,18 @@ class EndpointHandler(AdminApiHandler):
         try:
             self.check_path(path)
             self.check_query(op)
-            call = Call(self, principal, self.json_body(op) if op.body is not None else {}, path)
+            call = Call(self, principal, {} if op.raw_body else self.json_body(op), path)
+            self.check_fleet_fields(op, call)
             result = await op.run(call)
         except ApiFailure as exc:
             self.fail(exc.status, exc.error, str(exc), **exc.extra)
         except ValueError as exc:
             name, message = field_of(str(exc), "body")
             self.fail(400, "invalid", message, field=name)
+        except NotFound as exc:
+            self.fail(404, "not_found", str(exc))
         except AdminError as exc:
-            message = str(exc)
-            if message.startswith("no "):
-                self.fail(404, "not_found", message)
-            self.fail(409, "conflict", message)
+            self.fail(409, "conflict", str(exc))
         except asyncpg.IntegrityConstraintViolationError as exc:
             self.fail(409, "conflict", describe_db_error(exc))
         except asyncpg.DataError as exc:  # a value no rule caught that PostgreSQL cannot store (22xxx)
@@ -337,8 +340,19 @@ class EndpointHandler(AdminApiHandler):
             if b"\x00" in b"".join(values):
                 raise ValueError(f"{name}: must not contain NUL characters")
 
+    @staticmethod
+    def check_fleet_fields(op: Operation, call: Call) -> None:
+        """Limits and cluster groups are the fleet operator's: a tenant-scoped token may not lift its own."""
+        if call.principal.tenant is None:
+            return
+        for spec in op.body or ():
+            if spec.fleet and spec.name in call.body:
+                raise ApiFailure(403, "forbidden", f"{spec.name}: a token scoped to tenant {call.principal.tenant} "
+                                 "cannot change it (a fleet decision)", field=spec.name)
+
     def json_body(self, op: Operation) -> dict[str, Any]:
-        """The request's JSON object, each field of a known name and JSON type, required ones present."""
+        """The request's JSON object, each field of a known name and JSON type, required ones present.
+        An operation without declared fields takes no body (empty, or `{}`)."""
         raw = self.request.body
         if len(raw) > MAX_JSON_BODY:
             raise ApiFailure(413, "too_large", f"a JSON body is at most {MAX_JSON_BODY} bytes", field="body")
@@ -376,5 +390,3 @@ class NotFoundHandler(AdminApiHandler):
     def prepare(self) -> None:
         self.fail(404, "not_found", f"no endpoint {self.request.path[:200]!r}; see {PREFIX}/openapi.json")
 
-
-Runner = Callable[[Call], Awaitable[Any]]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from urllib.parse import quote
 
 from b3lb.admin import fleet, lifecycle, profiles
 from b3lb.admin import tenants as admin_tenant
-from b3lb.admin.api_core import Call, Endpoint, Field, Operation
-from b3lb.admin.common import AdminError
+from b3lb.admin.api_core import PREFIX, Call, Endpoint, Field, Operation
+from b3lb.admin.common import NotFound, Row
 from b3lb.admin.fleet import ClusterSettings, NodeSettings
 from b3lb.admin.tenants import ProfileSettings
 
@@ -32,24 +33,24 @@ def _cluster_settings(body: dict[str, Any]) -> ClusterSettings:
     return ClusterSettings(**{f.name: body.get(f.name) for f in CLUSTER_SETTINGS})
 
 
-async def cluster_list(call: Call) -> Any:
+async def cluster_list(call: Call) -> list[Row]:
     async with call.read() as conn:
         return await fleet.cluster_list(conn)
 
 
-async def cluster_add(call: Call) -> Any:
+async def cluster_add(call: Call) -> list[Row]:
     name = call.body["name"]
     async with call.write("cluster.add", name) as conn:
         return await fleet.cluster_add(conn, name, _cluster_settings(call.body))
 
 
-async def cluster_set(call: Call) -> Any:
+async def cluster_set(call: Call) -> list[Row]:
     name = call.path["name"]
     async with call.write("cluster.set", name) as conn:
         return await fleet.cluster_set(conn, name, _cluster_settings(call.body))
 
 
-async def cluster_remove(call: Call) -> Any:
+async def cluster_remove(call: Call) -> list[Row]:
     name = call.path["name"]
     async with call.write("cluster.remove", name) as conn:
         return await fleet.cluster_remove(conn, name)
@@ -63,30 +64,30 @@ async def cluster_maintenance(call: Call) -> Any:
 # Cluster groups ------------------------------------------------------------------------------
 
 
-async def group_list(call: Call) -> Any:
+async def group_list(call: Call) -> list[Row]:
     async with call.read() as conn:
         return await fleet.cluster_group_list(conn)
 
 
-async def group_add(call: Call) -> Any:
+async def group_add(call: Call) -> list[Row]:
     name = call.body["name"]
     async with call.write("clustergroup.add", name) as conn:
         return await fleet.cluster_group_add(conn, name)
 
 
-async def group_remove(call: Call) -> Any:
+async def group_remove(call: Call) -> list[Row]:
     name = call.path["name"]
     async with call.write("clustergroup.remove", name) as conn:
         return await fleet.cluster_group_remove(conn, name)
 
 
-async def group_link(call: Call) -> Any:
+async def group_link(call: Call) -> list[Row]:
     group, cluster = call.path["name"], call.path["cluster"]
     async with call.write("clustergroup.link", f"{group}/{cluster}") as conn:
         return await fleet.cluster_group_link(conn, group, cluster)
 
 
-async def group_unlink(call: Call) -> Any:
+async def group_unlink(call: Call) -> list[Row]:
     group, cluster = call.path["name"], call.path["cluster"]
     async with call.write("clustergroup.unlink", f"{group}/{cluster}") as conn:
         return await fleet.cluster_group_unlink(conn, group, cluster)
@@ -118,41 +119,34 @@ def _ref(call: Call) -> str:
     return f"{call.path['cluster']}/{call.path['slug']}"
 
 
-async def node_list(call: Call) -> Any:
+async def node_list(call: Call) -> list[Row]:
     async with call.read() as conn:
         return await fleet.node_list(conn, call.query("cluster"))
 
 
-async def node_show(call: Call) -> Any:
+async def node_show(call: Call) -> list[Row]:
     cluster, slug = call.path["cluster"], call.path["slug"]
     async with call.read() as conn:
         rows = [row for row in await fleet.node_list(conn, cluster) if row["slug"] == slug]
     if not rows:
-        raise AdminError(f"no node {slug!r} in cluster {cluster!r}")
+        raise NotFound(f"no node {slug!r} in cluster {cluster!r}")
     return rows
 
 
-async def node_add(call: Call) -> Any:
+async def node_add(call: Call) -> list[Row]:
     body = call.body
-    defaults = call.runtime.config.node_defaults  # as `b3lb node add` fills them
-    settings = dataclasses.replace(
-        _node_settings(body),
-        protocol=body.get("protocol", defaults.protocol),
-        port=body.get("port", defaults.port),
-        bbb_endpoint=body.get("bbb_endpoint", defaults.bbb_endpoint),
-        load_endpoint=body.get("load_endpoint", defaults.load_endpoint),
-    )
+    settings = fleet.with_node_defaults(_node_settings(body), call.runtime.config.node_defaults)
     target = f"{body['cluster']}/{body['slug']}"
     async with call.write("node.add", target, detail=_node_detail(body)) as conn:
         return await fleet.node_add(conn, body["cluster"], body["slug"], settings)
 
 
-async def node_set(call: Call) -> Any:
+async def node_set(call: Call) -> list[Row]:
     async with call.write("node.set", _ref(call), detail=_node_detail(call.body)) as conn:
         return await fleet.node_set(conn, _ref(call), _node_settings(call.body))
 
 
-async def node_remove(call: Call) -> Any:
+async def node_remove(call: Call) -> list[Row]:
     force = call.query_flag("force")
     async with call.write("node.remove", _ref(call), detail={"force": force}) as conn:
         return await fleet.node_remove(conn, _ref(call), force)
@@ -174,15 +168,17 @@ async def node_drain_status(call: Call) -> Any:
 
 
 async def node_panic(call: Call) -> Any:
-    """Maintenance on (committed), then, outside any transaction, the frontends' end callbacks, `end` on
-    the node and the rows' removal (b3lb/admin/lifecycle.py). Waits one api.cache_refresh_interval
-    first, as the CLI does, so that every serving process has stopped placing meetings there."""
+    """202: maintenance on and the panic lock taken (committed); the rest (routing rows out, the
+    frontends' end callbacks, `end` on the node, each step waiting one api.cache_refresh_interval for
+    other processes, as the CLI does) runs in a background task of this process
+    (b3lb/admin/lifecycle.py node_panic_start). The answer is the node's drain status with
+    `panic_state` "running" and `status_url`, the GET that reports the outcome."""
     runtime = call.runtime
-    async with runtime.pool.acquire() as conn:
-        rows = await lifecycle.node_panic(conn, _ref(call), None, call.principal.actor, runtime=runtime,
-                                          settle=runtime.config.api.cache_refresh_interval)
+    rows = await lifecycle.node_panic_start(runtime, _ref(call), call.principal.actor,
+                                            settle=runtime.config.api.cache_refresh_interval)
     call.wrote = True
-    return rows
+    status_url = f"{PREFIX}/nodes/{quote(call.path['cluster'], safe='')}/{quote(call.path['slug'], safe='')}/drain"
+    return [{**row, "status_url": status_url} for row in rows]
 
 
 # Recording profiles --------------------------------------------------------------------------
@@ -204,38 +200,39 @@ PROFILE_OWNER = (
 )
 
 
-async def profile_list(call: Call) -> Any:
+async def profile_list(call: Call) -> list[Row]:
     async with call.read() as conn:
         return await profiles.profile_list(conn)
 
 
-async def profile_add(call: Call) -> Any:
+async def profile_add(call: Call) -> list[Row]:
     name = call.body["name"]
     settings = ProfileSettings(**{f.name: call.body.get(f.name) for f in PROFILE_SETTINGS})
     async with call.write("recordprofile.add", name) as conn:
         return await admin_tenant.record_profile_add(conn, name, settings)
 
 
-async def profile_remove(call: Call) -> Any:
+async def profile_remove(call: Call) -> list[Row]:
     name = call.path["name"]
     async with call.write("recordprofile.remove", name) as conn:
         return await admin_tenant.record_profile_remove(conn, name)
 
 
-async def _profile_relink(call: Call, verb: str) -> Any:
+async def _profile_relink(call: Call, verb: str) -> list[Row]:
     name, body = call.path["name"], call.body
     tenant = call.tenant(body["tenant"]) if body.get("tenant") is not None else None
     secret = call.secret(body["secret"]) if body.get("secret") is not None else None
     func = profiles.profile_link if verb == "link" else profiles.profile_unlink
     async with call.write(f"recordprofile.{verb}", name, tenant or (secret[0] if secret else None)) as conn:
+        await admin_tenant.record_profile_by_name(conn, name)  # a missing profile: 404
         return await func(conn, name, tenant, secret)
 
 
-async def profile_link(call: Call) -> Any:
+async def profile_link(call: Call) -> list[Row]:
     return await _profile_relink(call, "link")
 
 
-async def profile_unlink(call: Call) -> Any:
+async def profile_unlink(call: Call) -> list[Row]:
     return await _profile_relink(call, "unlink")
 
 
@@ -258,8 +255,8 @@ ENDPOINTS = (
         Operation("DELETE", "Remove a cluster without nodes", cluster_remove, "write", True, refresh=True),
     ), {"name": "cluster name"}),
     Endpoint("/clusters/{name}/maintenance", (
-        Operation("POST", "Maintenance on or off for every node of the cluster", cluster_maintenance, "write",
-                  True, ON, refresh=True),
+        Operation("POST", "The cluster's own maintenance on or off (off: each node as it is on its own)",
+                  cluster_maintenance, "write", True, ON, refresh=True),
     ), {"name": "cluster name"}),
     Endpoint("/clustergroups", (
         Operation("GET", "List cluster groups with their clusters", group_list, fleet=True),
@@ -291,12 +288,14 @@ ENDPOINTS = (
         Operation("POST", "Maintenance mode on or off", node_maintenance, "write", True, ON, refresh=True),
     ), NODE_PATH),
     Endpoint("/nodes/{cluster}/{slug}/drain", (
-        Operation("GET", "Drain progress: the meetings still running", node_drain_status, fleet=True),
+        Operation("GET", "Drain progress: the meetings still running, and the node's last panic", node_drain_status,
+                  fleet=True),
         Operation("POST", "Drain: no new meetings, running ones go on", node_drain, "write", True, refresh=True),
     ), NODE_PATH),
     Endpoint("/nodes/{cluster}/{slug}/panic", (
-        Operation("POST", "Panic: end the node's meetings after telling their frontends", node_panic, "write",
-                  True, refresh=True),
+        Operation("POST", "Panic: end the node's meetings after telling their frontends (202: it goes on in the "
+                  "background; GET .../drain, the answer's status_url, reports it as panic_state)", node_panic,
+                  "write", True, refresh=True, status=202),
     ), NODE_PATH),
     Endpoint("/recordprofiles", (
         Operation("GET", "List recording profiles with their links", profile_list, fleet=True),

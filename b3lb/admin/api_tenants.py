@@ -1,10 +1,10 @@
 """Admin API: tenants, their secrets, parameter rules and assets.
 
 A tenant-scoped token sees and changes its own tenant only; another tenant's resources answer 404
-exactly like missing ones. Creating and removing tenants and moving one to another cluster group
-are fleet decisions (403 for tenant-scoped tokens). Secret values and the stats token are shown to
-tokens with write scope only (read tokens, e.g. a dashboard's, get null): write scope can rotate
-them anyway.
+exactly like missing ones. Creating and removing tenants, moving one to another cluster group and
+setting attendee and meeting limits (of the tenant or of a secret) are fleet decisions: 403 for
+tenant-scoped tokens, naming the field. Secret values and the stats token are shown to tokens with
+write scope only (read tokens, e.g. a dashboard's, get null): write scope can rotate them anyway.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 from b3lb import validation as V
 from b3lb.admin import tenants as admin_tenant
-from b3lb.admin.api_core import ApiFailure, Call, Endpoint, Field, Operation, parse_field
-from b3lb.admin.common import AdminError, Row
+from b3lb.admin.api_core import Call, Endpoint, Field, Operation, parse_field
+from b3lb.admin.common import NotFound, Row
 from b3lb.admin.tenants import ParameterRule, SecretSettings, TenantSettings
 from b3lb.models import secret_label
 
@@ -32,9 +32,9 @@ def _visible(call: Call, row: Row) -> Row:
 # Tenants -------------------------------------------------------------------------------------
 
 TENANT_SETTINGS = (
-    Field("cluster_group", "string", "cluster group whose clusters host the tenant's meetings"),
-    Field("attendee_limit", "integer", "max attendees, 0..10000000 (0: unlimited)"),
-    Field("meeting_limit", "integer", "max meetings, 0..10000000 (0: unlimited)"),
+    Field("cluster_group", "string", "cluster group whose clusters host the tenant's meetings", fleet=True),
+    Field("attendee_limit", "integer", "max attendees, 0..10000000 (0: unlimited)", fleet=True),
+    Field("meeting_limit", "integer", "max meetings, 0..10000000 (0: unlimited)", fleet=True),
     Field("record_by_default", "boolean", "record meetings by default"),
     Field("hold_time_days", "integer", "days recordings are kept, 0..36500 (default 14)"),
 )
@@ -44,19 +44,19 @@ def _tenant_settings(body: dict[str, Any]) -> TenantSettings:
     return TenantSettings(**{f.name: body.get(f.name) for f in TENANT_SETTINGS})
 
 
-async def tenant_list(call: Call) -> Any:
+async def tenant_list(call: Call) -> list[Row]:
     async with call.read() as conn:
         rows = await admin_tenant.tenant_list(conn)
     return [row for row in rows if call.principal.sees_tenant(row["slug"])]
 
 
-async def tenant_add(call: Call) -> Any:
+async def tenant_add(call: Call) -> list[Row]:
     slug = parse_field("slug", V.parse_tenant_slug, call.body["slug"])
     async with call.write("tenant.add", slug, slug) as conn:
         return await admin_tenant.tenant_add(conn, slug, _tenant_settings(call.body))
 
 
-async def tenant_show(call: Call) -> Any:
+async def tenant_show(call: Call) -> Row:
     slug = call.tenant(call.path["slug"], "slug")
     server = call.runtime.config.server
     async with call.read() as conn:
@@ -64,16 +64,13 @@ async def tenant_show(call: Call) -> Any:
     return _visible(call, {**shown, "secrets": [_visible(call, s) for s in shown["secrets"]]})
 
 
-async def tenant_set(call: Call) -> Any:
+async def tenant_set(call: Call) -> list[Row]:
     slug = call.tenant(call.path["slug"], "slug")
-    if call.principal.tenant is not None and "cluster_group" in call.body:
-        raise ApiFailure(403, "forbidden", "moving a tenant to another cluster group needs a fleet token",
-                         field="cluster_group")
     async with call.write("tenant.set", slug, slug) as conn:
         return await admin_tenant.tenant_set(conn, slug, _tenant_settings(call.body))
 
 
-async def tenant_remove(call: Call) -> Any:
+async def tenant_remove(call: Call) -> list[Row]:
     slug = call.tenant(call.path["slug"], "slug")
     force = call.query_flag("force")
     async with call.write("tenant.remove", slug, slug, {"force": force}) as conn:
@@ -82,20 +79,26 @@ async def tenant_remove(call: Call) -> Any:
 
 # Secrets -------------------------------------------------------------------------------------
 
+DESCRIPTION = Field("description", "string", "what the secret is for, up to 200 characters without control "
+                    "characters ('' clears it)")
 SECRET_SETTINGS = (
-    Field("attendee_limit", ("integer", "null"), "max attendees, 0..10000000 (0: unlimited; null: the tenant's)"),
-    Field("meeting_limit", ("integer", "null"), "max meetings, 0..10000000 (0: unlimited; null: the tenant's)"),
+    Field("attendee_limit", ("integer", "null"), "max attendees, 0..10000000 (0: unlimited; null: the tenant's)",
+          fleet=True),
+    Field("meeting_limit", ("integer", "null"), "max meetings, 0..10000000 (0: unlimited; null: the tenant's)",
+          fleet=True),
     Field("record_by_default", ("boolean", "null"), "record meetings by default (null: the tenant's choice)"),
     Field("hold_time_days", "integer", "days recordings are kept, 0..36500; with the tenant's: the larger if "
           "either is 0, else the smaller"),
+    DESCRIPTION,
 )
 NEW_SECRET = (
     Field("tenant", "string", "tenant slug", required=True),
     Field("sub_id", ("integer", "string"), "0..999, or a range 'N-M' (all or nothing); default 0"),
-    Field("attendee_limit", "integer", "override the tenant's limit"),
-    Field("meeting_limit", "integer", "override the tenant's limit"),
+    Field("attendee_limit", "integer", "override the tenant's limit", fleet=True),
+    Field("meeting_limit", "integer", "override the tenant's limit", fleet=True),
     Field("record_by_default", "boolean", "override the tenant's choice"),
     Field("hold_time_days", "integer", "days recordings are kept (default 14)"),
+    DESCRIPTION,
 )
 
 
@@ -108,24 +111,23 @@ def _sub_ids(value: Any) -> range:
     return sub_ids
 
 
-async def secret_list(call: Call) -> Any:
+async def secret_list(call: Call) -> list[Row]:
     async with call.read() as conn:
         rows = await admin_tenant.secret_list(conn, call.listed_tenant())
     return [_visible(call, row) for row in rows]
 
 
-async def secret_add(call: Call) -> Any:
+async def secret_add(call: Call) -> list[Row]:
     body = call.body
     slug = call.tenant(body["tenant"])
     sub_ids = _sub_ids(body.get("sub_id"))
-    settings = SecretSettings(body.get("attendee_limit"), body.get("meeting_limit"), body.get("record_by_default"),
-                              body.get("hold_time_days"))
+    settings = SecretSettings(**{name: body.get(name) for name in admin_tenant.SECRET_FIELDS})
     first, last = secret_label(slug, sub_ids.start), secret_label(slug, sub_ids.stop - 1)
     async with call.write("secret.add", first if first == last else f"{first}..{last}", slug) as conn:
         return await admin_tenant.secret_add(conn, slug, sub_ids, settings)
 
 
-async def secret_set(call: Call) -> Any:
+async def secret_set(call: Call) -> list[Row]:
     slug, sub_id = call.secret(call.path["label"], "label")
     body = call.body
     inherit = [name for name in admin_tenant.INHERITABLE if name in body and body[name] is None]
@@ -134,13 +136,13 @@ async def secret_set(call: Call) -> Any:
         return await admin_tenant.secret_set(conn, slug, sub_id, settings, inherit)
 
 
-async def secret_rotate(call: Call) -> Any:
+async def secret_rotate(call: Call) -> list[Row]:
     slug, sub_id = call.secret(call.path["label"], "label")
     async with call.write("secret.rotate", secret_label(slug, sub_id), slug) as conn:
         return await admin_tenant.secret_rotate(conn, slug, sub_id)
 
 
-async def secret_remove(call: Call) -> Any:
+async def secret_remove(call: Call) -> list[Row]:
     slug, sub_id = call.secret(call.path["label"], "label")
     force = call.query_flag("force")
     async with call.write("secret.remove", secret_label(slug, sub_id), slug, {"force": force}) as conn:
@@ -160,41 +162,29 @@ RULE = (
 )
 
 
-def _rule_field(message: str) -> str:
-    """The field a ParameterRule.check message without an option prefix is about."""
-    return "value" if "VALUE" in message or message.startswith("value ") else "name"
-
-
-async def parameter_list(call: Call) -> Any:
+async def parameter_list(call: Call) -> list[Row]:
     async with call.read() as conn:
         return await admin_tenant.parameter_list(conn, call.listed_tenant())
 
 
-async def parameter_add(call: Call) -> Any:
+async def parameter_add(call: Call) -> list[Row]:
+    """The rule's checks (exactly one owner, `for`, `mode`, name and value) are tenants.parameter_add's."""
     body = call.body
-    if (body.get("tenant") is None) == (body.get("secret") is None):
-        raise ValueError("tenant: give exactly one of tenant and secret")
-    slug, sub_id = call.secret(body["secret"]) if body.get("secret") is not None else (call.tenant(body["tenant"]),
-                                                                                      None)
-    create_join = V.check_value("for", V.Choice(admin_tenant.CREATE_JOIN), body["for"])
-    mode = V.check_value("mode", V.Choice(admin_tenant.MODES), body["mode"])
-    rule = ParameterRule(create_join, mode, body["name"], body.get("value"))
-    try:
-        rule.check()
-    except ValueError as exc:
-        text = str(exc)
-        raise ValueError(text if text[:6] in ("NAME: ", "VALUE:") else f"{_rule_field(text)}: {text}") from None
-    owner = slug if sub_id is None else secret_label(slug, sub_id)
-    async with call.write("parameter.add", f"{owner} {rule.create_join} {rule.name}", slug) as conn:
-        return await admin_tenant.parameter_add(conn, slug, sub_id, rule)
+    tenant = call.tenant(body["tenant"]) if body.get("tenant") is not None else None
+    secret = call.secret(body["secret"]) if body.get("secret") is not None else None
+    rule = ParameterRule(body["for"], body["mode"], body["name"], body.get("value"))
+    slug = secret[0] if secret is not None else tenant
+    owner = secret_label(*secret) if secret is not None else str(tenant)
+    async with call.write("parameter.add", f"{owner} {str(rule.create_join).upper()} {rule.name}", slug) as conn:
+        return await admin_tenant.parameter_add(conn, tenant, secret, rule)
 
 
-async def parameter_remove(call: Call) -> Any:
+async def parameter_remove(call: Call) -> list[Row]:
     rule_id = parse_field("id", V.ROW_ID.parse, call.path["id"])
     async with call.read() as conn:
         rules = [r for r in await admin_tenant.parameter_list(conn, call.principal.tenant) if r["id"] == rule_id]
     if not rules:
-        raise AdminError(f"no parameter rule with id {rule_id}")
+        raise NotFound(f"no parameter rule with id {rule_id}")
     tenant = rules[0]["owner"].partition("-")[0]
     async with call.write("parameter.remove", str(rule_id), tenant, rules[0]) as conn:
         return await admin_tenant.parameter_remove(conn, rule_id)
@@ -203,7 +193,7 @@ async def parameter_remove(call: Call) -> Any:
 # Assets --------------------------------------------------------------------------------------
 
 
-async def asset_list(call: Call) -> Any:
+async def asset_list(call: Call) -> list[Row]:
     async with call.read() as conn:
         return await admin_tenant.asset_list(conn, call.listed_tenant())
 
@@ -212,7 +202,7 @@ def _asset_path(call: Call) -> tuple[str, str]:
     return call.tenant(call.path["tenant"]), V.check_value("kind", ASSET_KIND, call.path["kind"])
 
 
-async def asset_set(call: Call) -> Any:
+async def asset_set(call: Call) -> list[Row]:
     slug, kind = _asset_path(call)
     name = call.query("name")
     if name is None:
@@ -222,7 +212,7 @@ async def asset_set(call: Call) -> Any:
         return await admin_tenant.asset_store(conn, slug, kind, name, data)
 
 
-async def asset_clear(call: Call) -> Any:
+async def asset_clear(call: Call) -> list[Row]:
     slug, kind = _asset_path(call)
     async with call.write("asset.clear", f"{slug}/{kind}", slug) as conn:
         return await admin_tenant.asset_clear(conn, slug, kind)
@@ -255,7 +245,8 @@ ENDPOINTS = (
                   refresh=True),
     )),
     Endpoint("/secrets/{label}", (
-        Operation("PATCH", "Change a secret's limits, recording choice and hold time (null: the tenant's)",
+        Operation("PATCH", "Change a secret's limits, recording choice, hold time (null: the tenant's) and "
+                  "description",
                   secret_set, "write", body=SECRET_SETTINGS, refresh=True),
         Operation("DELETE", "Remove a secret", secret_remove, "write", query=FORCE, refresh=True),
     ), LABEL),

@@ -3,11 +3,13 @@ operations themselves are in b3lb/admin/lifecycle.py.
 
 - `b3lb node drain NODE [--wait] [--timeout SECONDS]`: maintenance on (no new meetings, the running ones
   stay); prints the node with its meetings left, or with --wait returns once the poller found the last
-  one ended (exit 1 after --timeout, the node staying in maintenance).
-- `b3lb node panic NODE [--yes]`: maintenance on, then every meeting's frontend is told through its end
-  callback, the node ends the meeting, and its row goes, so frontends re-create meetings elsewhere.
-  Asks for confirmation on a terminal; elsewhere --yes is required.
-- `b3lb cluster maintenance NAME on|off`: every node of the cluster.
+  one ended (exit 1 after --timeout, the node staying in maintenance; exit 1 at once when the node is
+  in error: the poller cannot see its meetings end, `node panic` drops them).
+- `b3lb node panic NODE [--yes]`: maintenance on, then the node's routing rows go, every meeting's
+  frontend is told through its end callback, and the node ends the meeting, so frontends re-create
+  meetings elsewhere. Asks for confirmation on a terminal; elsewhere --yes is required.
+- `b3lb cluster maintenance NAME on|off`: the cluster's own switch; off leaves each node as it is on its
+  own (a drained node stays in maintenance).
 """
 
 from __future__ import annotations
@@ -35,16 +37,16 @@ def _note(text: str) -> None:
 
 def add_node_commands(commands: Any) -> None:
     """`drain` and `panic` in the `node` group."""
-    from b3lb.admin.cli import _leaf, _typed
+    from b3lb.admin.cli_common import leaf, typed
 
-    p = _leaf(commands, "drain", "take no new meetings and show (or --wait for) the meetings left",
+    p = leaf(commands, "drain", "take no new meetings and show (or --wait for) the meetings left",
               lambda c, a, _: lifecycle.node_drain(c, a.node, audit.cli_actor()))
     p.add_argument("node", help=NODE_HELP)
     p.add_argument("--wait", action="store_true", help="return once the last meeting ended (the poller sees it)")
-    p.add_argument("--timeout", type=_typed(lifecycle.DRAIN_TIMEOUT.parse, "number"), metavar="SECONDS",
+    p.add_argument("--timeout", type=typed(lifecycle.DRAIN_TIMEOUT.parse, "number"), metavar="SECONDS",
                    help=f"with --wait: give up after SECONDS, 1..{lifecycle.DRAIN_TIMEOUT.high} (default: no limit)")
     p.set_defaults(handler=run_drain, then=_drain_wait)
-    p = _leaf(commands, "panic", "end every meeting of the node now, after telling their frontends (end "
+    p = leaf(commands, "panic", "end every meeting of the node now, after telling their frontends (end "
               "callbacks), so that they re-create them on other nodes; the node stays in maintenance",
               lambda c, a, _: lifecycle.node_panic_begin(c, a.node, audit.cli_actor()), show=show_panic)
     p.add_argument("node", help=NODE_HELP)
@@ -53,7 +55,7 @@ def add_node_commands(commands: Any) -> None:
 
 
 def run_drain(config: Config, args: argparse.Namespace) -> int:
-    from b3lb.admin.cli import run_admin
+    from b3lb.admin.cli_common import run_admin
 
     if args.timeout is not None and not args.wait:
         raise ValueError("--timeout: only with --wait")
@@ -72,7 +74,7 @@ async def _drain_wait(conn: asyncpg.Connection, args: argparse.Namespace, config
 
 
 def run_panic(config: Config, args: argparse.Namespace) -> int:
-    from b3lb.admin.cli import run_admin
+    from b3lb.admin.cli_common import run_admin
 
     if not args.yes:
         _confirm(args.node)
@@ -94,8 +96,9 @@ def _confirm(node: str) -> None:
 async def _panic_finish(
     conn: asyncpg.Connection, args: argparse.Namespace, config: Config, target: lifecycle.PanicTarget
 ) -> list[Row]:
-    """After the maintenance commit: callbacks, ends and the rows' removal (lifecycle.node_panic_finish).
-    Waits one api.cache_refresh_interval first, so that every serving process has seen the maintenance."""
+    """After the maintenance commit (this connection holds the node's panic lock): the rows' removal,
+    callbacks and ends (lifecycle.node_panic_finish). Waits one api.cache_refresh_interval before the
+    removal and one after it, so that every serving process has seen the maintenance, then the removal."""
     from b3lb.nodeclient import NodeClient  # aiohttp: loaded for a panic only
 
     client = NodeClient(config.api, config.callbacks)
@@ -121,9 +124,10 @@ def show_panic(rows: list[Row], as_json: bool) -> None:
 
 def add_cluster_commands(commands: Any) -> None:
     """`maintenance` in the `cluster` group."""
-    from b3lb.admin.cli import NAME, _leaf
+    from b3lb.admin.cli_common import NAME, leaf
 
-    p = _leaf(commands, "maintenance", "switch maintenance on or off for every node of the cluster",
+    p = leaf(commands, "maintenance", "switch the cluster's own maintenance on or off (no new meetings on any "
+              "of its nodes; off leaves each node in or out of maintenance as it is on its own)",
               lambda c, a, _: lifecycle.cluster_maintenance(c, a.name, a.state == "on", audit.cli_actor()))
     p.add_argument("name", type=NAME)
     p.add_argument("state", choices=("on", "off"))

@@ -30,16 +30,16 @@ WORKER_NAME = V.Text(max_length=100, spaces=False)
 
 def add_profile_links(commands: Any) -> None:
     """`list` (with links), `link` and `unlink` in the `recordprofile` group."""
-    from b3lb.admin.cli import NAME, SECRET_LABEL, TENANT, _leaf
+    from b3lb.admin.cli_common import NAME, SECRET_LABEL, TENANT, leaf
 
-    _leaf(commands, "list", "list recording profiles with the tenants and secrets linked to them",
+    leaf(commands, "list", "list recording profiles with the tenants and secrets linked to them",
           lambda c, a, _: admin_render.profile_list(c), show=admin_render.show_profiles)  # fmt: skip
     for verb, func, text in (
         ("link", admin_render.profile_link,
          "render a tenant's or a secret's recordings with this profile (with links, only the linked profiles)"),
         ("unlink", admin_render.profile_unlink, "remove a link made with 'b3lb recordprofile link'"),
     ):  # fmt: skip
-        p = _leaf(commands, verb, text, lambda c, a, _, f=func: f(c, a.name, a.tenant, a.secret),
+        p = leaf(commands, verb, text, lambda c, a, _, f=func: f(c, a.name, a.tenant, a.secret),
                   show=admin_render.show_profiles)  # fmt: skip
         p.add_argument("name", type=NAME, metavar="PROFILE")
         owner = p.add_mutually_exclusive_group(required=True)
@@ -51,15 +51,15 @@ def add_profile_links(commands: Any) -> None:
 
 
 def add_render_command(sub: Any) -> None:
-    from b3lb.admin.cli import COMMON, PORT, _typed
+    from b3lb.admin.cli_common import COMMON, PORT, typed
 
     text = "run a render worker: render uploaded recordings into one video per recording profile"
     p = sub.add_parser("render", help=text, description=text + ". Several workers, also on other machines "
                        "sharing the database and the recording storage, share the work.", parents=[COMMON])
-    p.add_argument("--concurrency", type=_typed(CONCURRENCY.parse, "number"), metavar="N",
+    p.add_argument("--concurrency", type=typed(CONCURRENCY.parse, "number"), metavar="N",
                    help=f"jobs at once, 1..{CONCURRENCY.high} (default: render.concurrency)")
     p.add_argument("--once", action="store_true", help="render the jobs that are due, then exit")
-    p.add_argument("--name", type=_typed(WORKER_NAME.parse, "name"),
+    p.add_argument("--name", type=typed(WORKER_NAME.parse, "name"),
                    help="this worker's name in 'b3lb recording show' (default: HOST:PID/render)")
     p.add_argument("--metrics-port", type=PORT, metavar="PORT",
                    help="serve this worker's Prometheus metrics on server.listen_address:PORT")
@@ -78,7 +78,7 @@ def run_render(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _render(config: Config, args: argparse.Namespace) -> int:
-    from b3lb.admin.cli import _ensure_schema
+    from b3lb.admin.cli_common import ensure_schema
     from b3lb.db import Database
     from b3lb.recordings.storage import make_storage
     from b3lb.render.worker import RendererUnavailable, RenderWorker, default_name
@@ -88,7 +88,7 @@ async def _render(config: Config, args: argparse.Namespace) -> int:
         # A claim, and per job a heartbeat and a storing transaction, at the same time.
         pool = await db.open(min_size=1, max_size=2 * config.render.concurrency + 2)
         async with pool.acquire() as conn:
-            await _ensure_schema(conn, embedded=db.embedded is not None)
+            await ensure_schema(conn, embedded=db.embedded is not None)
         storage = make_storage(config)
         try:
             worker = RenderWorker(pool, storage, config, args.name or default_name())

@@ -26,6 +26,10 @@ class AdminError(Exception):
     """A command cannot be carried out with the database as it is; the message says why."""
 
 
+class NotFound(AdminError):
+    """The resource a command names does not exist (the admin API answers 404, other AdminErrors 409)."""
+
+
 def parse_node_ref(text: str) -> tuple[str | None, str]:
     """`SLUG` or `CLUSTER/SLUG` → (cluster name or None, node slug)."""
     cluster, slash, slug = text.rpartition("/")
@@ -82,14 +86,14 @@ def describe_db_error(exc: asyncpg.PostgresError) -> str:
 async def cluster_by_name(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
     row = await conn.fetchrow(Q.admin_cluster_by_name, name)
     if row is None:
-        raise AdminError(f"no cluster named {name!r}")
+        raise NotFound(f"no cluster named {name!r}")
     return row
 
 
 async def cluster_group_by_name(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
     row = await conn.fetchrow(Q.admin_cluster_group_by_name, name)
     if row is None:
-        raise AdminError(f"no cluster group named {name!r}")
+        raise NotFound(f"no cluster group named {name!r}")
     return row
 
 
@@ -99,7 +103,7 @@ async def find_node(conn: asyncpg.Connection, ref: str) -> asyncpg.Record:
     rows = await conn.fetch(Q.admin_node_find, slug, cluster)
     if not rows:
         where = f" in cluster {cluster!r}" if cluster else ""
-        raise AdminError(f"no node {slug!r}{where}")
+        raise NotFound(f"no node {slug!r}{where}")
     if len(rows) > 1:
         choices = ", ".join(f"{row['cluster']}/{row['slug']}" for row in rows)
         raise AdminError(f"node {slug!r} is ambiguous: use CLUSTER/SLUG ({choices})")

@@ -7,15 +7,18 @@ fetch(), as EventSource cannot send that header. Frames:
   whole fleet) and the tick.
 - `history` on connect and after each new sample: per-cluster load over the last hour
   (b3lb/admin/history.py). Fleet tokens only.
-- `snapshot` on connect and every TICK_SECONDS: nodes, tenants with usage against limits, the
-  render queue, the database's state.
+- `snapshot` on connect and every TICK_SECONDS: clusters (with their own maintenance switch),
+  nodes, tenants with usage against limits, the render queue, the database's state.
 - `error` alongside a snapshot while the database does not answer: the snapshot then carries the
-  in-memory parts and the last render queue read.
+  in-memory parts and the last render queue read. Fleet tokens get the error's text; tenant-scoped
+  ones only "database unavailable" (the text may name hosts of the installation).
 - `unauthorized` when a periodic re-check finds the token revoked or expired; the stream ends.
 
 One snapshot is built per tick for all clients (from the serving process's memory plus one small
 query), in slices that give the loop a turn; each client holds only the newest frame, so a slow
-client skips ticks instead of piling them up. At most MAX_CLIENTS streams are open at once.
+client skips ticks instead of piling them up. At most MAX_CLIENTS streams are open at once, at most
+MAX_PER_TOKEN of them with one token (a leaked or looping read token cannot take them all), and
+tenant-scoped tokens leave FLEET_RESERVED of them to unscoped ones, so operators always get in.
 
 A tenant-scoped token is let in but sees its own tenant's row only: no nodes, no history, no
 render queue (fleet resources need an unscoped token, as in the admin API).
@@ -47,6 +50,9 @@ log = logging.getLogger("b3lb.admin.events")
 EVENTS_PATH = "/b3lb/admin/api/v1/events"
 TICK_SECONDS = 2.0
 MAX_CLIENTS = 16
+MAX_PER_TOKEN = 3  # streams one token may hold (a few tabs)
+FLEET_RESERVED = 4  # of MAX_CLIENTS, only for tokens without a tenant
+GENERIC_DATABASE_ERROR = "database unavailable"  # what a tenant-scoped stream is told of an outage
 RECHECK_SECONDS = 60.0  # a revoked or expired token loses its open stream within this time
 QUERY_TIMEOUT = 2.0
 SLICE_ITEMS = 500  # nodes or tenants per slice of a snapshot build before the loop gets a turn
@@ -96,11 +102,16 @@ class Client:
 
 
 def node_row(entry: NodeEntry, routed: int, now: float) -> dict[str, Any]:
+    """One node for the table. `state` says error before maintenance: a drained node that went down
+    shows as down (its maintenance is in `maintenance`). `drained`: in maintenance, nothing routed."""
     node = entry.node
-    state = "maintenance" if node.maintenance else "error" if node.has_errors else "ok"
+    maintenance = entry.in_maintenance
+    state = "error" if node.has_errors else "maintenance" if maintenance else "ok"
     return {
         "id": node.id, "cluster": entry.cluster.name, "slug": node.slug, "state": state,
-        "maintenance": node.maintenance, "error": node.has_errors,
+        "maintenance": maintenance, "node_maintenance": node.maintenance,
+        "cluster_maintenance": entry.cluster.maintenance, "error": node.has_errors,
+        "drained": maintenance and routed == 0,
         "load": round(entry.load, 2), "cpu": round(node.cpu_load, 1),
         "attendees": node.attendees, "meetings": node.meetings, "routed": routed,
         "last_error": entry.last_error[:ERROR_TEXT],
@@ -116,11 +127,14 @@ class Dashboard:
     """Builds the snapshot once per tick and hands it to every open stream."""
 
     def __init__(self, runtime: Runtime, history: LoadHistory, *, tick: float = TICK_SECONDS,
-                 max_clients: int = MAX_CLIENTS) -> None:
+                 max_clients: int = MAX_CLIENTS, max_per_token: int = MAX_PER_TOKEN,
+                 fleet_reserved: int = FLEET_RESERVED) -> None:
         self.runtime = runtime
         self.history = history
         self.tick = tick
         self.max_clients = max_clients
+        self.max_per_token = max_per_token
+        self.fleet_reserved = fleet_reserved
         self.clients: set[Client] = set()
         self.snapshot: dict[str, Any] | None = None
         self.snapshots_built = 0
@@ -134,10 +148,19 @@ class Dashboard:
 
     # -- clients -------------------------------------------------------------------------------
 
+    def refusal(self, principal: tokens.Principal) -> tuple[int, str] | None:
+        """(HTTP status, message) when this token may not open one more stream now, else None."""
+        if sum(c.principal.name == principal.name for c in self.clients) >= self.max_per_token:
+            return 429, f"this token already has {self.max_per_token} dashboard streams open (the most per token)"
+        limit = self.max_clients if principal.tenant_id is None else self.max_clients - self.fleet_reserved
+        if len(self.clients) >= limit:
+            return 503, f"too many dashboard streams are open (at most {self.max_clients})"
+        return None
+
     def join(self, principal: tokens.Principal) -> Client | None:
-        """A new stream's client, or None when MAX_CLIENTS are open. Its first snapshot is the
-        current tick's when there is one, else the ticker builds one at once."""
-        if len(self.clients) >= self.max_clients:
+        """A new stream's client, or None when `refusal` says no. Its first snapshot is the current
+        tick's when there is one, else the ticker builds one at once."""
+        if self.refusal(principal) is not None:
             return None
         client = Client(principal)
         self.clients.add(client)
@@ -205,11 +228,15 @@ class Dashboard:
 
     def _encode_view(self, tenant_id: int | None) -> bytes:
         snapshot = self.snapshot or {}
-        error = frame("error", {"message": self.database_error}) if self.database_error else b""
         if tenant_id is None:
+            error = frame("error", {"message": self.database_error}) if self.database_error else b""
             return error + frame("snapshot", snapshot)
+        # A tenant's view: its own row, and of an outage only that there is one (the error's text may
+        # name database hosts or other parts of the installation).
+        error = frame("error", {"message": GENERIC_DATABASE_ERROR}) if self.database_error else b""
+        database = {"ok": not self.database_error, "message": GENERIC_DATABASE_ERROR if self.database_error else ""}
         own = [row for row in snapshot.get("tenants", ()) if row["id"] == tenant_id]
-        view = {"at": snapshot.get("at"), "database": snapshot.get("database"), "tenants": own,
+        view = {"at": snapshot.get("at"), "database": database, "tenants": own, "clusters": None,
                 "nodes": None, "render_queue": None}
         return error + frame("snapshot", view)
 
@@ -222,6 +249,7 @@ class Dashboard:
         await self._read_render_queue()
         return {
             "at": round(now, 3),
+            "clusters": cluster_rows(self.runtime.loads.nodes.values()),
             "nodes": nodes,
             "tenants": tenants,
             "render_queue": self.render_queue,
@@ -273,6 +301,18 @@ class Dashboard:
         self.render_queue = render_queue_counts(rows)
 
 
+def cluster_rows(entries: Iterable[NodeEntry]) -> list[dict[str, Any]]:
+    """The clusters of the node table, by name, with their own maintenance switch and node counts."""
+    clusters: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        row = clusters.setdefault(entry.cluster.name, {"name": entry.cluster.name,
+                                                       "maintenance": entry.cluster.maintenance,
+                                                       "nodes": 0, "nodes_ok": 0})
+        row["nodes"] += 1
+        row["nodes_ok"] += entry.available
+    return [clusters[name] for name in sorted(clusters)]
+
+
 def render_queue_counts(rows: Iterable[Any]) -> dict[str, Any]:
     counts: dict[str, Any] = {"queued": 0, "due": 0, "running": 0, "failed": 0, "oldest_queued_seconds": None,
                               "stale": False}
@@ -307,10 +347,12 @@ class EventsHandler(AdminApiHandler):
 
     async def get(self) -> None:
         principal = await self.principal("read")  # every scope includes read; a tenant token sees its tenant
-        client = self.dashboard.join(principal)
+        refused = self.dashboard.refusal(principal)
+        client = self.dashboard.join(principal) if refused is None else None
         if client is None:
+            status, message = refused or (503, "too many dashboard streams are open")
             self.set_header("Retry-After", "10")
-            self.fail(503, "busy", f"too many dashboard streams are open (at most {self.dashboard.max_clients})")
+            self.fail(status, "busy", message)
         self.client = client
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")
         self.set_header("X-Accel-Buffering", "no")  # nginx in front must pass frames on at once

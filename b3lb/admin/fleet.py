@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import asyncpg
 
 from b3lb import validation as V
 from b3lb.admin.common import AdminError, Row, cluster_by_name, cluster_group_by_name, expect_unique, find_node
+from b3lb.config import NodeDefaults
 from b3lb.db import Q
 from b3lb.loadscore import load_score
 
@@ -47,6 +48,7 @@ async def cluster_add(conn: asyncpg.Connection, name: str, settings: ClusterSett
 
 
 async def cluster_set(conn: asyncpg.Connection, name: str, settings: ClusterSettings) -> list[Row]:
+    V.require_change(settings)
     settings = V.check_fields(settings, V.CLUSTER_FIELDS)
     cluster = await cluster_by_name(conn, name)
     await _cluster_apply(conn, cluster["id"], settings)
@@ -114,7 +116,7 @@ async def cluster_group_remove(conn: asyncpg.Connection, name: str) -> list[Row]
 
 @dataclass(frozen=True)
 class NodeSettings:
-    """Node settings; for `node add` the CLI fills protocol/port/endpoints from node_defaults."""
+    """Node settings; for `node add`, `with_node_defaults` fills protocol, port and endpoints."""
 
     domain: str | None = None
     secret: str | None = None
@@ -125,9 +127,22 @@ class NodeSettings:
     maintenance: bool | None = None
 
 
+def with_node_defaults(settings: NodeSettings, defaults: NodeDefaults) -> NodeSettings:
+    """A new node's settings with what was not given taken from [node_defaults] (CLI and admin API)."""
+    return replace(
+        settings,
+        protocol=defaults.protocol if settings.protocol is None else settings.protocol,
+        port=defaults.port if settings.port is None else settings.port,
+        bbb_endpoint=defaults.bbb_endpoint if settings.bbb_endpoint is None else settings.bbb_endpoint,
+        load_endpoint=defaults.load_endpoint if settings.load_endpoint is None else settings.load_endpoint,
+    )
+
+
 def _node_state(row: asyncpg.Record) -> str:
+    """ok, error, maintenance (its own or its cluster's), or maintenance+error: a node in maintenance
+    that went down must still show as down (`node drain --wait` cannot finish for it; panic can)."""
     if row["maintenance"]:
-        return "maintenance"
+        return "maintenance+error" if row["has_errors"] else "maintenance"
     return "error" if row["has_errors"] else "ok"
 
 
@@ -201,6 +216,7 @@ async def node_add(conn: asyncpg.Connection, cluster: str, slug: str, settings: 
 
 
 async def node_set(conn: asyncpg.Connection, ref: str, settings: NodeSettings) -> list[Row]:
+    V.require_change(settings)
     s = V.check_fields(settings, V.NODE_FIELDS)
     node = await find_node(conn, ref)
     with expect_unique(f"domain {s.domain!r} is already used in cluster {node['cluster']!r}"):

@@ -15,10 +15,32 @@ from b3lb.admin.api_core import PREFIX, AdminApiHandler, Endpoint, Operation
 
 OPENAPI_PATH = "/openapi.json"
 _ERROR = {"$ref": "#/components/schemas/Error"}
+# The dashboard's server-sent events, served by b3lb/admin/events.py (its EVENTS_PATH), outside the
+# endpoint tables; described here so that the document covers every path under the prefix.
+EVENTS_PATH = "/events"
+EVENTS = {
+    "operationId": "get_events",
+    "summary": "The dashboard's live data as server-sent events",
+    "description": (
+        "Needs a token with read scope. A `text/event-stream` that stays open: `hello` once (the token's "
+        "name, scope, tenant, whether its buttons work), `history` (per-cluster load over the last hour; "
+        "fleet tokens only), `snapshot` every tick (nodes, tenants with usage against limits, the render "
+        "queue), `error` while the database does not answer, `unauthorized` when the token was revoked or "
+        "expired (the stream ends). A tenant-scoped token sees its own tenant's row only."
+    ),
+    "tags": ["events"],
+    "responses": {
+        "200": {"description": "The event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+        "401": {"$ref": "#/components/responses/E401"},
+        "503": {"description": "Too many streams are open (Retry-After)",
+                "content": {"application/json": {"schema": _ERROR}}},
+    },
+}
 _ERRORS = {
     "400": "Bad input: `field` names the field, nothing was written",
     "401": "No token, or an unknown, expired or revoked one",
-    "403": "The token's scope is too small, or a tenant-scoped token asked for a fleet resource",
+    "403": "The token's scope is too small, or a tenant-scoped token asked for a fleet resource or sent a "
+           "fleet-only field (limits, cluster group; `field` names it)",
     "404": "No such resource (also another tenant's, for a tenant-scoped token)",
     "409": "Not possible with the data as it is (exists already, still in use, ...)",
 }
@@ -26,7 +48,7 @@ DESCRIPTION = (
     "The b3lb admin API: the operations of the `b3lb` command line over HTTP, with the same validation. "
     "Authenticate with `Authorization: Bearer <token>` (`b3lb token add NAME --scope read|write|admin "
     "[--tenant T]`). Reads need read scope, writes write scope, token management admin scope. A token "
-    "scoped to a tenant sees and changes only that tenant; fleet resources answer it 403. Answers are "
+    "scoped to a tenant sees and changes only that tenant; fleet resources and limits answer it 403. Answers are "
     "`{\"data\": ...}`, errors `{\"error\", \"message\", \"field\"}`. Every write is in the audit log "
     "with the token's name."
 )
@@ -90,6 +112,7 @@ def build_document(endpoints: tuple[Endpoint, ...]) -> dict[str, Any]:
     }
     for endpoint in endpoints:
         paths[endpoint.path] = {op.method.lower(): _operation(endpoint, op) for op in endpoint.operations}
+    paths[EVENTS_PATH] = {"get": EVENTS}
     return {
         "openapi": "3.1.0",
         "info": {"title": "b3lb admin API", "version": "1", "description": DESCRIPTION},

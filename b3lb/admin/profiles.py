@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from b3lb.admin.common import AdminError, Row
+from b3lb.admin.common import AdminError, NotFound, Row
 from b3lb.admin.output import print_json, print_table
 from b3lb.admin.tenants import record_profile_list, secret_by_label, tenant_by_slug
 from b3lb.db import Q
@@ -21,7 +21,7 @@ from b3lb.models import secret_label
 async def _profile_id(conn: asyncpg.Connection, name: str) -> int:
     row = await conn.fetchrow(Q.admin_record_profile_by_name, name)
     if row is None:
-        raise AdminError(f"no recording profile named {name!r} (see 'b3lb recordprofile list')")
+        raise NotFound(f"no recording profile named {name!r} (see 'b3lb recordprofile list')")
     return int(row["id"])
 
 

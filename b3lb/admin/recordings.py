@@ -4,15 +4,19 @@
 worker, heartbeat and progress, and for a failed attempt its reason and ffmpeg's last lines;
 `rerender` queues the job afresh (also a FAILED or RUNNING one: the running worker stops).
 
-A record set's ID is its nonce (a UUID, `b3lb recording list` shows them). `delete` works in two
-steps like housekeeping: the set is marked DELETING and committed, then its files are deleted and
-only then its rows (`b3lb.recordings.retention.purge_deleting`), so a failure half-way leaves a
-DELETING set that the next housekeeping run finishes, never a row without its file or the reverse.
+A record set's ID here is its public_id (a UUID, `b3lb recording list` shows them), the recordID
+getRecordings shows while it is processing: never its nonce, which is the meeting's and authorises
+the node's end callback and recording upload. The same rows are admin API answers and audit
+targets, so storage keys (which hold the nonce) are shown cut (`loggable_key`).
+
+`delete` works in two steps like housekeeping: the set is marked DELETING and committed, then its
+files are deleted and only then its rows (`recording_purge`, housekeeping's per-set purge), so a
+failure half-way leaves a DELETING set that the next housekeeping run finishes, never a row without
+its file or the reverse.
 """
 
 from __future__ import annotations
 
-import argparse
 import uuid
 from datetime import UTC, datetime
 
@@ -20,13 +24,12 @@ import asyncpg
 import orjson
 
 from b3lb import validation as V
-from b3lb.admin.common import AdminError, Row
+from b3lb.admin.common import AdminError, NotFound, Row
 from b3lb.admin.output import print_json, print_table
 from b3lb.admin.tenants import tenant_by_slug
-from b3lb.config import Config
 from b3lb.db import Q
 from b3lb.models import secret_label
-from b3lb.recordings.storage import StorageError, make_storage
+from b3lb.recordings.storage import Storage, StorageError, loggable_key
 
 STATUSES = ("UNKNOWN", "UPLOADED", "RENDERED", "DELETING")
 LIST_LIMIT = V.Whole(1, 10_000)
@@ -54,10 +57,17 @@ def _printable(text: str) -> str:
 
 
 async def _set(conn: asyncpg.Connection, set_id: str) -> asyncpg.Record:
+    """The set whose public_id is `set_id`; its `set_key` is the row's own key (its nonce: never shown)."""
     row = await conn.fetchrow(Q.adm_rec_set, parse_set_id(set_id))
     if row is None:
-        raise AdminError(f"no record set {set_id!r} (see 'b3lb recording list')")
+        raise NotFound(f"no record set {set_id!r} (see 'b3lb recording list')")
     return row
+
+
+async def set_tenant(conn: asyncpg.Connection, set_id: str) -> str | None:
+    """The tenant of the set with this public_id (None: no such set); the API scopes tokens with it."""
+    slug: str | None = await conn.fetchval(Q.api_record_set_tenant, parse_set_id(set_id))
+    return slug
 
 
 # list and show -------------------------------------------------------------------------------
@@ -71,6 +81,7 @@ async def recording_list(
     if status is not None and status not in STATUSES:
         raise ValueError(f"status: expected one of {', '.join(STATUSES)}, got {status[:20]!r}")
     limit = V.check_value("limit", LIST_LIMIT, limit)
+    found = await conn.fetch(Q.adm_rec_list, tenant, status, limit)
     rows: list[Row] = [
         {
             "id": row["id"],
@@ -83,11 +94,11 @@ async def recording_list(
             "created": _when(row["created_at"]),
             "uploaded": _when(row["uploaded_at"]),
         }
-        for row in await conn.fetch(Q.adm_rec_list, tenant, status, limit)
+        for row in found
     ]
-    jobs = {j["recordset_id"]: j for j in await conn.fetch(Q.render_adm_jobs, [r["id"] for r in rows])}
-    for row in rows:
-        job = jobs.get(row["id"])
+    jobs = {j["recordset_id"]: j for j in await conn.fetch(Q.render_adm_jobs, [r["set_key"] for r in found])}
+    for row, key in zip(rows, (r["set_key"] for r in found), strict=True):
+        job = jobs.get(key)
         row["render"] = job["state"] if job is not None else None
         row["progress"] = _percent(job["progress"]) if job is not None and job["state"] == "RUNNING" else None
     return rows
@@ -115,7 +126,7 @@ def _tail(text: str) -> str:
 
 
 async def _render_job(conn: asyncpg.Connection, row: asyncpg.Record) -> Row | None:
-    job = await conn.fetchrow(Q.render_adm_job, row["id"])
+    job = await conn.fetchrow(Q.render_adm_job, row["set_key"])
     if row["job_state"] is None or job is None:
         return None
     failed = bool(job["last_error"])  # the reason and the tail belong to the last failed attempt
@@ -148,10 +159,10 @@ async def recording_show(conn: asyncpg.Connection, set_id: str, base_url: str) -
             "listed": r["listed"],
             "deleting": r["deleting"],
             "size": r["size"],
-            "url": f"{base_url}/b3lb/r/{r['nonce']}",
-            "file": r["file"],
+            "url": f"{base_url}/b3lb/r/{r['nonce']}",  # the video's own download nonce, not the set's
+            "file": loggable_key(r["file"]) if r["file"] else None,
         }
-        for r in await conn.fetch(Q.adm_rec_records, row["id"])
+        for r in await conn.fetch(Q.adm_rec_records, row["set_key"])
     ]
     outbox = [
         {
@@ -161,7 +172,7 @@ async def recording_show(conn: asyncpg.Connection, set_id: str, base_url: str) -
             "next_attempt": _when(o["next_attempt"]),
             "last_error": _printable(o["last_error"]),
         }
-        for o in await conn.fetch(Q.adm_rec_outbox, row["id"])
+        for o in await conn.fetch(Q.adm_rec_outbox, row["set_key"])
     ]
     return {
         "id": row["id"],
@@ -176,7 +187,7 @@ async def recording_show(conn: asyncpg.Connection, set_id: str, base_url: str) -
         "start": _when(row["start_time"]),
         "end": _when(row["end_time"]),
         "participants": row["participants"],
-        "archive": row["archive_key"] or None,
+        "archive": loggable_key(row["archive_key"]) if row["archive_key"] else None,
         "archive_size": row["raw_size"] if row["archive_key"] else None,
         "archive_sha256": row["archive_sha256"] or None,
         "ready_callback": loggable(row["ready_url"]) if row["ready_url"] else None,
@@ -218,35 +229,26 @@ def show_recording(data: Row, as_json: bool) -> None:
 async def recording_mark_deleting(conn: asyncpg.Connection, set_id: str) -> list[Row]:
     """Step 1 (in the command's transaction): the set becomes DELETING."""
     row = await _set(conn, set_id)
-    await conn.execute(Q.adm_rec_mark_deleting, row["id"])
+    await conn.execute(Q.adm_rec_mark_deleting, row["set_key"])
     return [{"id": row["id"], "previous_status": row["status"]}]
 
 
-async def recording_purge(
-    conn: asyncpg.Connection, args: argparse.Namespace, config: Config, rows: list[Row]
-) -> list[Row]:
-    """Step 2 (after the commit): files, then rows, of every DELETING set; this one included."""
-    from b3lb.recordings.retention import purge_deleting  # imports the server's runtime: only delete needs it
+async def recording_purge(conn: asyncpg.Connection, storage: Storage, marked: Row) -> list[Row]:
+    """Step 2 (after step 1's commit): this one set's files, then its rows (other DELETING sets are
+    housekeeping's). AdminError when storage fails: the set stays DELETING for housekeeping."""
+    from b3lb.recordings import retention  # prometheus metrics: only a delete needs them
 
-    storage = make_storage(config)
-    try:
-        result = await purge_deleting(conn, storage)
-    except StorageError as exc:
-        raise AdminError(
-            f"record set {rows[0]['id']} is marked DELETING, but storage failed ({exc}): "
-            "housekeeping will delete it"
-        ) from None
-    finally:
-        await storage.close()
-    gone = await conn.fetchval(Q.adm_rec_status, rows[0]["id"]) is None
-    return [
-        {
-            **rows[0],
-            "status": "deleted" if gone else "DELETING (housekeeping will delete it)",
-            "files_deleted": result.files,
-            "sets_deleted": result.sets,
-        }
-    ]
+    found = await conn.fetchrow(Q.adm_rec_deleting_set, marked["id"])
+    result = retention.PurgeResult()
+    if found is not None:  # None: housekeeping (or another delete) finished it meanwhile
+        try:
+            await retention.purge_set(conn, storage, found, result)  # housekeeping's own per-set purge
+        except StorageError as exc:
+            raise AdminError(f"record set {marked['id']} is marked DELETING, but storage failed ({exc}): "
+                             "housekeeping will delete it") from None
+    gone = await conn.fetchval(Q.adm_rec_status, marked["id"]) is None
+    status = "deleted" if gone else "DELETING (housekeeping will delete it)"
+    return [{**marked, "status": status, "files_deleted": result.files}]
 
 
 async def recording_rerender(conn: asyncpg.Connection, set_id: str) -> list[Row]:
@@ -255,6 +257,6 @@ async def recording_rerender(conn: asyncpg.Connection, set_id: str) -> list[Row]
         raise AdminError(f"record set {row['id']} is being deleted")
     if row["status"] == "UNKNOWN" or not row["archive_key"]:
         raise AdminError(f"record set {row['id']} has no archive yet (status {row['status']}): nothing to render")
-    job = await conn.fetchrow(Q.render_rerender, row["id"])
-    return [{"id": job["id"], "status": row["status"], "job": job["state"], "attempts": job["attempts"],
+    job = await conn.fetchrow(Q.render_rerender, row["set_key"])
+    return [{"id": row["id"], "status": row["status"], "job": job["state"], "attempts": job["attempts"],
              "queued": _when(job["queued_at"])}]

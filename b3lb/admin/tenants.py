@@ -9,13 +9,13 @@ from __future__ import annotations
 import mimetypes
 import secrets as pysecrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
 
 from b3lb import validation as V
-from b3lb.admin.common import AdminError, Row, cluster_group_by_name, expect_unique
+from b3lb.admin.common import AdminError, NotFound, Row, cluster_group_by_name, expect_unique
 from b3lb.db import Q
 from b3lb.models import secret_label
 from b3lb.parameters import check_rule
@@ -25,6 +25,8 @@ MAX_ASSET_SIZE = 16 * 1024 * 1024
 MAX_PARAMETER_VALUE = V.MAX_PARAMETER
 CREATE_JOIN = ("CREATE", "JOIN", "BOTH")
 MODES = ("BLOCK", "SET", "OVERRIDE")
+CREATE_JOIN_RULE = V.Choice(CREATE_JOIN)
+MODE_RULE = V.Choice(MODES)
 RECORD_FORMATS = ("MP4", "WEBM")
 
 
@@ -36,7 +38,7 @@ def new_secret() -> str:
 async def tenant_by_slug(conn: asyncpg.Connection, slug: str) -> asyncpg.Record:
     row = await conn.fetchrow(Q.admin_tenant_by_slug, slug)
     if row is None:
-        raise AdminError(f"no tenant {slug!r}")
+        raise NotFound(f"no tenant {slug!r}")
     return row
 
 
@@ -44,7 +46,7 @@ async def secret_by_label(conn: asyncpg.Connection, slug: str, sub_id: int) -> a
     tenant = await tenant_by_slug(conn, slug)
     row = await conn.fetchrow(Q.admin_secret_by_sub_id, tenant["id"], sub_id)
     if row is None:
-        raise AdminError(f"no secret {secret_label(slug, sub_id)}")
+        raise NotFound(f"no secret {secret_label(slug, sub_id)}")
     return row
 
 
@@ -96,6 +98,7 @@ async def tenant_add(conn: asyncpg.Connection, slug: str, settings: TenantSettin
 
 
 async def tenant_set(conn: asyncpg.Connection, slug: str, settings: TenantSettings) -> list[Row]:
+    V.require_change(settings)
     settings = V.check_fields(settings, V.TENANT_FIELDS)
     tenant = await tenant_by_slug(conn, slug)
     await _tenant_apply(conn, tenant["id"], settings)
@@ -153,9 +156,10 @@ class SecretSettings:
     meeting_limit: int | None = None
     record_by_default: bool | None = None
     hold_time_days: int | None = None  # None: 14 (the schema's default)
+    description: str | None = None  # what the secret is for (up to 200 characters, '' clears it)
 
 
-SECRET_FIELDS = ("attendee_limit", "meeting_limit", "record_by_default", "hold_time_days")
+SECRET_FIELDS = ("attendee_limit", "meeting_limit", "record_by_default", "hold_time_days", "description")
 
 
 def _secret_row(row: asyncpg.Record) -> Row:
@@ -173,7 +177,7 @@ async def secret_list(conn: asyncpg.Connection, slug: str | None = None) -> list
 async def secret_add(conn: asyncpg.Connection, slug: str, sub_ids: range, settings: SecretSettings) -> list[Row]:
     """One new secret per sub-id; if any of them exists, none is created."""
     sub_ids = V.check_sub_ids(sub_ids)
-    settings = V.check_fields(settings, V.LIMIT_FIELDS)
+    settings = V.check_fields(settings, V.SECRET_FIELDS)
     tenant = await tenant_by_slug(conn, slug)
     taken = await conn.fetch(Q.admin_secret_sub_ids_between, tenant["id"], sub_ids.start, sub_ids.stop - 1)
     if taken:
@@ -190,6 +194,7 @@ async def secret_add(conn: asyncpg.Connection, slug: str, sub_ids: range, settin
                 settings.meeting_limit,
                 settings.record_by_default,
                 settings.hold_time_days,
+                settings.description,
             )
     return [row for row in await secret_list(conn, slug) if row["sub_id"] in sub_ids]
 
@@ -201,9 +206,9 @@ INHERITABLE = ("attendee_limit", "meeting_limit", "record_by_default")
 async def secret_set(
     conn: asyncpg.Connection, slug: str, sub_id: int, settings: SecretSettings, inherit: Iterable[str] = ()
 ) -> list[Row]:
-    """Change a secret's limits, recording choice and hold time; `inherit` names settings that go
-    back to the tenant's value. Fields left None keep their value."""
-    settings = V.check_fields(settings, V.LIMIT_FIELDS)
+    """Change a secret's limits, recording choice, hold time and description; `inherit` names settings
+    that go back to the tenant's value. Fields left None keep their value."""
+    settings = V.check_fields(settings, V.SECRET_FIELDS)
     inherit = frozenset(inherit)
     unknown = sorted(inherit - set(INHERITABLE))
     if unknown:
@@ -211,8 +216,8 @@ async def secret_set(
     for name in sorted(inherit):
         if getattr(settings, name) is not None:
             raise ValueError(f"{name.replace('_', '-')}: give a value or inherit it, not both")
-    if not inherit and all(getattr(settings, f) is None for f in SECRET_FIELDS):
-        raise ValueError("settings: nothing to change: give at least one setting")
+    if not inherit:
+        V.require_change(settings)
     secret = await secret_by_label(conn, slug, sub_id)
     await conn.execute(
         Q.admin_secret_update,
@@ -222,6 +227,7 @@ async def secret_set(
         settings.record_by_default,
         settings.hold_time_days,
         *(name in inherit for name in INHERITABLE),
+        settings.description,
     )
     return [row for row in await secret_list(conn, slug) if row["sub_id"] == sub_id]
 
@@ -253,27 +259,38 @@ class ParameterRule:
     name: str
     value: str | None = None
 
-    def check(self) -> None:
-        """Raise ValueError for a rule that can never be stored."""
-        if self.create_join not in CREATE_JOIN:
-            raise ValueError(f"invalid --for {self.create_join!r}: choose {', '.join(CREATE_JOIN)}")
-        if self.mode not in MODES:
-            raise ValueError(f"invalid --mode {self.mode!r}: choose {', '.join(MODES)}")
-        V.check_value("NAME", V.PARAMETER_NAME, self.name)
-        if self.mode == "BLOCK" and self.value is not None:
-            raise ValueError("a BLOCK rule takes no VALUE")
-        if self.mode != "BLOCK" and self.value is None:
-            raise ValueError(f"a {self.mode} rule needs a VALUE")
+    def checked(self) -> ParameterRule:
+        """The rule with `for` and `mode` normalised; ValueError naming the field (`for`, `mode`,
+        `name`, `value`) for a rule that can never be stored."""
+        create_join = V.check_value("for", CREATE_JOIN_RULE, self.create_join)
+        mode = V.check_value("mode", MODE_RULE, self.mode)
+        V.check_value("name", V.PARAMETER_NAME, self.name)
+        if mode == "BLOCK" and self.value is not None:
+            raise ValueError("value: a BLOCK rule takes no value")
+        if mode != "BLOCK" and self.value is None:
+            raise ValueError(f"value: a {mode} rule needs a value")
         if self.value is not None:
-            V.check_value("VALUE", V.PARAMETER_VALUE, self.value)
-        check_rule(self.create_join, self.mode, self.name, self.value)
+            V.check_value("value", V.PARAMETER_VALUE, self.value)
+        try:  # without a value only the name is checked: whatever fails after it is the value
+            check_rule(create_join, mode, self.name, None)
+        except ValueError as exc:
+            raise ValueError(f"name: {exc}") from None
+        try:
+            check_rule(create_join, mode, self.name, self.value)
+        except ValueError as exc:
+            raise ValueError(f"value: {exc}") from None
+        return replace(self, create_join=create_join, mode=mode)
 
 
-async def parameter_add(conn: asyncpg.Connection, slug: str, sub_id: int | None, rule: ParameterRule) -> list[Row]:
-    """A rule for a whole tenant (sub_id None) or for one of its secrets."""
-    rule.check()
-    tenant = await tenant_by_slug(conn, slug)
-    tenant_id, secret_id, owner = tenant["id"], None, slug
+async def parameter_add(
+    conn: asyncpg.Connection, tenant: str | None, secret: tuple[str, int] | None, rule: ParameterRule
+) -> list[Row]:
+    """A rule for a whole tenant or for one secret (tenant slug, sub-id): exactly one of them."""
+    if (tenant is None) == (secret is None):
+        raise ValueError("tenant: give exactly one of tenant and secret")
+    rule = rule.checked()
+    slug, sub_id = secret if secret is not None else (str(tenant), None)
+    tenant_id, secret_id, owner = (await tenant_by_slug(conn, slug))["id"], None, slug
     if sub_id is not None:
         secret_id = (await secret_by_label(conn, slug, sub_id))["id"]
         tenant_id, owner = None, secret_label(slug, sub_id)
@@ -306,7 +323,7 @@ async def parameter_list(conn: asyncpg.Connection, slug: str | None = None) -> l
 async def parameter_remove(conn: asyncpg.Connection, rule_id: int) -> list[Row]:
     rule_id = V.check_value("id", V.ROW_ID, rule_id)
     if await conn.fetchval(Q.admin_parameter_delete, rule_id) is None:
-        raise AdminError(f"no parameter rule with id {rule_id}")
+        raise NotFound(f"no parameter rule with id {rule_id}")
     return [{"removed": rule_id}]
 
 
@@ -320,10 +337,10 @@ def check_asset(kind: str, name: str, data: bytes) -> tuple[str, str, bytes]:
         raise ValueError(f"kind: choose one of {', '.join(ASSET_KINDS)}, got {kind[:20]!r}")
     if not isinstance(name, str) or not name.strip() or V.has_control(name) or "/" in name:
         raise ValueError("name: give the file's name, without control characters or '/'")
-    if not data:
-        raise ValueError("file: the file is empty")
+    if not data:  # `body`: the admin API's name for the file (the CLI shows the file's path instead)
+        raise ValueError("body: the file is empty")
     if len(data) > MAX_ASSET_SIZE:
-        raise ValueError(f"file: {len(data)} bytes is larger than 16 MiB")
+        raise ValueError(f"body: {len(data)} bytes is larger than 16 MiB")
     mime = "text/css" if kind == "css" else mimetypes.guess_type(name)[0] or "application/octet-stream"
     return name[: V.MAX_TEXT], mime[:100], data
 
@@ -425,10 +442,15 @@ async def record_profile_add(conn: asyncpg.Connection, name: str, settings: Prof
     return [row for row in await record_profile_list(conn) if row["name"] == name]
 
 
-async def record_profile_remove(conn: asyncpg.Connection, name: str) -> list[Row]:
+async def record_profile_by_name(conn: asyncpg.Connection, name: str) -> asyncpg.Record:
     profile = await conn.fetchrow(Q.admin_record_profile_by_name, name)
     if profile is None:
-        raise AdminError(f"no recording profile named {name!r}")
+        raise NotFound(f"no recording profile named {name!r} (see 'b3lb recordprofile list')")
+    return profile
+
+
+async def record_profile_remove(conn: asyncpg.Connection, name: str) -> list[Row]:
+    profile = await record_profile_by_name(conn, name)
     try:
         await conn.execute(Q.admin_record_profile_delete, profile["id"])
     except asyncpg.ForeignKeyViolationError:

@@ -12,12 +12,11 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from b3lb import validation as V
-from b3lb.admin.common import AdminError, Row, expect_unique
+from b3lb.admin.common import NotFound, Row, expect_unique
 from b3lb.admin.tenants import tenant_by_slug
 from b3lb.db import Q
 
@@ -27,7 +26,10 @@ _RANK = {scope: rank for rank, scope in enumerate(SCOPES)}
 TOKEN_NAME = V.Text(max_length=100, spaces=False, pattern=r"[-a-zA-Z0-9_.@]+",
                     hint="letters, digits and - _ . @ only", strip=False)
 SCOPE = V.Choice(SCOPES, upper=False)
-MAX_DAYS = V.Whole(1, 36_500)
+# How long a token lives: `token add --days` (from 1) and `token expire --days` (0: at once), one bound.
+MAX_DAYS = 36_500
+VALID_DAYS = V.Whole(1, MAX_DAYS)
+EXPIRE_DAYS = V.Whole(0, MAX_DAYS)
 # What a presented token may look like at most; anything longer is refused before hashing.
 MAX_PRESENTED = 200
 
@@ -101,10 +103,10 @@ async def token_add(
         except ValueError as exc:
             raise ValueError(f"tenant: {exc}") from None
     tenant_id = (await tenant_by_slug(conn, slug))["id"] if tenant is not None else None
-    expires = None if days is None else datetime.now(UTC) + timedelta(days=V.check_value("days", MAX_DAYS, days))
+    days = None if days is None else V.check_value("days", VALID_DAYS, days)
     token = new_token()
     with expect_unique(f"a token named {name!r} exists already"):
-        await conn.execute(Q.token_insert, name, token_hash(token), scope, tenant_id, expires)
+        await conn.execute(Q.token_insert, name, token_hash(token), scope, tenant_id, days)  # expiry: the DB's clock
     return token, await token_list(conn, only_name=name)
 
 
@@ -116,14 +118,14 @@ async def token_list(conn: asyncpg.Connection, tenant_id: int | None = None, onl
 async def token_expire(conn: asyncpg.Connection, name: str, days: int = 0) -> list[Row]:
     """Let a token lapse now (days=0) or after `days` days."""
     name = V.check_value("name", TOKEN_NAME, name)
-    days = V.check_value("days", V.Whole(0, 36_500), days)
+    days = V.check_value("days", EXPIRE_DAYS, days)
     if await conn.fetchval(Q.token_expire, name, days) is None:
-        raise AdminError(f"no usable token named {name!r}")
+        raise NotFound(f"no usable token named {name!r}")
     return await token_list(conn, only_name=name)
 
 
 async def token_revoke(conn: asyncpg.Connection, name: str) -> list[Row]:
     name = V.check_value("name", TOKEN_NAME, name)
     if await conn.fetchval(Q.token_revoke, name) is None:
-        raise AdminError(f"no usable token named {name!r}")
+        raise NotFound(f"no usable token named {name!r}")
     return await token_list(conn, only_name=name)

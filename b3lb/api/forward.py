@@ -14,7 +14,7 @@ from b3lb.api.params import Params
 from b3lb.api.xml import ApiResult, failed
 from b3lb.balancer import NodeEntry
 from b3lb.checksum import digest, signed_query
-from b3lb.nodeclient import NodeRequestError
+from b3lb.nodeclient import NodeRequestError, NodeResponse
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.forward")
@@ -50,6 +50,36 @@ class NodeOutcome:
     verdict: str
     result: ApiResult
     reason: str = ""
+    answered: bool = False  # the node sent a BBB document (SUCCESS or FAILED)
+
+
+def message_key(body: bytes) -> str:
+    """The <messageKey> of a BBB answer ('' when it has none), read from its first 8 KiB."""
+    key = _MESSAGE_KEY.search(body, 0, 8192)
+    return key.group(1).decode("ascii", "replace") if key is not None else ""
+
+
+def outcome_of_error(exc: NodeRequestError) -> NodeOutcome:
+    """A request that got no answer, classified."""
+    kind = getattr(exc, "kind", "connect")
+    if kind == "local":
+        return NodeOutcome("local", _unavailable("no free connection to it"), str(exc))
+    verdict = "uncertain" if kind == "timeout" else "node_fault"
+    return NodeOutcome(verdict, _unavailable(f"no answer ({exc})"), str(exc))
+
+
+def outcome_of_response(response: NodeResponse) -> NodeOutcome:
+    """A node's answer, classified."""
+    body = response.body
+    if response.code >= 500 or (response.code == 200 and body.find(b"<response", 0, 512) < 0):
+        return NodeOutcome("node_fault", _unavailable(f"an unusable answer (HTTP {response.code})"),
+                           f"unusable answer (HTTP {response.code})")
+    result = ApiResult(body, response.code, response.content_type)
+    if body.find(b"<returncode>FAILED</returncode>", 0, 4096) >= 0:
+        key = message_key(body)
+        if key in NODE_FAULT_KEYS:
+            return NodeOutcome("node_fault", result, f"answered {key}", answered=True)
+    return NodeOutcome("ok", result, answered=True)
 
 
 async def call_node(
@@ -69,22 +99,11 @@ async def call_node(
     try:
         response = await runtime.nodes.fetch(url, method=method, body=body, content_type=content_type, timeout=timeout)
     except NodeRequestError as exc:
-        kind = getattr(exc, "kind", "connect")
-        if kind == "local":
-            return NodeOutcome("local", _unavailable("no free connection to it"), str(exc))
-        verdict = "uncertain" if kind == "timeout" else "node_fault"
-        return NodeOutcome(verdict, _unavailable(f"no answer ({exc})"), str(exc))
-    body = response.body
-    if response.code >= 500 or (response.code == 200 and body.find(b"<response", 0, 512) < 0):
-        return NodeOutcome("node_fault", _unavailable(f"an unusable answer (HTTP {response.code})"),
-                           f"unusable answer (HTTP {response.code})")
-    result = ApiResult(body, response.code, response.content_type)
-    entry.call_error = ""
-    if body.find(b"<returncode>FAILED</returncode>", 0, 4096) >= 0:
-        key = _MESSAGE_KEY.search(body, 0, 8192)
-        if key is not None and key.group(1).decode("ascii", "replace") in NODE_FAULT_KEYS:
-            return NodeOutcome("node_fault", result, f"answered {key.group(1).decode('ascii', 'replace')}")
-    return NodeOutcome("ok", result)
+        return outcome_of_error(exc)
+    outcome = outcome_of_response(response)
+    if outcome.answered:
+        entry.call_error = ""
+    return outcome
 
 
 async def forward(

@@ -106,7 +106,7 @@ async def purge_deleting(pool: Pool, storage: Storage, *, result: PurgeResult | 
     after = ""
     while rows := await pool.fetch(Q.retention_deleting_sets, PURGE_BATCH, after):
         for row in rows:
-            await _purge_set(pool, storage, row, result)
+            await purge_set(pool, storage, row, result)
         after = rows[-1]["id"]
     last_id = 0
     while rows := await pool.fetch(Q.retention_deleting_records, PURGE_BATCH, last_id):
@@ -119,7 +119,7 @@ async def purge_deleting(pool: Pool, storage: Storage, *, result: PurgeResult | 
     return result
 
 
-async def _purge_set(pool: Pool, storage: Storage, row: asyncpg.Record, result: PurgeResult) -> None:
+async def purge_set(pool: Pool, storage: Storage, row: asyncpg.Record, result: PurgeResult) -> None:
     """One set: its videos, its archive, then whatever else lies under its folder (an upload's or a
     renderer's file written before a crash kept its row from pointing to it), then the row."""
     records = await pool.fetch(Q.retention_set_files, row["id"])

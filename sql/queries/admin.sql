@@ -91,8 +91,9 @@ WHERE n.slug = $1 AND ($2::text IS NULL OR c.name = $2::text)
 ORDER BY c.name;
 
 -- name: admin_node_list
+-- maintenance: the node's own or its cluster's (sql/0011), as the balancer counts it.
 SELECT c.name AS cluster, n.id, n.slug, n.domain, n.protocol, n.port, n.cpu_load, n.attendees,
-       n.meetings, n.has_errors, n.maintenance, extract(epoch FROM now() - n.last_poll_ok)::float8 AS poll_age,
+       n.meetings, n.has_errors, n.maintenance OR c.maintenance AS maintenance, extract(epoch FROM now() - n.last_poll_ok)::float8 AS poll_age,
        c.load_a_factor, c.load_m_factor, c.load_cpu_series_iteratations, c.load_cpu_maximum
 FROM node n JOIN cluster c ON c.id = n.cluster_id
 WHERE $1::text IS NULL OR c.name = $1::text
@@ -141,8 +142,9 @@ DELETE FROM tenant WHERE id = $1;
 -- Secrets ----------------------------------------------------------------------------------
 
 -- name: admin_secret_insert
-INSERT INTO secret (tenant_id, sub_id, secret, attendee_limit, meeting_limit, record_by_default, hold_time_days)
-VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7::integer, 14))
+INSERT INTO secret (tenant_id, sub_id, secret, attendee_limit, meeting_limit, record_by_default, hold_time_days,
+                    description)
+VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7::integer, 14), COALESCE($8::text, ''))
 RETURNING id;
 
 -- name: admin_secret_sub_ids_between
@@ -153,8 +155,8 @@ SELECT * FROM secret WHERE tenant_id = $1 AND sub_id = $2;
 
 -- name: admin_secret_list
 -- Secrets of one tenant ($1) or of all tenants ($1 NULL).
-SELECT t.slug AS tenant, s.sub_id, s.attendee_limit, s.meeting_limit, s.record_by_default, s.hold_time_days,
-       s.secret, s.secret2
+SELECT t.slug AS tenant, s.sub_id, s.description, s.attendee_limit, s.meeting_limit, s.record_by_default,
+       s.hold_time_days, s.secret, s.secret2
 FROM secret s JOIN tenant t ON t.id = s.tenant_id
 WHERE $1::text IS NULL OR t.slug = $1::text
 ORDER BY t.slug, s.sub_id;
@@ -256,8 +258,8 @@ DELETE FROM record_profile WHERE id = $1;
 -- name: admin_meeting_list
 -- $1: tenant slug or NULL for all; $2: meetingID or NULL for all.
 SELECT t.slug AS tenant, s.sub_id, m.meeting_id, m.meeting_name, c.name AS cluster, n.slug AS node,
-       n.domain, m.create_time, m.attendees, m.moderators, m.origin, m.nonce,
-       n.has_errors, n.maintenance
+       n.domain, m.create_time, m.attendees, m.moderators, m.origin,
+       n.has_errors, n.maintenance OR c.maintenance AS maintenance
 FROM meeting m
 JOIN secret s ON s.id = m.secret_id
 JOIN tenant t ON t.id = s.tenant_id

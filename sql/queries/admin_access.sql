@@ -1,8 +1,9 @@
 -- Admin tokens and the audit log (b3lb/admin/tokens.py, b3lb/admin/audit.py).
 
 -- name: token_insert
+-- $5: days the token is valid (NULL: until revoked), on the database's clock as token_expire and token_list.
 INSERT INTO admin_token (name, token_hash, scope, tenant_id, expires_at)
-VALUES ($1, $2, $3, $4, $5)
+VALUES ($1, $2, $3, $4, CASE WHEN $5::integer IS NULL THEN NULL ELSE now() + make_interval(days => $5::integer) END)
 RETURNING id;
 
 -- name: token_by_hash

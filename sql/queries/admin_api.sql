@@ -2,18 +2,19 @@
 
 -- name: admin_secret_update
 -- NULL keeps a value; $6..$8 true hand attendee_limit, meeting_limit, record_by_default back to the
--- tenant (NULL in the row).
+-- tenant (NULL in the row); $9 the description.
 UPDATE secret
 SET attendee_limit = CASE WHEN $6::boolean THEN NULL ELSE COALESCE($2::integer, attendee_limit) END,
     meeting_limit = CASE WHEN $7::boolean THEN NULL ELSE COALESCE($3::integer, meeting_limit) END,
     record_by_default = CASE WHEN $8::boolean THEN NULL ELSE COALESCE($4::boolean, record_by_default) END,
-    hold_time_days = COALESCE($5::integer, hold_time_days)
+    hold_time_days = COALESCE($5::integer, hold_time_days),
+    description = COALESCE($9::text, description)
 WHERE id = $1
 RETURNING id;
 
 -- name: api_record_set_tenant
--- The tenant of a record set (tenant-scoped tokens reach only their own sets).
-SELECT tenant_slug FROM record_set WHERE id = $1;
+-- The tenant of the record set with public_id $1 (tenant-scoped tokens reach only their own sets).
+SELECT tenant_slug FROM record_set WHERE public_id = $1::uuid;
 
 -- name: api_meeting_key
 -- The meetings with this meetingID that a caller may mean ($2: tenant slug or NULL for all).

@@ -4,7 +4,8 @@
 SELECT 1
 
 -- name: load_clusters
-SELECT id, name, load_a_factor, load_m_factor, load_cpu_series_iteratations, load_cpu_maximum, sha_algorithm
+SELECT id, name, load_a_factor, load_m_factor, load_cpu_series_iteratations, load_cpu_maximum, sha_algorithm,
+       maintenance
 FROM cluster
 
 -- name: load_nodes

@@ -7,7 +7,10 @@
   const TOKEN_KEY = "b3lb-admin-token";
   const EVENTS_URL = "api/v1/events"; // relative to /b3lb/admin/
   const NODES_URL = "api/v1/nodes/";
-  const CONFIRM_MS = 5000; // a second click within this time confirms maintenance-on or drain
+  const CLUSTERS_URL = "api/v1/clusters/";
+  const CONFIRM_MS = 5000; // a second click within this time confirms maintenance-on, drain or panic
+  const PANIC_POLL_MS = 1000; // how often a running panic's status is read
+  const PANIC_POLLS = 600; // then the page stops following it (the panic itself goes on)
   const SVG_NS = "http://www.w3.org/2000/svg";
   const COLOURS = 8; // .c0 … .c7 in app.css
 
@@ -21,7 +24,9 @@
     retryTimer: 0,
     backoff: 1000,
     rows: new Map(), // node id -> {tr, cells, buttons}
-    confirming: new Map(), // "id:action" -> timer
+    clusterRows: new Map(), // cluster name -> {li, button, ...}
+    confirming: new Map(), // "id:action" or "cluster:name" -> timer
+    panics: new Set(), // node ids whose panic this page follows
   };
 
   // -- log-in ------------------------------------------------------------------------------------
@@ -32,7 +37,10 @@
     state.history = null;
     state.snapshot = null;
     state.rows.clear();
+    state.clusterRows.clear();
+    state.panics.clear();
     $("nodes").tBodies[0].replaceChildren();
+    $("clusters").replaceChildren();
     $("tenants").tBodies[0].replaceChildren();
     $("dashboard").hidden = true;
     $("who").hidden = true;
@@ -211,10 +219,79 @@
     const db = snapshot.database || { ok: true };
     banner(db.ok ? "" : db.message);
     setLive(db.ok ? "live" : "database down", db.ok ? "live" : "down");
+    if (snapshot.clusters) showClusters(snapshot.clusters);
     if (snapshot.nodes) showNodes(snapshot.nodes);
     showTenants(snapshot.tenants || []);
     if (snapshot.render_queue !== undefined) showQueue(snapshot.render_queue);
     drawChart();
+  }
+
+  // -- clusters ------------------------------------------------------------------------------------
+
+  // One line per cluster: its own maintenance switch (apart from each node's) and a button for it.
+  function showClusters(clusters) {
+    const list = $("clusters");
+    const seen = new Set();
+    clusters.forEach((cluster, index) => {
+      seen.add(cluster.name);
+      let row = state.clusterRows.get(cluster.name);
+      if (!row) {
+        row = makeClusterRow(cluster);
+        state.clusterRows.set(cluster.name, row);
+      }
+      row.cluster = cluster;
+      fillClusterRow(row);
+      if (list.children[index] !== row.li) list.insertBefore(row.li, list.children[index] || null);
+    });
+    for (const [name, row] of state.clusterRows) {
+      if (!seen.has(name)) {
+        row.li.remove();
+        state.clusterRows.delete(name);
+      }
+    }
+  }
+
+  function makeClusterRow(cluster) {
+    const li = document.createElement("li");
+    li.className = "cluster";
+    const name = document.createElement("span");
+    name.className = "slug";
+    const badge = document.createElement("span");
+    const counts = document.createElement("span");
+    counts.className = "note";
+    li.append(name, badge, counts);
+    const row = { li, name, badge, counts, cluster, button: null };
+    if (state.hello && state.hello.can_write) {
+      row.button = button("cluster-maintenance", () => clusterAct(row));
+      li.appendChild(row.button);
+    }
+    return row;
+  }
+
+  function fillClusterRow(row) {
+    const c = row.cluster;
+    row.li.dataset.cluster = c.name;
+    row.li.dataset.maintenance = String(c.maintenance);
+    row.name.textContent = c.name;
+    row.badge.textContent = c.maintenance ? "cluster maintenance" : "in service";
+    row.badge.className = `state state-${c.maintenance ? "maintenance" : "ok"}`;
+    row.counts.textContent = `${c.nodes_ok} of ${c.nodes} node(s) take new meetings`;
+    if (row.button && !state.confirming.has(`cluster:${c.name}`)) {
+      row.button.textContent = c.maintenance ? "Cluster maintenance off" : "Cluster maintenance on";
+    }
+  }
+
+  // On takes a second click (within CONFIRM_MS); off does not. Off leaves each node as it is on its own.
+  function clusterAct(row) {
+    const c = row.cluster;
+    const on = !c.maintenance;
+    const url = `${CLUSTERS_URL}${encodeURIComponent(c.name)}/maintenance`;
+    const go = () => post(url, { on }, `cluster ${c.name}: maintenance ${on ? "on" : "off"}`);
+    if (!on) {
+      go();
+      return;
+    }
+    confirmThen(`cluster:${c.name}`, row.button, "Confirm cluster maintenance", go, () => fillClusterRow(row));
   }
 
   // -- nodes -----------------------------------------------------------------------------------------
@@ -234,14 +311,17 @@
       actions: cell(tr, "actions"),
     };
     const badge = document.createElement("span");
-    cells.state.appendChild(badge);
+    const tags = document.createElement("span");
+    tags.className = "tags";
+    cells.state.append(badge, tags);
     const buttons = {};
     if (state.hello && state.hello.can_write) {
       buttons.maintenance = button("maintenance", () => act(node.id, "maintenance"));
       buttons.drain = button("drain", () => act(node.id, "drain"));
-      cells.actions.append(buttons.maintenance, buttons.drain);
+      buttons.panic = button("panic", () => act(node.id, "panic"));
+      cells.actions.append(buttons.maintenance, buttons.drain, buttons.panic);
     }
-    return { tr, cells, badge, buttons, node };
+    return { tr, cells, badge, tags, buttons, node };
   }
 
   function button(kind, onClick) {
@@ -275,30 +355,54 @@
     }
   }
 
+  // What the state badge alone does not say: maintenance of a node in error, whose maintenance it is,
+  // and that a node in maintenance has no meeting left (drained: it can be switched off).
+  function tagsOf(node) {
+    const tags = [];
+    if (node.maintenance && node.state !== "maintenance") tags.push("maintenance");
+    if (node.cluster_maintenance && !node.node_maintenance) tags.push("cluster");
+    if (node.drained) tags.push("drained");
+    return tags;
+  }
+
   function fillRow(row, node) {
     const c = row.cells;
     row.tr.dataset.node = `${node.cluster}/${node.slug}`;
     row.tr.dataset.state = node.state;
+    row.tr.dataset.drained = String(Boolean(node.drained));
     c.cluster.textContent = node.cluster;
     c.slug.textContent = node.slug;
     row.badge.textContent = node.state;
     row.badge.className = `state state-${node.state}`;
     row.badge.title = node.last_error || "";
+    row.tags.replaceChildren(...tagsOf(node).map((name) => {
+      const tag = document.createElement("span");
+      tag.className = `tag tag-${name}`;
+      tag.textContent = name;
+      return tag;
+    }));
     c.load.textContent = node.state === "ok" ? node.load.toFixed(1) : "–";
     c.cpu.textContent = node.cpu.toFixed(1);
     c.attendees.textContent = node.attendees;
     c.meetings.textContent = node.meetings;
     c.routed.textContent = node.routed;
     c.poll.textContent = node.poll_age === null ? "–" : `${ago(node.poll_age)}${node.last_error ? " · " + node.last_error : ""}`;
+    const own = Boolean(node.node_maintenance);
     const m = row.buttons.maintenance;
     if (m && !state.confirming.has(`${node.id}:maintenance`)) {
-      m.textContent = node.maintenance ? "Maintenance off" : "Maintenance on";
-      m.dataset.on = node.maintenance ? "false" : "true";
+      m.textContent = own ? "Maintenance off" : "Maintenance on";
+      m.dataset.on = own ? "false" : "true";
     }
     const d = row.buttons.drain;
     if (d && !state.confirming.has(`${node.id}:drain`)) {
       d.textContent = "Drain";
-      d.disabled = node.maintenance;
+      d.disabled = own;
+    }
+    const p = row.buttons.panic;
+    if (p && !state.confirming.has(`${node.id}:panic`)) {
+      const running = state.panics.has(node.id);
+      p.textContent = running ? "Panic running…" : "Panic";
+      p.disabled = running;
     }
   }
 
@@ -308,56 +412,116 @@
     return `${Math.round(seconds / 3600)} h ago`;
   }
 
-  // Maintenance on and drain take a second click (within CONFIRM_MS); maintenance off does not.
+  // The first click turns the button into its confirmation for CONFIRM_MS; a second click within it runs.
+  function confirmThen(key, b, prompt, run, refresh) {
+    if (!state.confirming.has(key)) {
+      b.textContent = prompt;
+      b.classList.add("confirm");
+      state.confirming.set(key, setTimeout(() => {
+        state.confirming.delete(key);
+        b.classList.remove("confirm");
+        refresh();
+      }, CONFIRM_MS));
+      return;
+    }
+    clearTimeout(state.confirming.get(key));
+    state.confirming.delete(key);
+    b.classList.remove("confirm");
+    refresh();
+    run();
+  }
+
+  // Maintenance on, drain and panic take a second click; maintenance off does not.
   function act(id, action) {
     const row = state.rows.get(id);
     if (!row) return;
+    const node = row.node;
     const b = row.buttons[action];
-    const key = `${id}:${action}`;
     const on = action === "maintenance" ? b.dataset.on === "true" : true;
-    if (on && !state.confirming.has(key)) {
-      b.textContent = action === "drain" ? "Confirm drain" : "Confirm maintenance";
-      b.classList.add("confirm");
-      state.confirming.set(key, setTimeout(() => unconfirm(key, row), CONFIRM_MS));
+    const url = `${NODES_URL}${encodeURIComponent(node.cluster)}/${encodeURIComponent(node.slug)}/${action}`;
+    const run = action === "panic" ? () => panic(node, url)
+      : () => post(url, action === "maintenance" ? { on } : undefined,
+        `${node.slug}: ${action === "drain" ? "drain" : `maintenance ${on ? "on" : "off"}`}`);
+    if (!on) {
+      run();
       return;
     }
-    unconfirm(key, row);
-    send(row.node, action, on);
+    const prompt = action === "drain" ? "Confirm drain"
+      : action === "panic" ? `Confirm panic: end ${node.routed} meeting(s)` : "Confirm maintenance";
+    confirmThen(`${id}:${action}`, b, prompt, run, () => fillRow(row, row.node));
   }
 
-  function unconfirm(key, row) {
-    clearTimeout(state.confirming.get(key));
-    state.confirming.delete(key);
-    for (const b of Object.values(row.buttons)) b.classList.remove("confirm");
-    fillRow(row, row.node);
-  }
-
-  async function send(node, action, on) {
-    const url = `${NODES_URL}${encodeURIComponent(node.cluster)}/${encodeURIComponent(node.slug)}/${action}`;
-    const label = action === "drain" ? "drain" : `maintenance ${on ? "on" : "off"}`;
+  function report(text, kind) {
     const log = $("action-log");
-    log.textContent = `${node.slug}: ${label}…`;
-    log.className = "action-log";
+    log.textContent = text;
+    log.className = kind ? `action-log ${kind}` : "action-log";
+  }
+
+  // One admin API write; the answer's JSON on success (after saying so), else null (after saying why).
+  async function post(url, body, label) {
+    report(`${label}…`);
     let response;
     try {
       const headers = { Authorization: `Bearer ${state.token}` };
-      let body;
-      if (action === "maintenance") {
-        headers["Content-Type"] = "application/json";
-        body = JSON.stringify({ on });
-      }
-      response = await fetch(url, { method: "POST", headers, body, cache: "no-store", credentials: "omit" });
+      if (body !== undefined) headers["Content-Type"] = "application/json";
+      response = await fetch(url, {
+        method: "POST", headers, body: body === undefined ? undefined : JSON.stringify(body),
+        cache: "no-store", credentials: "omit",
+      });
     } catch (_) {
-      log.textContent = `${node.slug}: ${label} failed: b3lb did not answer`;
-      log.className = "action-log failed";
-      return;
+      report(`${label} failed: b3lb did not answer`, "failed");
+      return null;
     }
-    if (response.ok) {
-      log.textContent = `${node.slug}: ${label} done; the table follows within a few seconds`;
-      log.className = "action-log done";
-    } else {
-      log.textContent = `${node.slug}: ${label} refused: ${await errorText(response)}`;
-      log.className = "action-log failed";
+    if (!response.ok) {
+      report(`${label} refused: ${await errorText(response)}`, "failed");
+      return null;
+    }
+    report(`${label} done; the table follows within a few seconds`, "done");
+    try {
+      return await response.json();
+    } catch (_) {
+      return {};
+    }
+  }
+
+  // A panic answers 202 at once and goes on in b3lb; its drain status (status_url) says when it is over.
+  async function panic(node, url) {
+    const label = `${node.slug}: panic`;
+    const answer = await post(url, undefined, label);
+    if (!answer) return;
+    const first = (answer.data || [])[0] || {};
+    state.panics.add(node.id);
+    const row = state.rows.get(node.id);
+    if (row) fillRow(row, row.node);
+    report(`${label} started: frontends are told, then the node ends the meetings…`);
+    try {
+      for (let tries = 0; tries < PANIC_POLLS; tries++) {
+        await new Promise((resolve) => setTimeout(resolve, PANIC_POLL_MS));
+        if (!state.hello) return; // logged out meanwhile
+        const response = await fetch(first.status_url, {
+          headers: { Authorization: `Bearer ${state.token}` }, cache: "no-store", credentials: "omit",
+        });
+        if (!response.ok) continue;
+        const status = ((await response.json()).data || [])[0] || {};
+        if (status.panic_state === "running") continue;
+        const d = status.panic_detail || {};
+        if (status.panic_state === "finished") {
+          const failed = (d.callbacks_failed || 0) + (d.ends_failed || 0);
+          report(`${label} finished: ${d.meetings} meeting(s) ended, ${d.callbacks_sent} frontend(s) told` +
+            (failed ? `, ${d.callbacks_failed} callback(s) and ${d.ends_failed} end(s) failed` : ""),
+          failed ? "failed" : "done");
+        } else {
+          report(`${label} ${status.panic_state}: ${d.error || "see the audit log"}`, "failed");
+        }
+        return;
+      }
+      report(`${label} still running; see the node's drain status`, "failed");
+    } catch (_) {
+      report(`${label}: its status could not be read; see the audit log`, "failed");
+    } finally {
+      state.panics.delete(node.id);
+      const current = state.rows.get(node.id);
+      if (current) fillRow(current, current.node);
     }
   }
 
