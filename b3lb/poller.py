@@ -75,6 +75,9 @@ class NodePoll:
     attendees: int = 0
     samples: list[MeetingSample] = field(default_factory=list)
     listed: set[str] = field(default_factory=set)
+    # Monotonic time its getMeetings was sent: a meeting the answer does not list is judged against
+    # this, not against the cycle's end (a cycle of many nodes may take longer than the grace).
+    started: float = 0.0
 
 
 def parse_load(body: bytes) -> float | None:
@@ -144,7 +147,7 @@ class Poller:
         # hand-overs cost more than the polls' own Python work
         await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(entries)))))
         results = [poll for poll in polls if poll is not None]
-        await self._apply(results, cycle_started=time.monotonic() - (time.perf_counter() - started))
+        await self._apply(results)
         if self._ended >= TRIM_AFTER_ENDED:  # much freed at once: give it back to the OS
             self.runtime.meetings.compact_if_shrunk()
             # in a thread: trimming a large heap takes tens of milliseconds (the GIL is released meanwhile)
@@ -224,7 +227,7 @@ class Poller:
         result = NodePoll(entry)
         timeout = self.config.timeout
         fetch = self.runtime.nodes.fetch
-        started = time.monotonic()
+        started = result.started = time.monotonic()
         try:
             meetings: NodeResponse | NodeRequestError = await fetch(
                 node_url(entry, "getMeetings", []), timeout=timeout, purpose="poll"
@@ -398,12 +401,11 @@ class Poller:
         else:
             log.warning("cannot store poll results: %s", exc)
 
-    async def _apply(self, results: list[NodePoll], cycle_started: float = 0.0) -> None:
+    async def _apply(self, results: list[NodePoll]) -> None:
         """Fold one cycle into memory first (the API sees it at once), then the database.
 
-        `cycle_started` (monotonic) decides creates whose answer never came: a poll that began
-        after the create gave up and does not list the meeting drops it. The loop gets a turn
-        every SLICE_SECONDS of work, so a cycle over 100,000 meetings never stalls the API."""
+        The loop gets a turn every SLICE_SECONDS of work, so a cycle over 100,000 meetings never
+        stalls the API."""
         grace = self.config.meeting_grace
         now = time.monotonic()
         await self._write_changes(everything=True)
@@ -418,7 +420,7 @@ class Poller:
                 node.attendees, node.meetings = fit_count(result.attendees), fit_count(result.meetings)
                 entry.pending_meetings = 0  # the poll now sees what we placed
                 entry.last_error = ""
-                vanished.extend(self._update_meetings(result, now, grace, cycle_started))
+                vanished.extend(self._update_meetings(result, now, grace))
             else:
                 log.info("poll of node %s failed: %s", node.slug, result.error)
                 if self.config.probe_failed and result.kind in PROBED_KINDS and not node.has_errors:
@@ -439,8 +441,11 @@ class Poller:
         result: NodePoll,
         now: float,
         grace: float,
-        cycle_started: float = 0.0,
     ) -> list[MeetingRef]:
+        """Counts of the node's meetings; the ones its answer does not list are gone, unless the answer
+        may predate them: asked for within `grace` seconds of their create (or of this process
+        learning of them), or, for a create whose answer never came, asked for before it gave up."""
+        asked = result.started or now
         for sample in result.samples:
             ref = sample.ref
             self.runtime.meetings.set_attendees(ref, fit_count(sample.counts[0]))
@@ -452,10 +457,10 @@ class Poller:
             if ref.meeting_id in result.listed or ref.creating:
                 continue
             if ref.uncertain_since:  # wait for a poll that began after the create gave up
-                if cycle_started <= ref.uncertain_since:
+                if asked <= ref.uncertain_since:
                     continue
                 log.info("meeting %s: its unanswered create never reached node %s", ref.id, result.entry.node.slug)
-            elif now - ref.seen_at <= grace:
+            elif asked - ref.seen_at <= grace:
                 continue
             self.runtime.meetings.remove(ref)
             self.runtime.announce("ended", ref)

@@ -7,6 +7,7 @@ import time
 
 import asyncpg
 import pytest
+from api_helpers import owner, set_node
 from lxml import etree
 
 from b3lb.meeting_lists import stored_elements
@@ -168,6 +169,32 @@ async def test_a_vanished_meeting_moved_meanwhile_keeps_its_new_row(db_url):
         rows = await h.pool.fetch("SELECT meeting_id, nonce FROM meeting")
         assert [(r["meeting_id"], r["nonce"]) for r in rows] == [("room-1", moved)]
         assert await h.pool.fetchval("SELECT count(*) FROM meeting_ended WHERE meeting_id = 'room-2'") == 1
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_long_cycle_keeps_a_meeting_its_node_was_asked_about_before_it_existed(db_url):
+    """The grace counts from when the node was asked, not from the cycle's end: a cycle slowed by
+    another node must not drop a meeting created after its own node had answered (scale benchmark)."""
+    async with Harness(db_url, nodes=2, poller={"timeout": 5.0, "meeting_grace": 0.5}) as h:
+        slow, fast = h.fleet.nodes
+        await set_node(h, slow, maintenance=True)  # creates go to the fast node
+        await h.reload()
+        slow.mode, slow.delay = "slow", 1.5
+        cycle = asyncio.ensure_future(h.poll())
+        await asyncio.sleep(0.3)  # the fast node has answered (without the meeting), the slow one not
+        await create(h, "late")
+        assert owner(h, "late") is fast
+        await cycle  # ends over a second after the create, more than the grace
+        secret_id = h.tenants["ABC"].secrets[0][0]
+        assert h.runtime.meetings.get(secret_id, "late") is not None
+        assert await h.pool.fetchval("SELECT count(*) FROM meeting WHERE meeting_id = 'late'") == 1
+        slow.mode = "ok"
+        await h.poll()  # the next cycle asks the fast node after the create: listed, kept
+        assert h.runtime.meetings.get(secret_id, "late") is not None
+        fast.remove_meeting("late")
+        await asyncio.sleep(0.6)
+        await h.poll()  # gone from its node, asked for after the grace: dropped
+        assert h.runtime.meetings.get(secret_id, "late") is None
 
 
 @pytest.mark.gen_test(timeout=30)
