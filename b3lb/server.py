@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvloop
@@ -74,6 +75,12 @@ def tag_logs(worker: int | str) -> None:
         handler.addFilter(WorkerTag(worker))
 
 
+def _render_worker_starter() -> Callable[[Runtime], object]:
+    from b3lb.render.worker import start_embedded
+
+    return start_embedded
+
+
 async def _start_runtime(config: Config, db: Database, worker: WorkerRole | None) -> Runtime:
     """Migrations (unless a supervisor applied them), the in-memory tables and the background tasks."""
     assert db.pool is not None
@@ -82,15 +89,16 @@ async def _start_runtime(config: Config, db: Database, worker: WorkerRole | None
             applied = await migrate.migrate(conn)
         for item in applied:
             log.info("applied migration %s", item.name)
+    # Imported before anything runs on the loop: the render worker's modules take ~150 ms to import,
+    # which the lag probe (and every request of that moment) would otherwise see.
+    start_embedded = _render_worker_starter() if config.render.embedded else None
     runtime = Runtime(config, db.pool)
     await runtime.start()
     runtime.poller = Poller(runtime)
     runtime.add_task("poller", Leadership(runtime, runtime.poller).run())  # one poller per database
     runtime.add_task("event loop lag probe", looplag.probe())
     recording_tasks.start(runtime)  # ready callbacks from the outbox; housekeeping while leading
-    if config.render.embedded:  # one render worker in this process (b3lb/render/worker.py)
-        from b3lb.render.worker import start_embedded
-
+    if start_embedded is not None:  # one render worker in this process (b3lb/render/worker.py)
         start_embedded(runtime)
     if config.redis.url:
         runtime.events = MeetingEvents(runtime, config.redis.url)
