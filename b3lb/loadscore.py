@@ -15,6 +15,12 @@ MAINTENANCE_LOAD = -2.0
 ERROR_LOAD = -1.0
 
 
+def node_state(has_errors: bool, maintenance: bool) -> str:
+    """ok, error or maintenance; error first: a node in maintenance that went down shows as down
+    (the CLI, the dashboard, the metrics and meeting listings all say it this way)."""
+    return "error" if has_errors else "maintenance" if maintenance else "ok"
+
+
 def _within(value: float, low: float, high: float) -> float:
     """`value` clamped to [low, high]; NaN counts as `low`."""
     if not value >= low:  # also true for NaN

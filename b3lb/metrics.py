@@ -24,6 +24,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from b3lb.db import Q
+from b3lb.loadscore import node_state
 from b3lb.looplag import EVENT_LOOP_LAG  # noqa: F401 - registers the lag histogram in the process part
 from b3lb.models import Tenant
 from b3lb.runtime import Runtime
@@ -202,7 +203,7 @@ async def node_text(runtime: Runtime) -> str:
     for e in entries:
         labels = f'{{cluster="{_escape(e.cluster.name)}",node="{_escape(e.node.slug)}"}} '
         load.append(f"b3lb_node_load{labels}{floatToGoString(e.load)}\n")
-        kind = "error" if e.node.has_errors else "maintenance" if e.in_maintenance else "ok"  # down shows first
+        kind = node_state(e.node.has_errors, e.in_maintenance)
         state.append(f"b3lb_node_state{labels}{NODE_STATES[kind]}.0\n")
         cpu.append(f"b3lb_node_cpu_percent{labels}{floatToGoString(e.node.cpu_load)}\n")
         if e.node.id in polled:

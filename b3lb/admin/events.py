@@ -42,6 +42,7 @@ from b3lb.admin.history import FIELDS, LoadHistory
 from b3lb.admin.page import apply_security_headers
 from b3lb.balancer import NodeEntry
 from b3lb.db import Q
+from b3lb.loadscore import node_state
 from b3lb.outage import describe, is_database_unavailable
 from b3lb.runtime import Runtime
 
@@ -106,9 +107,9 @@ def node_row(entry: NodeEntry, routed: int, now: float) -> dict[str, Any]:
     shows as down (its maintenance is in `maintenance`). `drained`: in maintenance, nothing routed."""
     node = entry.node
     maintenance = entry.in_maintenance
-    state = "error" if node.has_errors else "maintenance" if maintenance else "ok"
     return {
-        "id": node.id, "cluster": entry.cluster.name, "slug": node.slug, "state": state,
+        "id": node.id, "cluster": entry.cluster.name, "slug": node.slug,
+        "state": node_state(node.has_errors, maintenance),
         "maintenance": maintenance, "node_maintenance": node.maintenance,
         "cluster_maintenance": entry.cluster.maintenance, "error": node.has_errors,
         "drained": maintenance and routed == 0,

@@ -10,7 +10,7 @@ from b3lb import validation as V
 from b3lb.admin.common import AdminError, Row, cluster_by_name, cluster_group_by_name, expect_unique, find_node
 from b3lb.config import NodeDefaults
 from b3lb.db import Q
-from b3lb.loadscore import load_score
+from b3lb.loadscore import load_score, node_state
 
 # Clusters ----------------------------------------------------------------------------------
 
@@ -139,11 +139,10 @@ def with_node_defaults(settings: NodeSettings, defaults: NodeDefaults) -> NodeSe
 
 
 def _node_state(row: asyncpg.Record) -> str:
-    """ok, error, maintenance (its own or its cluster's), or maintenance+error: a node in maintenance
-    that went down must still show as down (`node drain --wait` cannot finish for it; panic can)."""
-    if row["maintenance"]:
-        return "maintenance+error" if row["has_errors"] else "maintenance"
-    return "error" if row["has_errors"] else "ok"
+    """loadscore.node_state, but a node both in maintenance (its own or its cluster's) and in error is
+    `maintenance+error` in `node list`: both matter there (`node drain --wait` cannot finish; panic can)."""
+    state = node_state(row["has_errors"], row["maintenance"])
+    return "maintenance+error" if state == "error" and row["maintenance"] else state
 
 
 def _node_row(row: asyncpg.Record) -> Row:

@@ -11,17 +11,17 @@ from b3lb import validation as V
 from b3lb.admin.common import NotFound, Row
 from b3lb.admin.tenants import tenant_by_slug
 from b3lb.db import Q
+from b3lb.loadscore import node_state
 from b3lb.models import secret_label
 
 
 def _meeting_row(row: asyncpg.Record) -> Row:
-    node_state = "error" if row["has_errors"] else "maintenance" if row["maintenance"] else "ok"  # down shows first
     return {
         "secret": secret_label(row["tenant"], row["sub_id"]),
         "meeting_id": row["meeting_id"],
         "name": row["meeting_name"],
         "node": f"{row['cluster']}/{row['node']}",
-        "node_state": node_state,
+        "node_state": node_state(row["has_errors"], row["maintenance"]),
         "created": row["create_time"].strftime("%Y-%m-%d %H:%M:%S"),
         "attendees": row["attendees"],
         "moderators": row["moderators"],
