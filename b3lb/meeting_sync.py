@@ -10,15 +10,16 @@ meetings never holds the API up for more than a few milliseconds.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import asyncpg
 
 from b3lb.db import Q
 from b3lb.meetings import MeetingTable
+from b3lb.slices import Slices
 
 BATCH = 1000  # rows per cursor fetch: about a millisecond of Python each
+STEP = 100  # rows applied between two looks at the clock (b3lb/slices.py)
 # The poll cycle prunes meeting_gone rows older than this (b3lb/poller.py); a process that could
 # not read for half of it reads everything again instead of trusting its last position.
 GONE_KEEP_SECONDS = 3600.0
@@ -29,9 +30,10 @@ FULL_READ_MARGIN = 5.0
 
 
 class MeetingSync:
-    def __init__(self, pool: asyncpg.Pool, meetings: MeetingTable, keep_removed: float) -> None:
+    def __init__(self, pool: asyncpg.Pool, meetings: MeetingTable, keep_removed: float, slices: Slices) -> None:
         self.pool = pool
         self.meetings = meetings
+        self.slices = slices  # the loop's background share: a full read applies 100,000 rows
         self.keep_removed = keep_removed  # seconds an ended meeting's id is remembered
         self.position: str | None = None  # xmin of the last read (xid8 as text); None: read everything
         self.synced_at = 0.0
@@ -52,11 +54,13 @@ class MeetingSync:
                 cursor = await conn.cursor(Q.meetings_changed, self.position)
             while rows := await cursor.fetch(BATCH):
                 read += len(rows)
-                for row in rows:
-                    self.meetings.apply_row(row, polling=polling)
-                if full:
-                    seen.update(row["id"] for row in rows)
-                await asyncio.sleep(0)
+                async with self.slices.held() as slices:
+                    for number, row in enumerate(rows, 1):
+                        self.meetings.apply_row(row, polling=polling)
+                        if number % STEP == 0:
+                            await slices.tick()
+                    if full:
+                        seen.update(row["id"] for row in rows)
             gone = [] if full else [row["id"] for row in await conn.fetch(Q.meetings_gone, self.position)]
         if full:  # what the database does not hold any more, except creates younger than the read
             before = started - FULL_READ_MARGIN

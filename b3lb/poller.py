@@ -31,13 +31,13 @@ from b3lb.outage import is_database_unavailable
 from b3lb.runtime import Runtime
 
 log = logging.getLogger("b3lb.poller")
-# After a cycle that ended this many meetings (their elements are free now), freed memory goes back
-# to the OS (b3lb/memory.py).
+# After a cycle that ended this many meetings, and at least TRIM_AFTER_SHARE of those still routed,
+# freed memory goes back to the OS (b3lb/memory.py). Not after every cycle of a large fleet's
+# ordinary turnover: malloc_trim holds the C heap's lock while it works (20-30 ms with 100,000
+# meetings), and every allocation of the API waits for it meanwhile (issue 12, the `scale` lag).
 TRIM_AFTER_ENDED = 1000
-# Seconds of Python work in a row before the poll cycle lets the API run (issue 12: loop lag <= 20 ms).
-SLICE_SECONDS = 0.002
+TRIM_AFTER_SHARE = 0.1
 WRITE_BATCH = 1000  # meeting rows per UPDATE statement
-TAIL_SLICE = 5000  # records updated between two loop turns after a cycle's writes (about a millisecond)
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True)
 # A failed API call asks for an extra poll of its node, at most this often per node (seconds).
 PROBE_MIN_GAP = 2.0
@@ -148,7 +148,7 @@ class Poller:
         await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(entries)))))
         results = [poll for poll in polls if poll is not None]
         await self._apply(results)
-        if self._ended >= TRIM_AFTER_ENDED:  # much freed at once: give it back to the OS
+        if self._ended >= max(TRIM_AFTER_ENDED, TRIM_AFTER_SHARE * len(self.runtime.meetings)):  # much freed at once
             self.runtime.meetings.compact_if_shrunk()
             # in a thread: trimming a large heap takes tens of milliseconds (the GIL is released meanwhile)
             await asyncio.get_running_loop().run_in_executor(None, release_free_memory)
@@ -241,8 +241,11 @@ class Poller:
         # not answer is not asked again.
         if not isinstance(meetings, NodeRequestError):
             try:
-                load = await fetch(entry.node.load_url, purpose="poll",
-                                   timeout=max(LOAD_TIMEOUT_MIN, timeout - (time.monotonic() - started)))
+                load = await fetch(
+                    entry.node.load_url,
+                    purpose="poll",
+                    timeout=max(LOAD_TIMEOUT_MIN, timeout - (time.monotonic() - started)),
+                )
                 if load.code == 200:
                     result.cpu_load = parse_load(load.body)
             except NodeRequestError:
@@ -278,38 +281,37 @@ class Poller:
     ) -> bool:
         """The fast path: meetings cut from the bytes; details only for the ones b3lb routes here.
         False (and `result` untouched) when the bytes leave BBB's template: lxml reads them then.
-        The loop gets a turn every SLICE_SECONDS: a node with 1,000 meetings takes some 10 ms."""
+        Holds the loop's background slices (b3lb/slices.py): a node with 1,000 meetings takes some 10 ms."""
         node_id = result.entry.node.id
         by_id = self.runtime.meetings.by_meeting_id
         found, count, attendees, listed, samples = 0, 0, 0, set(), []
-        slice_started = time.perf_counter()
-        for found, meeting in enumerate(scanned, 1):
-            if meeting is None:
-                return False
-            if found % 50 == 0 and time.perf_counter() - slice_started > SLICE_SECONDS:
-                await asyncio.sleep(0)
-                slice_started = time.perf_counter()
-            if meeting.is_breakout:
-                continue  # breakout rooms count for neither the node nor getMeetings
-            count += 1
-            attendees += meeting.participants
-            listed.add(meeting.meeting_id)
-            refs = by_id.get(meeting.meeting_id)
-            owned = [r for r in refs if r.node_id == node_id] if refs else None
-            if not owned:
-                continue
-            digest = meeting.digest()
-            for ref in owned:
-                # Most meetings look as they did one poll ago, and that element is what their row holds
-                # (ref.polled ends with its digest): nothing to read, keep or write
-                if ref.polled is not None and ref.polled[-1] == digest:
-                    if ref.uncertain_since:  # its create's fate is decided by this poll
-                        counts, (origin, server) = ref.polled[:5], ref.polled[5:7]
-                        samples.append(MeetingSample(ref, counts, origin, server, None, digest))  # type: ignore[arg-type]
+        async with self.runtime.slices.held() as slices:
+            for found, meeting in enumerate(scanned, 1):
+                if meeting is None:
+                    return False
+                if found % 50 == 0 and slices.due():
+                    await slices.pause()
+                if meeting.is_breakout:
+                    continue  # breakout rooms count for neither the node nor getMeetings
+                count += 1
+                attendees += meeting.participants
+                listed.add(meeting.meeting_id)
+                refs = by_id.get(meeting.meeting_id)
+                owned = [r for r in refs if r.node_id == node_id] if refs else None
+                if not owned:
                     continue
-                xml = meeting.xml
-                counts, origin, server = bbbxml.details(xml)
-                samples.append(MeetingSample(ref, counts, origin, server, xml, digest))
+                digest = meeting.digest()
+                for ref in owned:
+                    # Most meetings look as they did one poll ago, and that element is what their row holds
+                    # (ref.polled ends with its digest): nothing to read, keep or write
+                    if ref.polled is not None and ref.polled[-1] == digest:
+                        if ref.uncertain_since:  # its create's fate is decided by this poll
+                            counts, (origin, server) = ref.polled[:5], ref.polled[5:7]
+                            samples.append(MeetingSample(ref, counts, origin, server, None, digest))  # type: ignore[arg-type]
+                        continue
+                    xml = meeting.xml
+                    counts, origin, server = bbbxml.details(xml)
+                    samples.append(MeetingSample(ref, counts, origin, server, xml, digest))
         if not bbbxml.template_holds(body, found):
             return False
         result.meetings, result.attendees, result.listed, result.samples = count, attendees, listed, samples
@@ -404,33 +406,40 @@ class Poller:
     async def _apply(self, results: list[NodePoll]) -> None:
         """Fold one cycle into memory first (the API sees it at once), then the database.
 
-        The loop gets a turn every SLICE_SECONDS of work, so a cycle over 100,000 meetings never
+        Cut into the loop's background slices (b3lb/slices.py), so a cycle over 100,000 meetings never
         stalls the API."""
         grace = self.config.meeting_grace
         now = time.monotonic()
         await self._write_changes(everything=True)
         node_rows, vanished, failed = [], [], []
-        slice_started = time.perf_counter()
-        for result in results:
-            entry, node = result.entry, result.entry.node
-            if result.cpu_load is not None:
-                node.cpu_load = result.cpu_load
-            self._judge(result)
-            if result.ok:
-                node.attendees, node.meetings = fit_count(result.attendees), fit_count(result.meetings)
-                entry.pending_meetings = 0  # the poll now sees what we placed
-                entry.last_error = ""
-                vanished.extend(self._update_meetings(result, now, grace))
-            else:
-                log.info("poll of node %s failed: %s", node.slug, result.error)
-                if self.config.probe_failed and result.kind in PROBED_KINDS and not node.has_errors:
-                    failed.append(result)  # the next failure need not wait an interval
-            entry.recompute()
-            node_rows.append((node.id, node.cpu_load, node.attendees, node.meetings, node.has_errors,
-                              result.ok, fit_text(result.error, ERROR_SIZE)))
-            if time.perf_counter() - slice_started > SLICE_SECONDS:
-                await asyncio.sleep(0)
-                slice_started = time.perf_counter()
+        async with self.runtime.slices.held() as slices:
+            for result in results:
+                entry, node = result.entry, result.entry.node
+                if result.cpu_load is not None:
+                    node.cpu_load = result.cpu_load
+                self._judge(result)
+                if result.ok:
+                    node.attendees, node.meetings = fit_count(result.attendees), fit_count(result.meetings)
+                    entry.pending_meetings = 0  # the poll now sees what we placed
+                    entry.last_error = ""
+                    vanished.extend(self._update_meetings(result, now, grace))
+                else:
+                    log.info("poll of node %s failed: %s", node.slug, result.error)
+                    if self.config.probe_failed and result.kind in PROBED_KINDS and not node.has_errors:
+                        failed.append(result)  # the next failure need not wait an interval
+                entry.recompute()
+                node_rows.append(
+                    (
+                        node.id,
+                        node.cpu_load,
+                        node.attendees,
+                        node.meetings,
+                        node.has_errors,
+                        result.ok,
+                        fit_text(result.error, ERROR_SIZE),
+                    )
+                )
+                await slices.tick()
         self._ended = len(vanished)
         await self._store(node_rows, vanished)
         for result in failed:  # after the store: its node rows must not overwrite a probe's verdict
@@ -485,12 +494,17 @@ class Poller:
         async def stats(conn: asyncpg.Connection) -> None:
             await conn.execute(Q.stats_refresh)
 
-        steps = {"nodes": (node_rows, nodes), "ended meetings": (vanished, gone),
-                 "pruning": (True, prune), "stats": (True, stats)}
+        steps = {
+            "nodes": (node_rows, nodes),
+            "ended meetings": (vanished, gone),
+            "pruning": (True, prune),
+            "stats": (True, stats),
+        }
         try:
             async with pool.acquire() as conn, conn.transaction():
-                stored = {name: await self._store_step(conn, name, step)
-                          for name, (todo, step) in steps.items() if todo}
+                stored = {
+                    name: await self._store_step(conn, name, step) for name, (todo, step) in steps.items() if todo
+                }
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             self.unstored_health.update(row[0] for row in node_rows)  # type: ignore[misc]
             self._store_failed(exc)
@@ -500,10 +514,11 @@ class Poller:
             self.unstored_health.difference_update(row[0] for row in node_rows)
         else:
             self.unstored_health.update(row[0] for row in node_rows)  # type: ignore[misc]
-        for number, row in enumerate(ended, 1):  # all meetings of a fleet may end in one cycle
-            self.runtime.counters.meeting_ended(row["secret_id"], row["seconds"])
-            if number % (TAIL_SLICE // 10) == 0:  # some 5 µs each
-                await asyncio.sleep(0)
+        async with self.runtime.slices.held() as slices:
+            for number, row in enumerate(ended, 1):  # all meetings of a fleet may end in one cycle
+                self.runtime.counters.meeting_ended(row["secret_id"], row["seconds"])
+                if number % 100 == 0:  # some 5 µs each
+                    await slices.tick()
 
     async def _store_step(
         self, conn: asyncpg.Connection, name: str, step: Callable[[asyncpg.Connection], Awaitable[None]]

@@ -28,6 +28,7 @@ from b3lb.models import Cluster, Node, Parameter, Secret, Tenant
 from b3lb.nodeclient import NodeClient
 from b3lb.outage import Outage, describe, is_database_unavailable
 from b3lb.recordings.storage import Storage, make_storage
+from b3lb.slices import Slices
 from b3lb.tenancy import AssetFlags, HostResolver, SecretContext, TenantDirectory
 
 log = logging.getLogger("b3lb.runtime")
@@ -44,7 +45,9 @@ class Runtime:
         self.meeting_lists = MeetingLists()  # getMeetings answers (b3lb/api/getmeetings.py)
         # Ended meetings' ids are remembered this long: a read that began before the end must not bring them back.
         keep_removed = max(30.0, 3 * config.api.cache_refresh_interval)
-        self.meeting_sync = MeetingSync(pool, self.meetings, keep_removed=keep_removed)
+        # Background Python work (poll cycles, meeting reads) runs one slice per loop turn (b3lb/slices.py).
+        self.slices = Slices()
+        self.meeting_sync = MeetingSync(pool, self.meetings, keep_removed=keep_removed, slices=self.slices)
         self.counters = Counters()
         # Whether this process reaches PostgreSQL: API calls, table refreshes, counter flushes and
         # inserts report here, so an outage is logged once when it starts and once when it ends.
