@@ -408,14 +408,26 @@ def test_poll_shortcut_of_a_non_recording_fleet_answers_like_the_handlers() -> N
                 names = [(m.findtext("meetingID"), m.findtext("meetingName"))
                          for m in etree.fromstring(listed.body).iterfind("meetings/meeting")]
                 answers.append((loaded.code, loaded.body, listed.code, listed.headers["Content-Type"], names))
+                # the two read-only meeting calls: on the shortcut when it can answer, else by the handlers
+                running = await fetch(node.api_url("isMeetingRunning", "meetingID=m-1"))
+                info = await fetch(node.api_url("getMeetingInfo", "meetingID=m-1"))
+                assert ("Server" in running.headers) is ("Server" in info.headers) is (fleet is recording)
+                assert etree.fromstring(running.body).findtext("running") == "false"  # nobody joined yet
+                assert etree.fromstring(info.body).findtext("meetingName") == "Room \u00e4"
+                unknown = await fetch(node.api_url("getMeetingInfo", "meetingID=nope"))
+                no_id = await fetch(node.api_url("isMeetingRunning", ""))
+                assert "Server" in unknown.headers and "Server" in no_id.headers  # errors: the handlers
+                assert etree.fromstring(unknown.body).findtext("messageKey") == "notFound"
+                assert etree.fromstring(no_id.body).findtext("messageKey") == "missingParamMeetingID"
+                answers.append((running.body, info.headers["Content-Type"]))  # info's times differ per fleet
                 # a bad checksum, a POST and a failure mode still take the regular handlers
                 bad = await fetch(node.api_url("getMeetings")[:-4] + "0000")
                 assert etree.fromstring(bad.body).findtext("messageKey") == "checksumError"
                 node.mode = "error"
                 assert (await fetch(node.api_url("getMeetings"))).code == 500
                 assert (await fetch(node.load_url)).code == 500
-            assert answers[0] == answers[1]
-            assert answers[1] == (200, b"4200\n", 200, "text/xml;charset=utf-8", [("m-1", "Room \u00e4")])
+            assert answers[0] == answers[2] and answers[1] == answers[3]
+            assert answers[2] == (200, b"4200\n", 200, "text/xml;charset=utf-8", [("m-1", "Room \u00e4")])
             assert recording.nodes[0].requests and not quick.nodes[0].requests
 
     asyncio.run(main())

@@ -1,9 +1,12 @@
-"""The poll's two documents and create, answered without a RequestHandler.
+"""The poll's two documents, create and the two read-only meeting calls, answered without a RequestHandler.
 
 In the benchmarks one fleet process stands in for many machines. Through Tornado's
 RequestHandler its 2,000 answers per poll cycle took the fleet's core longer than b3lb took for
-the whole cycle, and during the create scenario the fake node's handlers, not b3lb, set the pace.
-Only a GET of the load file, or of a correctly signed getMeetings or create, for a node in mode
+the whole cycle, and during the create scenario the fake node's handlers, not b3lb, set the pace; in the forwarded-call
+scenarios (isMeetingRunning, getMeetingInfo) the handlers took some 210 µs of the generator's core
+per call, more than b3lb's own work, so those scenarios measured the fake fleet.
+Only a GET of the load file, or of a correctly signed getMeetings, create, isMeetingRunning (with a
+meetingID) or getMeetingInfo (of a meeting the node has), for a node in mode
 "ok" of a fleet that records nothing, takes this path (with the same answer code as the
 handlers); anything else (other calls, modes, recording, bad checksums) goes through the regular
 handlers unchanged. The fleet's modes (gzip, chunked, churn, TLS) apply here as in the handlers.
@@ -23,6 +26,7 @@ from tornado.httputil import (
 )
 from tornado.web import Application
 
+from b3lb.testing import fakebbb_xml as bbb_xml
 from b3lb.testing.fakebbb_modes import accepts_gzip, write_answer
 from b3lb.testing.fakebbb_xml import checksum_is_valid, parse_query
 
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from b3lb.testing.fakebbb import FakeFleet, FakeNode
 
 XML_TYPE = "text/xml;charset=utf-8"
+QUICK_CALLS = frozenset({"create", "isMeetingRunning", "getMeetingInfo"})  # and getMeetings, above
 
 
 class PollShortcutApplication(Application):
@@ -69,9 +74,18 @@ class PollShortcut(HTTPMessageDelegate):
             return "text/plain", f"{node.cpu}\n".encode()
         if path == "/bigbluebutton/api/getMeetings" and checksum_is_valid("getMeetings", query, node.secret):
             return XML_TYPE, node.get_meetings_document()
-        if path == "/bigbluebutton/api/create" and checksum_is_valid("create", query, node.secret):
+        call = path.removeprefix("/bigbluebutton/api/")
+        if call not in QUICK_CALLS or not checksum_is_valid(call, query, node.secret):
+            return None
+        if call == "create":
             return XML_TYPE, node.create_answer(parse_query(query))
-        return None
+        meeting_id = parse_query(query).get("meetingID", "")
+        meeting = node.meetings.get(meeting_id)
+        if call == "isMeetingRunning" and meeting_id:  # as FakeApiHandler.is_meeting_running
+            return XML_TYPE, bbb_xml.running(meeting is not None and meeting.running)
+        if call == "getMeetingInfo" and meeting is not None:  # as FakeApiHandler.get_meeting_info
+            return XML_TYPE, bbb_xml.meeting_info(meeting.xml_fields())
+        return None  # the handlers give the error answers
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         return self.regular.data_received(chunk) if self.answer is None else None
