@@ -263,3 +263,33 @@ def test_limit_settings_have_defaults_and_are_validated():
                         ("MAX_HEADER_SIZE", "100"), ("MAX_BODY_SIZE", "-1")):
         with pytest.raises(ConfigError, match=f"server.*{name.lower()}"):
             load_config(env={f"B3LB_SERVER_{name}": value})
+
+
+def test_server_connections_keep_nagle_off_for_their_life():
+    """TCP_NODELAY is set when a connection starts; Tornado's per-answer toggling no longer
+    reaches the socket (two setsockopt calls per request saved)."""
+    import socket
+
+    from tornado.http1connection import HTTP1ConnectionParameters
+    from tornado.iostream import IOStream
+
+    from b3lb.httplimits import LimitedServerConnection, Limits
+
+    async def main() -> tuple[int, int]:
+        listener = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(listener.getsockname())
+        server_side, _ = listener.accept()
+        try:
+            stream = IOStream(server_side)
+            config = load_config(None)
+            LimitedServerConnection(stream, HTTP1ConnectionParameters(), None, Limits.from_config(config.server))
+            at_start = server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            stream.set_nodelay(False)  # what Tornado's HTTP1Connection does after every answer
+            after_answer = server_side.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            stream.close()
+            return at_start, after_answer
+        finally:
+            client.close()
+            listener.close()
+
+    assert asyncio.run(main()) == (1, 1)
