@@ -8,6 +8,7 @@ the middle of the heap as well. Other C libraries (musl) have no such call: then
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import gc
@@ -71,3 +72,16 @@ def settle_long_lived() -> None:
         return
     gc.collect(1)
     gc.freeze()
+
+
+# Seconds between two settle_long_lived() calls of a serving process besides the ones after poll
+# cycles and meeting reads. A collection walks what survived since the last one: under 2,000
+# creates a second, five seconds of new meetings made it a 20 ms pause; a second's, some 4 ms.
+SETTLE_INTERVAL = 1.0
+
+
+async def settle_periodically(interval: float = SETTLE_INTERVAL) -> None:
+    """settle_long_lived() every `interval` seconds until cancelled (started by `b3lb serve`)."""
+    while True:
+        await asyncio.sleep(interval)
+        settle_long_lived()

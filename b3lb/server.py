@@ -26,7 +26,7 @@ from b3lb.events import MeetingEvents
 from b3lb.httplimits import make_http_server
 from b3lb.leader import Leadership
 from b3lb.logs import setup_logging
-from b3lb.memory import tune_garbage_collector
+from b3lb.memory import settle_periodically, tune_garbage_collector
 from b3lb.poller import Poller
 from b3lb.recordings import tasks as recording_tasks
 from b3lb.runtime import Runtime
@@ -131,6 +131,7 @@ async def run_server(config: Config, *, ready: asyncio.Event | None = None, work
         if _EARLY_STOP:  # asked to stop while starting: stop as cleanly as from here on
             stop.set()
         tune_garbage_collector()
+        runtime.add_task("young-generation settling", settle_periodically())
         if ready is not None:
             ready.set()
         if worker is not None:
