@@ -47,6 +47,7 @@ FAILED = b"<returncode>FAILED</returncode>"
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_SAMPLE = 20  # every 20th gzip answer is inflated and checked in full
 MAX_EXAMPLES = 5
+READ_SIZE = 256 * 1024  # room offered to each read (uvloop's own read buffer is as large)
 
 
 @dataclass
@@ -172,11 +173,11 @@ class _Shared:
             self.warmup_errors += 1
         self.note(text)
 
-    def bad(self, status: int, body: bytes, why: str, sent: float) -> None:
+    def bad(self, status: int, body: bytes, why: str, sent: float) -> None:  # body: its first bytes
         self.unexpected += 1
         if sent < self.start:
             self.warmup_errors += 1
-        self.note(f"{'warm-up: ' if sent < self.start else ''}{why}: HTTP {status} {body[:160]!r}")
+        self.note(f"{'warm-up: ' if sent < self.start else ''}{why}: HTTP {status} {body!r}")
 
     def request(self) -> tuple[int, bytes]:
         """The next request and its number (its index in the list, or its number in the template)."""
@@ -190,31 +191,32 @@ class _Shared:
     def meeting(self, index: int) -> str:
         return self.template.item(index) if self.template is not None else self.meetings[index]
 
-    def check(self, status: int, head: bytes, body: bytes, index: int, sent: float) -> None:
+    def check(self, status: int, head: bytes, body: Body, index: int, sent: float) -> None:
         spec = self.spec
         self.completed += 1
-        if body[:2] == GZIP_MAGIC and header_value(head, b"content-encoding") == "gzip":
+        if body.startswith(GZIP_MAGIC) and header_value(head, b"content-encoding") == "gzip":
             # Inflating every 600 KB metrics answer would make the generator the bottleneck: every
             # answer must be gzip, every GZIP_SAMPLE-th is inflated and checked in full.
             if self.completed % GZIP_SAMPLE != 1:
                 if status != spec.expect_status:
-                    self.bad(status, body, f"status (expected {spec.expect_status})", sent)
+                    self.bad(status, body.first(), f"status (expected {spec.expect_status})", sent)
                 return
             try:
-                body = gzip.decompress(body)
+                body = Body(gzip.decompress(body.data[body.start : body.end]))
             except (OSError, EOFError) as exc:
-                self.bad(status, body, f"broken gzip body: {exc}", sent)
+                self.bad(status, body.first(), f"broken gzip body: {exc}", sent)
                 return
         if status != spec.expect_status:
-            self.bad(status, body, f"status (expected {spec.expect_status})", sent)
-        elif FAILED in body:
-            self.bad(status, body, "a FAILED answer", sent)
-        elif self.contains and self.contains not in body:
-            self.bad(status, body, f"body without {spec.contains!r}", sent)
-        elif self.excludes and self.excludes in body:
-            self.bad(status, body, f"body with {spec.excludes!r}", sent)
+            self.bad(status, body.first(), f"status (expected {spec.expect_status})", sent)
+        elif body.has(FAILED):
+            self.bad(status, body.first(), "a FAILED answer", sent)
+        elif self.contains and not body.has(self.contains):
+            self.bad(status, body.first(), f"body without {spec.contains!r}", sent)
+        elif self.excludes and body.has(self.excludes):
+            self.bad(status, body.first(), f"body with {spec.excludes!r}", sent)
         elif self.count_tag and self.completed % spec.sample == 1 and body.count(self.count_tag) != spec.count:
-            self.bad(status, body, f"{body.count(self.count_tag)} x {spec.count_tag!r}, expected {spec.count}", sent)
+            self.bad(status, body.first(), f"{body.count(self.count_tag)} x {spec.count_tag!r}, expected {spec.count}",
+                     sent)  # fmt: skip
         elif self.targets is not None:
             location = header_value(head, b"location")
             why = self.targets.check(self.meeting(index), location) if location else "no Location header"
@@ -224,14 +226,42 @@ class _Shared:
                 self.checked_locations += 1
 
 
-class _Client(asyncio.Protocol):
-    __slots__ = ("shared", "transport", "buffer", "sent", "index", "header_end", "total", "status", "closing",
-                 "chunked")
+class Body:
+    """An answer's body where it was received (a connection's buffer), searched without a copy."""
+
+    __slots__ = ("data", "start", "end")
+
+    def __init__(self, data: bytes | bytearray, start: int = 0, end: int | None = None) -> None:
+        self.data, self.start, self.end = data, start, len(data) if end is None else end
+
+    def has(self, needle: bytes) -> bool:
+        return self.data.find(needle, self.start, self.end) >= 0
+
+    def count(self, needle: bytes) -> int:
+        return self.data.count(needle, self.start, self.end)
+
+    def startswith(self, prefix: bytes) -> bool:
+        return self.end - self.start >= len(prefix) and self.data.startswith(prefix, self.start)
+
+    def first(self, size: int = 160) -> bytes:
+        return bytes(self.data[self.start : min(self.end, self.start + size)])
+
+
+class _Client(asyncio.BufferedProtocol):
+    """One keep-alive connection. The answer is received in place (BufferedProtocol): uvloop reads
+    into this connection's buffer, which grows to hold a long answer whole, and the checks search it
+    there. Copying each piece out (Protocol.data_received) and the body again took the generator's
+    core longer than the server took to send a 750 KB getMeetings answer."""
+
+    __slots__ = ("shared", "transport", "buffer", "view", "filled", "sent", "index", "header_end", "total",
+                 "status", "closing", "chunked")
 
     def __init__(self, shared: _Shared) -> None:
         self.shared = shared
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.buffer = bytearray(READ_SIZE)
+        self.view = memoryview(self.buffer)
+        self.filled = 0  # bytes of the buffer received and not yet consumed
         self.sent = 0.0  # perf_counter of the outstanding request, 0.0 when none
         self.index = 0  # which request is outstanding
         self.header_end = -1
@@ -257,11 +287,21 @@ class _Client(asyncio.Protocol):
         self.sent = now
         self.transport.write(request)
 
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        need = self.filled + READ_SIZE
+        if self.header_end >= 0 and not self.chunked:
+            need = max(need, self.total)  # the rest of the answer in one piece
+        if need > len(self.buffer):
+            bigger = bytearray(need)
+            bigger[: self.filled] = self.view[: self.filled]
+            self.buffer, self.view = bigger, memoryview(bigger)
+        return self.view[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.filled += nbytes
+        buffer, filled = self.buffer, self.filled
         if self.header_end < 0:
-            end = buffer.find(b"\r\n\r\n")
+            end = buffer.find(b"\r\n\r\n", 0, filled)
             if end < 0:
                 return
             self.header_end = end + 4
@@ -269,15 +309,15 @@ class _Client(asyncio.Protocol):
             length = _content_length(buffer, end)
             self.chunked = length < 0
             self.total = self.header_end + max(length, 0)
-        if self.chunked:
-            body, total = _dechunk(buffer, self.header_end)
-            if body is None:
+        if self.chunked:  # the slow path: a copy of what came so far, searched for the last chunk
+            dechunked, total = _dechunk(bytes(self.view[:filled]), self.header_end)
+            if dechunked is None:
                 return
-            self.total = total
-        elif len(buffer) < self.total:
+            self.total, body = total, Body(dechunked)
+        elif filled < self.total:
             return
         else:
-            body = bytes(buffer[self.header_end : self.total])
+            body = Body(buffer, self.header_end, self.total)
         now = time.perf_counter()
         shared = self.shared
         sent = self.sent
@@ -285,9 +325,12 @@ class _Client(asyncio.Protocol):
             shared.latencies.append(now - sent)
             shared.per_second[min(int(now - shared.start), len(shared.per_second) - 1)] += 1
         # the head only where it is read: join Locations, gzip answers
-        head = bytes(buffer[: self.header_end]) if shared.targets is not None or body[:2] == GZIP_MAGIC else b""
+        head = bytes(buffer[: self.header_end]) if shared.targets is not None or body.startswith(GZIP_MAGIC) else b""
         shared.check(self.status, head, body, self.index, sent)
-        del buffer[: self.total]
+        rest = filled - self.total  # nothing, unless a server sent more than it was asked for
+        if rest:
+            buffer[:rest] = bytes(self.view[self.total : filled])
+        self.filled = rest
         self.header_end = -1
         self.send()
 
@@ -326,7 +369,7 @@ def _content_length(buffer: bytearray, header_end: int) -> int:
     return int(buffer[at + 17 : line_end if 0 <= line_end < header_end else header_end])
 
 
-def _dechunk(buffer: bytearray, start: int) -> tuple[bytes | None, int]:
+def _dechunk(buffer: bytes, start: int) -> tuple[bytes | None, int]:
     """(body, end offset) of a complete chunked body from `start`, (None, 0) while incomplete."""
     parts: list[bytes] = []
     at = start

@@ -194,3 +194,20 @@ def test_loadgen_reads_chunked_answers_and_counts_failed_ones(tmp_path, server, 
     assert fine["answers"] > 0 and fine["unexpected"] == 0 and fine["transport_errors"] == 0, fine
     failing = run_loadgen(tmp_path, port, ["/ok", "/no"])  # FAILED is an error even without `excludes`
     assert 0 < failing["unexpected"] < failing["answers"], failing
+
+
+def test_loadgen_checks_every_byte_of_a_long_answer(tmp_path, server):
+    """A 750 KB answer (getMeetings with 500 meetings) is received in place and searched whole: a
+    marker at its very end, a FAILED at its very end, and the sampled tag count all count."""
+    filler = b"<meeting><meetingID>m</meetingID></meeting>" * 17_000  # some 750 KB
+    ending = {"ok": b"<end/>", "bad": b"<returncode>FAILED</returncode>", "short": b""}
+    answers = {name: b"<response>" + filler + tail + b"</response>" for name, tail in ending.items()}
+    port = server(lambda path: (200, {"Content-Type": "text/xml"}, answers[path.strip("/")]))
+    fine = run_loadgen(tmp_path, port, ["/ok"], contains="<end/>", count_tag="<meeting>", count=17_000, sample=2)
+    assert fine["answers"] > 0 and fine["unexpected"] == 0 and fine["transport_errors"] == 0, fine
+    failing = run_loadgen(tmp_path, port, ["/ok", "/bad"])
+    assert 0 < failing["unexpected"] < failing["answers"] and "FAILED" in failing["examples"][0], failing
+    missing = run_loadgen(tmp_path, port, ["/short"], contains="<end/>")
+    assert missing["unexpected"] == missing["answers"] > 0, missing
+    miscounted = run_loadgen(tmp_path, port, ["/ok"], count_tag="<meeting>", count=16_999, sample=2)
+    assert 0 < miscounted["answers"] // 2 <= miscounted["unexpected"] <= miscounted["answers"] // 2 + 1, miscounted
