@@ -148,8 +148,9 @@ class Poller:
         await asyncio.gather(*(worker() for _ in range(min(self.config.concurrency, len(entries)))))
         results = [poll for poll in polls if poll is not None]
         await self._apply(results)
+        if self._ended >= TRIM_AFTER_ENDED:
+            self.runtime.meetings.compact_if_shrunk()  # it notes the table's largest size, so ask often
         if self._ended >= max(TRIM_AFTER_ENDED, TRIM_AFTER_SHARE * len(self.runtime.meetings)):  # much freed at once
-            self.runtime.meetings.compact_if_shrunk()
             # in a thread: trimming a large heap takes tens of milliseconds (the GIL is released meanwhile)
             await asyncio.get_running_loop().run_in_executor(None, release_free_memory)
         settle_long_lived()

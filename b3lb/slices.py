@@ -62,12 +62,12 @@ class Slices:
 
     async def pause(self) -> None:
         """Let the API run a loop turn, and the coroutine waiting longest its slice, then go on."""
-        if self._waiting:
-            self._holder = None
-            self._give()
+        self._holder = None
+        if self._give():
             self.handovers += 1
             await self._wait()
-        else:
+        else:  # nobody waits (a cancelled waiter may still be queued): keep the right over the turn
+            self._busy = True
             await asyncio.sleep(0)
         self._take()
 
@@ -75,14 +75,15 @@ class Slices:
         self._holder = asyncio.current_task()
         self._until = time.perf_counter() + self.seconds
 
-    def _give(self) -> None:
-        """Hand the right to the first coroutine still waiting, or free it."""
+    def _give(self) -> bool:
+        """Hand the right to the first coroutine still waiting (True), or free it (False)."""
         while self._waiting:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
+                return True
         self._busy = False
+        return False
 
     async def _wait(self) -> None:
         """Queue up until the right is handed over (it stays busy meanwhile)."""

@@ -292,7 +292,7 @@ class _Client(asyncio.BufferedProtocol):
         if self.header_end >= 0 and not self.chunked:
             need = max(need, self.total)  # the rest of the answer in one piece
         if need > len(self.buffer):
-            bigger = bytearray(need)
+            bigger = bytearray(max(need, 2 * len(self.buffer)))  # slack: a long answer grows it once or twice
             bigger[: self.filled] = self.view[: self.filled]
             self.buffer, self.view = bigger, memoryview(bigger)
         return self.view[self.filled :]

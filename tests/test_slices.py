@@ -137,3 +137,32 @@ def test_a_cancelled_waiter_does_not_keep_the_right(cancel_when: str) -> None:
     order = asyncio.run(scenario())
     assert "doomed" not in order
     assert order[0] == "first" and set(order[1:]) == {"first again", "last"}
+
+
+def test_a_holder_pausing_while_its_only_waiter_is_being_cancelled_goes_on() -> None:
+    """The waiter is cancelled in the same turn in which the holder pauses, before its cleanup ran:
+    its future is still queued, so a hand-over would go to nobody and the holder would wait forever."""
+
+    async def scenario() -> list[int]:
+        slices, progress = Slices(seconds=0.0), []
+
+        async def holder() -> None:
+            async with slices.held() as held:
+                for step in range(5):
+                    await held.pause()
+                    progress.append(step)
+
+        async def waiter() -> None:
+            async with slices.held():
+                pass
+
+        first = asyncio.create_task(holder())
+        await asyncio.sleep(0)  # the holder has the right
+        second = asyncio.create_task(waiter())
+        await asyncio.sleep(0)  # the waiter queued up
+        second.cancel()  # lands in the turn in which the holder pauses
+        await asyncio.wait_for(first, 2.0)
+        assert second.cancelled() and slices._busy is False and not slices._waiting
+        return progress
+
+    assert asyncio.run(scenario()) == [0, 1, 2, 3, 4]
